@@ -1,0 +1,14 @@
+//! kiln's intermediate representation.
+//!
+//! A [`Graph`] is an SSA data-flow graph: every value is defined exactly once, by a graph
+//! input, a constant, or one output of one node. Nodes and values live in arenas addressed
+//! by small `Copy` ids ([`NodeId`], [`ValueId`]). Ops are typed ([`Op`]): every opset quirk
+//! has been resolved by the frontend, so each op has one meaning.
+
+pub mod dtype;
+pub mod error;
+pub mod tensor;
+
+pub use dtype::DType;
+pub use error::{IrError, Result};
+pub use tensor::{Element, Storage, Tensor, TensorData};

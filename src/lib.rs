@@ -1,0 +1,1 @@
+//! kiln: load, optimize, quantize, compile and run ONNX models.
