@@ -12,3 +12,12 @@ pub mod tensor;
 pub use dtype::DType;
 pub use error::{IrError, Result};
 pub use tensor::{Element, Storage, Tensor, TensorData};
+pub mod attr;
+pub mod graph;
+pub mod op;
+pub mod shape;
+
+pub use attr::{Attr, AttrMap, AttrValue};
+pub use graph::{Graph, Node, NodeId, Value, ValueDef, ValueId};
+pub use op::Op;
+pub use shape::{Dim, Shape, TensorType, Type};
