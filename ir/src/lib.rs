@@ -14,7 +14,10 @@ pub use error::{IrError, Result};
 pub use tensor::{Element, Storage, Tensor, TensorData};
 pub mod attr;
 pub mod graph;
+pub mod infer;
 pub mod op;
+pub mod print;
+pub mod verify;
 pub mod shape;
 
 pub use attr::{Attr, AttrMap, AttrValue};

@@ -1,0 +1,93 @@
+//! Elementwise ops: unary maps, broadcasting binary/variadic ops, comparisons, casts.
+
+use super::helpers::*;
+use super::{InferCx, InferResult, Out};
+use crate::dtype::DType;
+use crate::op::Op;
+use crate::shape::Dim;
+
+pub(super) fn infer(op: &Op, cx: &mut InferCx) -> Option<InferResult> {
+    use Op::*;
+    Some(match op {
+        // Unary maps: output has input 0's type.
+        Abs(_) | Acos(_) | Acosh(_) | Asin(_) | Asinh(_) | Atan(_) | Atanh(_) | Ceil(_) | Cos(_)
+        | Cosh(_) | Erf(_) | Exp(_) | Floor(_) | Log(_) | Neg(_) | Reciprocal(_) | Round(_)
+        | Sigmoid(_) | Sign(_) | Sin(_) | Sinh(_) | Sqrt(_) | Tan(_) | Tanh(_) | Relu(_)
+        | LeakyRelu(_) | Elu(_) | Selu(_) | Celu(_) | HardSigmoid(_) | HardSwish(_) | Softplus(_)
+        | Softsign(_) | Mish(_) | Swish(_) | ThresholdedRelu(_) | Shrink(_) | Gelu(_)
+        | BitwiseNot(_) | Not(_) | Identity(_) | Clip(_) | MsGelu(_) | QuickGelu(_) => same_as_input(cx, 0),
+        // X + optional bias.
+        FastGelu(_) => same_as_input(cx, 0),
+        PRelu(_) => binary(cx, None),
+        Add(_) | Sub(_) | Mul(_) | Div(_) | Pow(_) | Mod(_) | BitShift(_) | BitwiseAnd(_)
+        | BitwiseOr(_) | BitwiseXor(_) | And(_) | Or(_) | Xor(_) | BiasGelu(_) => binary(cx, None),
+        Equal(_) | Greater(_) | GreaterOrEqual(_) | Less(_) | LessOrEqual(_) => binary(cx, Some(DType::Bool)),
+        IsNaN(_) | IsInf(_) => shape_as_input(cx, 0, DType::Bool).map(|o| vec![o]),
+        Max(_) | Min(_) | Mean(_) | Sum(_) => variadic(cx),
+        Where(_) => (|| {
+            let dt = cx.dtype(1)?;
+            Ok(vec![Out::tensor(dt, broadcast_inputs(cx, &[0, 1, 2])?)])
+        })(),
+        Cast(c) => cast(cx, c.to),
+        CastLike(_) => cx.dtype(1).and_then(|d| cast(cx, d)),
+        BiasAdd(_) => same_as_input(cx, 0),
+        _ => return None,
+    })
+}
+
+fn binary(cx: &InferCx, out: Option<DType>) -> InferResult {
+    let dt = cx.dtype(0)?;
+    let shape = broadcast_inputs(cx, &[0, 1])?;
+    let mut o = Out::tensor(out.unwrap_or(dt), shape);
+    // Shape arithmetic on integer tensors (`batch * seq`, `hidden / heads`).
+    if out.is_none() && dt.is_int() {
+        if let (Some(a), Some(b)) = (cx.sym(0), cx.sym(1)) {
+            o.sym = sym_binary(cx.node.op.kind(), a, b);
+        }
+    }
+    Ok(vec![o])
+}
+
+fn sym_binary(kind: &str, a: &[Dim], b: &[Dim]) -> Option<Vec<Dim>> {
+    let n = a.len().max(b.len());
+    if !(a.len() == n || a.len() == 1) || !(b.len() == n || b.len() == 1) {
+        return None;
+    }
+    (0..n)
+        .map(|i| {
+            let x = &a[if a.len() == 1 { 0 } else { i }];
+            let y = &b[if b.len() == 1 { 0 } else { i }];
+            match kind {
+                "Add" => Some(x + y),
+                "Sub" => Some(x - y),
+                "Mul" => Some(x * y),
+                "Div" => match (x.known(), y.known()) {
+                    (Some(p), Some(q)) if q != 0 => Some(Dim::from(p.div_euclid(q))),
+                    _ => x.div_exact(y),
+                },
+                _ => None,
+            }
+        })
+        .collect()
+}
+
+fn variadic(cx: &InferCx) -> InferResult {
+    let dt = cx.dtype(0)?;
+    let all: Vec<usize> = (0..cx.num_inputs()).collect();
+    let shape = broadcast_inputs(cx, &all)?;
+    let mut o = Out::tensor(dt, shape);
+    if cx.node.op.kind() == "Sum" && cx.num_inputs() == 2 {
+        if let (Some(a), Some(b)) = (cx.sym(0), cx.sym(1)) {
+            o.sym = sym_binary("Add", a, b);
+        }
+    }
+    Ok(vec![o])
+}
+
+fn cast(cx: &InferCx, to: DType) -> InferResult {
+    let mut o = shape_as_input(cx, 0, to)?;
+    if to.is_int() {
+        o.sym = cx.sym(0).map(|s| s.to_vec());
+    }
+    Ok(vec![o])
+}
