@@ -20,6 +20,11 @@ impl ValueId {
     pub fn index(self) -> usize {
         self.0 as usize
     }
+
+    /// The id of the `i`-th value of a graph's arena. Only meaningful for that graph.
+    pub fn from_index(i: usize) -> ValueId {
+        ValueId(i as u32)
+    }
 }
 
 impl NodeId {

@@ -15,6 +15,7 @@ pub use tensor::{Element, Storage, Tensor, TensorData};
 pub mod attr;
 pub mod graph;
 pub mod infer;
+pub mod model;
 pub mod op;
 pub mod print;
 pub mod verify;
@@ -22,5 +23,6 @@ pub mod shape;
 
 pub use attr::{Attr, AttrMap, AttrValue};
 pub use graph::{Graph, Node, NodeId, Value, ValueDef, ValueId};
+pub use model::Model;
 pub use op::Op;
 pub use shape::{Dim, Shape, TensorType, Type};

@@ -80,9 +80,11 @@ pub(super) fn infer(op: &Op, cx: &mut InferCx) -> Option<InferResult> {
             }
             let mut outs = Vec::new();
             for (k, t) in body[1..1 + n_carried].iter().enumerate() {
+                // The initial value may be looser (an optional the body fills): the body's
+                // type describes every value after the first iteration.
                 outs.push(Out::of(match cx.ty(2 + k).cloned() {
-                    Some(init) => join(&init, t, cx),
-                    None => t.clone(),
+                    Some(init) if std::mem::discriminant(&init) == std::mem::discriminant(t) => join(&init, t, cx),
+                    _ => t.clone(),
                 }));
             }
             let iters = match cx.const_ints(0) {

@@ -15,7 +15,9 @@ pub(super) fn infer(op: &Op, cx: &mut InferCx) -> Option<InferResult> {
         | Sigmoid(_) | Sign(_) | Sin(_) | Sinh(_) | Sqrt(_) | Tan(_) | Tanh(_) | Relu(_)
         | LeakyRelu(_) | Elu(_) | Selu(_) | Celu(_) | HardSigmoid(_) | HardSwish(_) | Softplus(_)
         | Softsign(_) | Mish(_) | Swish(_) | ThresholdedRelu(_) | Shrink(_) | Gelu(_)
-        | BitwiseNot(_) | Not(_) | Identity(_) | Clip(_) | MsGelu(_) | QuickGelu(_) => same_as_input(cx, 0),
+        | BitwiseNot(_) | Not(_) | Clip(_) | MsGelu(_) | QuickGelu(_) => same_as_input(cx, 0),
+        // Identity passes any value through: tensors, sequences, optionals.
+        Identity(_) => cx.ty(0).cloned().map(|t| vec![Out::of(t)]).ok_or(super::InferError::Unknown),
         // X + optional bias.
         FastGelu(_) => same_as_input(cx, 0),
         PRelu(_) => binary(cx, None),
