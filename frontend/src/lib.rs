@@ -20,3 +20,7 @@ pub mod sparse;
 mod upgrade;
 
 pub use import::{import_model, load_model, load_model_bytes};
+mod downgrade;
+pub mod export;
+
+pub use export::{export_model, save_model, ExportOptions, SaveReport};
