@@ -41,7 +41,9 @@ fn round_trip(model_path: &Path, inputs: &[(String, Tensor)]) -> Result<Outcome,
     let mut m = kiln_frontend::load_model(model_path).map_err(|e| format!("import: {e}"))?;
     kiln_ir::infer::infer_graph(&mut m.graph).map_err(|e| format!("infer: {e}"))?;
     kiln_ir::verify::verify(&m.graph).map_err(|e| format!("verify: {e}"))?;
-    let proto = kiln_frontend::export_model(&m).map_err(|e| format!("export: {e}"))?;
+    // value_info on: ONNX Runtime also checks kiln's inferred types against its own.
+    let export = kiln_frontend::ExportOptions { value_info: true, ..Default::default() };
+    let proto = kiln_frontend::export_model(&m, &export).map_err(|e| format!("export: {e}"))?;
     let bytes = kiln_frontend::proto::encode(&proto);
     let run = |o: Result<Oracle, _>| -> Result<Vec<(String, Tensor)>, String> {
         let mut o = o.map_err(|e: kiln::oracle::OracleError| e.to_string())?;
@@ -122,4 +124,122 @@ fn conformance_models_round_trip_exactly_through_onnx_runtime() {
     );
     assert!(identical > 1400, "only {identical} cases compared identical");
     assert!(failures.is_empty(), "{} cases do not round-trip", failures.len());
+}
+
+/// Deterministic inputs for a model's graph inputs: symbolic dims `batch` = 2, sequence-like
+/// dims = 16, image dims = 40; attention masks with the last 3 positions of row 1 padded;
+/// ids below 1000 (every test model's vocabulary is larger).
+fn synthetic_inputs(m: &kiln_ir::Model) -> Vec<(String, Tensor)> {
+    let mut seed = 0x2545f4914f6cdd1du64;
+    let mut next = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    let g = &m.graph;
+    let mut out = Vec::new();
+    for &i in &g.inputs {
+        let v = g.value(i);
+        if matches!(v.def, kiln_ir::ValueDef::InputWithDefault(_)) {
+            continue;
+        }
+        let tt = v.ty.as_ref().and_then(|t| t.as_tensor()).expect("tensor input").clone();
+        let shape: Vec<usize> = tt
+            .shape
+            .expect("ranked input")
+            .iter()
+            .map(|d| match d.known() {
+                Some(k) => k as usize,
+                None => {
+                    let s = d.to_string();
+                    if s.contains("batch") {
+                        2
+                    } else if s.contains("seq") {
+                        16
+                    } else {
+                        40
+                    }
+                }
+            })
+            .collect();
+        let n: usize = shape.iter().product();
+        let t = match tt.dtype {
+            kiln_ir::DType::I64 if v.name.contains("mask") => {
+                let cols = *shape.last().unwrap_or(&1);
+                let data: Vec<i64> = (0..n).map(|k| if k / cols == 1 && k % cols >= cols - 3 { 0 } else { 1 }).collect();
+                Tensor::from_vec(shape, data).unwrap()
+            }
+            kiln_ir::DType::I64 if v.name.contains("token_type") => Tensor::from_vec(shape, vec![0i64; n]).unwrap(),
+            kiln_ir::DType::I64 => Tensor::from_vec(shape, (0..n).map(|_| (next() % 1000) as i64).collect()).unwrap(),
+            kiln_ir::DType::F32 => Tensor::from_vec(
+                shape,
+                (0..n).map(|_| (next() % 20001) as f32 / 10000.0 - 1.0).collect(),
+            )
+            .unwrap(),
+            d => panic!("no synthetic data for {d} input `{}`", v.name),
+        };
+        out.push((v.name.clone(), t));
+    }
+    out
+}
+
+#[test]
+fn real_models_round_trip_exactly_through_onnx_runtime() {
+    let Some(_) = common::needed("ORT_DYLIB_PATH") else { return };
+    let Some(shared) = common::needed("KILN_SHARED_MODELS") else { return };
+    let Some(big) = common::needed("KILN_MODELS_DIR") else { return };
+    let mut models: Vec<_> = [shared, big]
+        .iter()
+        .flat_map(|d| std::fs::read_dir(d).unwrap().flatten().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|e| e == "onnx") && !p.to_string_lossy().ends_with(".skel.onnx"))
+        .collect();
+    models.sort();
+    assert!(models.len() >= 9, "expected the 4 shared and 5 materialized models, found {models:?}");
+    let tmp = std::env::temp_dir().join(format!("kiln-roundtrip-{}", std::process::id()));
+    std::fs::create_dir_all(&tmp).unwrap();
+    let mut failures = Vec::new();
+    for path in &models {
+        let name = path.file_stem().unwrap().to_string_lossy().to_string();
+        let result = (|| -> Result<(), String> {
+            let mut m = kiln_frontend::load_model(path).map_err(|e| format!("import: {e}"))?;
+            kiln_ir::infer::infer_graph(&mut m.graph).map_err(|e| format!("infer: {e}"))?;
+            kiln_ir::verify::verify(&m.graph).map_err(|e| format!("verify: {e}"))?;
+            let inputs = synthetic_inputs(&m);
+            // Two ways: as `kiln optimize -O0` writes it, under ONNX Runtime's default
+            // optimizations; and with kiln's inferred shapes as value_info, kernel for kernel
+            // (with shapes ONNX Runtime fuses more, so only unoptimized runs compare bitwise).
+            for (value_info, ort) in [(false, opts_all()), (true, opts())] {
+                let out = tmp.join(format!("{name}-{value_info}.onnx"));
+                let opts = kiln_frontend::ExportOptions {
+                    external_data: Some(format!("{name}-{value_info}.onnx.data")),
+                    value_info,
+                    ..Default::default()
+                };
+                kiln_frontend::save_model(&m, &out, &opts).map_err(|e| format!("export: {e}"))?;
+                let mut a = Oracle::with_options(path, &ort).map_err(|e| e.to_string())?;
+                let mut b = Oracle::with_options(&out, &ort).map_err(|e| format!("exported: {e}"))?;
+                let x = a.run(&inputs).map_err(|e| e.to_string())?;
+                let y = b.run(&inputs).map_err(|e| format!("exported: {e}"))?;
+                for ((n, p), (_, q)) in x.iter().zip(&y) {
+                    if !same(p, q) {
+                        return Err(format!("output `{n}` differs (value_info: {value_info})"));
+                    }
+                }
+            }
+            eprintln!("{name}: outputs identical");
+            Ok(())
+        })();
+        if let Err(e) = result {
+            failures.push(format!("{name}: {e}"));
+        }
+    }
+    let _ = std::fs::remove_dir_all(&tmp);
+    assert!(failures.is_empty(), "{failures:#?}");
+}
+
+fn opts_all() -> OracleOptions {
+    // ONNX Runtime's default optimizations; single-threaded so reductions happen in the same
+    // order in both sessions.
+    OracleOptions { threads: 1, opt: OracleOpt::All, ..OracleOptions::default() }
 }

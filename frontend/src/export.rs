@@ -25,13 +25,15 @@ pub struct ExportOptions {
     /// the model's directory) instead of inline.
     pub external_data: Option<String>,
     pub external_threshold: usize,
-    /// Write inferred types of intermediate values as `value_info`.
+    /// Write inferred types of intermediate values as `value_info`. Off by default: ONNX
+    /// Runtime fuses more when it knows every shape, so the same model with value_info can
+    /// give results that differ in the last bits from the original.
     pub value_info: bool,
 }
 
 impl Default for ExportOptions {
     fn default() -> Self {
-        ExportOptions { external_data: None, external_threshold: 1024, value_info: true }
+        ExportOptions { external_data: None, external_threshold: 1024, value_info: false }
     }
 }
 
@@ -43,9 +45,10 @@ pub struct SaveReport {
     pub bytes: u64,
 }
 
-/// Converts a model to its protobuf form with all tensors inline.
-pub fn export_model(model: &Model) -> Result<ModelProto, FrontendError> {
-    export_with(model, &mut None, true)
+/// Converts a model to its protobuf form with all tensors inline (`opts.external_data` is
+/// ignored).
+pub fn export_model(model: &Model, opts: &ExportOptions) -> Result<ModelProto, FrontendError> {
+    export_with(model, &mut None, opts.value_info)
 }
 
 /// Writes `model` to `path` (atomically: a temporary file renamed into place). Refuses to
