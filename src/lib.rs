@@ -1,5 +1,101 @@
 //! kiln: load, optimize, quantize, compile and run ONNX models.
+//!
+//! This crate is the facade over kiln's workspace crates: [`ir`] (the SSA graph, types,
+//! tensors, text printer, verifier) and [`frontend`] (ONNX protobuf import and export).
+//! What exists today is loading a model into the IR with types inferred and the graph verified:
+//!
+//! ```
+//! // The small BERT model that ships with kiln (the `kiln` CLI's embedded default).
+//! let path = concat!(env!("CARGO_MANIFEST_DIR"), "/assets/bert_tiny_eager_opset14.onnx");
+//! let model = kiln::load(path)?;
+//! println!("opset {}, {} nodes", model.onnx_opset(), model.graph.num_nodes());
+//! print!("{}", model.graph); // the IR text form
+//! # Ok::<(), kiln::Error>(())
+//! ```
+//!
+//! Large weights are not copied: tensors stored as ONNX external data stay memory-mapped.
 
+use std::path::Path;
+
+pub use kiln_frontend as frontend;
+pub use kiln_ir as ir;
+
+pub use kiln_ir::infer::InferStats;
+pub use kiln_ir::Model;
+
+pub mod conformance;
 pub mod env;
 #[cfg(feature = "ort")]
 pub mod oracle;
+
+/// Errors of the facade: loading, inferring types, verifying.
+///
+/// Every message is one line. The variants keep their cause as [`std::error::Error::source`],
+/// and the message already includes it (print `{}`, not the chain).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The file could not be read, or is not an ONNX model kiln can import.
+    #[error(transparent)]
+    Frontend(#[from] kiln_frontend::FrontendError),
+
+    /// Type inference found a node whose inputs its op cannot take.
+    #[error("{origin}: type inference failed: {source}")]
+    Infer {
+        /// The model's path, or "in-memory model".
+        origin: String,
+        #[source]
+        source: kiln_ir::IrError,
+    },
+
+    /// The imported graph breaks an IR invariant (a bug in the importer, or a malformed model
+    /// that slipped through it).
+    #[error("{origin}: the imported graph is invalid: {source}")]
+    Verify {
+        origin: String,
+        #[source]
+        source: kiln_ir::IrError,
+    },
+}
+
+/// Loads the ONNX model at `path`: imports it into the IR (external data is memory-mapped
+/// relative to the file's directory, not read), infers the type of every value, and verifies
+/// the graph.
+///
+/// Values whose types cannot be inferred statically stay `None`; that is not an error
+/// (see [`analyze`] for the count).
+pub fn load(path: impl AsRef<Path>) -> Result<Model, Error> {
+    let path = path.as_ref();
+    let mut model = kiln_frontend::load_model(path)?;
+    analyze_in(&mut model, &path.display().to_string())?;
+    Ok(model)
+}
+
+/// Like [`load`], for a model held in memory. A model that refers to external data is an
+/// error (there is no directory to find it in): load it from its file instead.
+pub fn load_bytes(bytes: &[u8]) -> Result<Model, Error> {
+    let mut model = kiln_frontend::load_model_bytes(bytes)?;
+    analyze_in(&mut model, "in-memory model")?;
+    Ok(model)
+}
+
+/// What [`load`] does after importing: infers types (merging them with the types the model
+/// declares) and verifies the graph. Returns the inference statistics: `untyped` is the number
+/// of values, in all graphs, whose type is still unknown.
+///
+/// For a model imported with [`frontend::import_model`] directly.
+pub fn analyze(model: &mut Model) -> Result<InferStats, Error> {
+    analyze_in(model, "model")
+}
+
+fn analyze_in(model: &mut Model, origin: &str) -> Result<InferStats, Error> {
+    let stats = kiln_ir::infer::infer_graph(&mut model.graph).map_err(|source| Error::Infer {
+        origin: origin.to_string(),
+        source,
+    })?;
+    kiln_ir::verify::verify(&model.graph).map_err(|source| Error::Verify {
+        origin: origin.to_string(),
+        source,
+    })?;
+    Ok(stats)
+}

@@ -11,7 +11,7 @@ pub mod tensor;
 
 pub use dtype::DType;
 pub use error::{IrError, Result};
-pub use tensor::{Element, Storage, Tensor, TensorData};
+pub use tensor::{AlignedBuf, Element, Storage, Tensor, TensorData};
 pub mod attr;
 pub mod graph;
 pub mod infer;

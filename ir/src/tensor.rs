@@ -16,29 +16,94 @@ pub trait Storage: Send + Sync + fmt::Debug {
     fn is_mapped(&self) -> bool {
         false
     }
-}
-
-/// Heap bytes aligned to 8, so any element type can be viewed in place.
-#[derive(Debug)]
-struct AlignedBytes {
-    words: Vec<u64>,
-    len: usize,
-}
-
-impl AlignedBytes {
-    fn from_slice(b: &[u8]) -> Self {
-        let mut words = vec![0u64; b.len().div_ceil(8)];
-        bytemuck::cast_slice_mut::<u64, u8>(&mut words)[..b.len()].copy_from_slice(b);
-        AlignedBytes {
-            words,
-            len: b.len(),
-        }
+    /// The owned buffer behind this storage, when it is an [`AlignedBuf`] nobody else holds.
+    fn into_aligned_buf(self: Arc<Self>) -> Option<AlignedBuf> {
+        None
     }
 }
 
-impl Storage for AlignedBytes {
+/// One cache line: the unit of [`AlignedBuf`]'s allocation.
+#[derive(Clone, Copy)]
+#[repr(C, align(64))]
+struct Line([u8; 64]);
+
+/// Owned heap bytes aligned to 64 (a cache line; the widest SIMD load), so any element
+/// type can be viewed in place and kernels can use aligned vector loads. The runtime
+/// recycles these between runs ([`Tensor::into_buf`]).
+pub struct AlignedBuf {
+    lines: Vec<Line>,
+    len: usize,
+}
+
+impl fmt::Debug for AlignedBuf {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "AlignedBuf({} bytes)", self.len)
+    }
+}
+
+impl AlignedBuf {
+    /// `len` zero bytes.
+    pub fn zeroed(len: usize) -> AlignedBuf {
+        AlignedBuf { lines: vec![Line([0; 64]); len.div_ceil(64)], len }
+    }
+
+    pub fn from_slice(b: &[u8]) -> AlignedBuf {
+        let mut buf = AlignedBuf::zeroed(b.len());
+        buf.as_bytes_mut().copy_from_slice(b);
+        buf
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Bytes this buffer can hold without reallocating.
+    pub fn capacity(&self) -> usize {
+        self.lines.capacity() * 64
+    }
+
+    /// Resizes to `len` bytes, keeping the allocation when it is large enough. New bytes are zero.
+    pub fn resize(&mut self, len: usize) {
+        self.lines.resize(len.div_ceil(64), Line([0; 64]));
+        self.len = len;
+    }
+
+    fn all_bytes(&self) -> &[u8] {
+        // SAFETY: `Line` is 64 plain bytes with no padding; the vector's lines are contiguous.
+        unsafe { std::slice::from_raw_parts(self.lines.as_ptr().cast::<u8>(), self.lines.len() * 64) }
+    }
+
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.all_bytes()[..self.len]
+    }
+
+    pub fn as_bytes_mut(&mut self) -> &mut [u8] {
+        let n = self.lines.len() * 64;
+        // SAFETY: as in `all_bytes`, with unique access through `&mut self`.
+        let all = unsafe { std::slice::from_raw_parts_mut(self.lines.as_mut_ptr().cast::<u8>(), n) };
+        &mut all[..self.len]
+    }
+
+    /// The bytes as elements of `T` (the length must be a multiple of `T`'s size).
+    pub fn as_slice<T: bytemuck::Pod>(&self) -> &[T] {
+        bytemuck::cast_slice(self.as_bytes())
+    }
+
+    pub fn as_mut_slice<T: bytemuck::Pod>(&mut self) -> &mut [T] {
+        bytemuck::cast_slice_mut(self.as_bytes_mut())
+    }
+}
+
+impl Storage for AlignedBuf {
     fn bytes(&self) -> &[u8] {
-        &bytemuck::cast_slice::<u64, u8>(&self.words)[..self.len]
+        self.as_bytes()
+    }
+    fn into_aligned_buf(self: Arc<Self>) -> Option<AlignedBuf> {
+        Arc::try_unwrap(self).ok()
     }
 }
 
@@ -92,11 +157,26 @@ impl Tensor {
             dtype,
             shape,
             data: TensorData::Bytes {
-                storage: Arc::new(AlignedBytes::from_slice(bytes)),
+                storage: Arc::new(AlignedBuf::from_slice(bytes)),
                 offset: 0,
                 len,
             },
         })
+    }
+
+    /// A tensor owning `buf` (no copy); `buf.len()` must match `dtype` × `shape`.
+    pub fn from_buf(dtype: DType, shape: Vec<usize>, buf: AlignedBuf) -> Result<Tensor, IrError> {
+        Self::check_len(dtype, &shape, buf.len())?;
+        let len = buf.len();
+        Ok(Tensor { dtype, shape, data: TensorData::Bytes { storage: Arc::new(buf), offset: 0, len } })
+    }
+
+    /// The owned buffer of this tensor when nothing else shares it (for reuse).
+    pub fn into_buf(self) -> Option<AlignedBuf> {
+        match self.data {
+            TensorData::Bytes { storage, offset: 0, .. } => storage.into_aligned_buf(),
+            _ => None,
+        }
     }
 
     /// A tensor viewing `len` bytes of `storage` at `offset`, without copying.
@@ -373,7 +453,7 @@ mod tests {
 
     #[test]
     fn storage_range_is_checked() {
-        let st: Arc<dyn Storage> = Arc::new(AlignedBytes::from_slice(&[0u8; 16]));
+        let st: Arc<dyn Storage> = Arc::new(AlignedBuf::from_slice(&[0u8; 16]));
         assert!(Tensor::from_storage(DType::F32, vec![4], st.clone(), 0, 16).is_ok());
         assert!(Tensor::from_storage(DType::F32, vec![4], st.clone(), 4, 16).is_err());
         assert!(Tensor::from_storage(DType::F32, vec![4], st, usize::MAX, 16).is_err());

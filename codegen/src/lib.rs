@@ -1,0 +1,179 @@
+//! Lowering of kiln's IR to an executable [`Plan`]: a schedule (topological order), one
+//! slot per value, a free list per step from liveness (so buffers are recycled as soon as
+//! a value is dead), and a kernel per node. Subgraphs compile to nested plans.
+
+use std::collections::{BTreeMap, HashMap};
+
+use kiln_ir::{Graph, Model, Op, ValueDef, ValueId};
+use kiln_runtime::kernels::control::{IfKernel, LoopKernel, ScanKernel, SequenceMapKernel, SubPlan};
+use kiln_runtime::{BuildCx, Kernel, KernelError, Plan, PlanInput, Slot, Step, Value};
+use thiserror::Error;
+
+/// Why a model cannot be compiled.
+#[derive(Debug, Error)]
+pub enum CompileError {
+    /// An op kiln's runtime cannot execute (named with its opset and node).
+    #[error("node `{node}`: {op} (opset {opset}) is not supported by kiln's runtime: {msg}")]
+    Unsupported { node: String, op: String, opset: i64, msg: String },
+    /// The graph is malformed.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// Compiles the model's main graph.
+pub fn compile(model: &Model) -> Result<Plan, CompileError> {
+    compile_graph(&model.graph, &model.opsets)
+}
+
+fn op_name(op: &Op) -> String {
+    if op.domain().is_empty() {
+        op.op_type().to_string()
+    } else {
+        format!("{}.{}", op.domain(), op.op_type())
+    }
+}
+
+/// Compiles one graph. For a subgraph, the plan's inputs are its formal inputs followed by
+/// the outer values it captures, in [`Graph::outer_refs`] order.
+pub fn compile_graph(g: &Graph, opsets: &BTreeMap<String, i64>) -> Result<Plan, CompileError> {
+    let order = g.topo_order().map_err(|e| CompileError::Invalid(e.to_string()))?;
+    let slot = |v: ValueId| v.index() as Slot;
+
+    // Last reader of each value, to free it right after.
+    let mut last_use: HashMap<ValueId, usize> = HashMap::new();
+    for (i, &n) in order.iter().enumerate() {
+        for v in g.node_reads(n) {
+            last_use.insert(v, i);
+        }
+    }
+    let is_output = |v: ValueId| g.outputs.contains(&v);
+
+    let mut inputs = Vec::new();
+    let mut consts = Vec::new();
+    for &i in &g.inputs {
+        let val = g.value(i);
+        let default = match &val.def {
+            ValueDef::InputWithDefault(t) => Some(t.clone()),
+            _ => None,
+        };
+        inputs.push(PlanInput { name: val.name.clone(), slot: slot(i), ty: val.ty.clone(), default });
+    }
+    for o in g.outer_refs() {
+        let inner = g
+            .value_ids()
+            .find(|&v| g.value(v).def == ValueDef::Outer(o))
+            .expect("outer_refs come from Outer values");
+        inputs.push(PlanInput { name: g.value(inner).name.clone(), slot: slot(inner), ty: None, default: None });
+    }
+    for v in g.value_ids() {
+        if let ValueDef::Const(t) = &g.value(v).def {
+            consts.push((slot(v), Value::Tensor(t.clone())));
+        }
+    }
+
+    let mut steps = Vec::with_capacity(order.len());
+    for (i, &n) in order.iter().enumerate() {
+        let node = g.node(n);
+        let opset = opsets.get(node.op.domain()).copied().unwrap_or(1);
+        let unsupported = |msg: String| CompileError::Unsupported {
+            node: node.name.clone(),
+            op: op_name(&node.op),
+            opset,
+            msg,
+        };
+        let captures: Vec<ValueId> = {
+            let mut c: Vec<ValueId> = node.op.subgraphs().iter().flat_map(|sg| sg.outer_refs()).collect();
+            c.sort();
+            c.dedup();
+            c
+        };
+        let kernel: Box<dyn Kernel> = match &node.op {
+            Op::If(_) | Op::Loop(_) | Op::Scan(_) | Op::SequenceMap(_) => {
+                control_kernel(&node.op, node.inputs.len(), &captures, opsets).map_err(|e| match e {
+                    CompileError::Unsupported { .. } | CompileError::Invalid(_) => e,
+                })?
+            }
+            Op::Opaque(o) => {
+                return Err(unsupported(format!(
+                    "kiln does not know the op {}{} (version {})",
+                    if o.domain.is_empty() { String::new() } else { format!("{}.", o.domain) },
+                    o.op_type,
+                    o.version
+                )))
+            }
+            op => {
+                let cx = BuildCx {
+                    input_types: node.inputs.iter().map(|i| i.and_then(|v| g.value(v).ty.as_ref())).collect(),
+                    const_inputs: node.inputs.iter().map(|i| i.and_then(|v| g.const_value(v))).collect(),
+                    output_types: node.outputs.iter().map(|&o| g.value(o).ty.as_ref()).collect(),
+                    graph: g,
+                };
+                kiln_runtime::kernels::build(op, &cx).map_err(|e| match e {
+                    KernelError::Unsupported(m) => unsupported(m),
+                    KernelError::Invalid(m) => CompileError::Invalid(format!("node `{}`: {m}", node.name)),
+                })?
+            }
+        };
+        let mut step_inputs: Vec<Option<Slot>> = node.inputs.iter().map(|i| i.map(slot)).collect();
+        step_inputs.extend(captures.iter().map(|&c| Some(slot(c))));
+        let outputs = node
+            .outputs
+            .iter()
+            .map(|&o| (last_use.contains_key(&o) || is_output(o)).then(|| slot(o)))
+            .collect();
+        let mut frees: Vec<Slot> = g
+            .node_reads(n)
+            .into_iter()
+            .filter(|&v| last_use.get(&v) == Some(&i) && !is_output(v))
+            .map(slot)
+            .collect();
+        frees.sort();
+        frees.dedup();
+        steps.push(Step { kernel, inputs: step_inputs, outputs, frees, node: node.name.clone(), op: op_name(&node.op) });
+    }
+    let outputs = g.outputs.iter().map(|&o| (g.value(o).name.clone(), slot(o))).collect();
+    Ok(Plan { steps, n_slots: g.num_values(), consts, inputs, outputs })
+}
+
+fn sub_plan(sg: &Graph, node_captures: &[ValueId], opsets: &BTreeMap<String, i64>) -> Result<SubPlan, CompileError> {
+    let plan = compile_graph(sg, opsets)?;
+    let captures = sg
+        .outer_refs()
+        .iter()
+        .map(|o| node_captures.iter().position(|c| c == o).expect("node captures include the subgraph's"))
+        .collect();
+    Ok(SubPlan { plan, captures })
+}
+
+fn control_kernel(
+    op: &Op,
+    n_explicit: usize,
+    captures: &[ValueId],
+    opsets: &BTreeMap<String, i64>,
+) -> Result<Box<dyn Kernel>, CompileError> {
+    Ok(match op {
+        Op::If(o) => Box::new(IfKernel {
+            then_branch: sub_plan(&o.then_branch, captures, opsets)?,
+            else_branch: sub_plan(&o.else_branch, captures, opsets)?,
+            n_explicit,
+        }),
+        Op::Loop(o) => Box::new(LoopKernel { body: sub_plan(&o.body, captures, opsets)?, n_explicit }),
+        Op::Scan(o) => {
+            let m = o.num_scan_inputs.max(0) as usize;
+            let n_out = o.body.outputs.len();
+            let n_state = n_explicit.saturating_sub(m);
+            let k = n_out.saturating_sub(n_state);
+            Box::new(ScanKernel {
+                body: sub_plan(&o.body, captures, opsets)?,
+                n_explicit,
+                num_scan_inputs: m,
+                input_axes: o.scan_input_axes.clone().unwrap_or_else(|| vec![0; m]),
+                input_reverse: o.scan_input_directions.clone().unwrap_or_default().iter().map(|&d| d != 0).collect(),
+                output_axes: o.scan_output_axes.clone().unwrap_or_else(|| vec![0; k]),
+                output_reverse: o.scan_output_directions.clone().unwrap_or_default().iter().map(|&d| d != 0).collect(),
+            })
+        }
+        Op::SequenceMap(o) => Box::new(SequenceMapKernel { body: sub_plan(&o.body, captures, opsets)?, n_explicit }),
+        _ => unreachable!("only control-flow ops reach here"),
+    })
+}

@@ -1,0 +1,135 @@
+//! The kernel interface.
+
+use kiln_ir::tensor::checked_numel;
+use kiln_ir::{AlignedBuf, DType, Element, Graph, Tensor, Type};
+
+use crate::error::KernelError;
+use crate::value::Value;
+
+/// One op, ready to run. Built once per node when a plan is compiled (attributes parsed,
+/// constant inputs pre-processed), then run any number of times, from any thread.
+pub trait Kernel: Send + Sync {
+    /// Runs the op. `inputs` holds the node's inputs (`None` where omitted) followed by the
+    /// outer values its subgraphs capture. Returns one value per node output; a kernel may
+    /// return fewer when trailing optional outputs are not produced.
+    fn run(&self, inputs: &[Option<&Value>], cx: &mut RunCx) -> Result<Vec<Value>, KernelError>;
+}
+
+/// What a kernel builder knows about the node at compile time.
+pub struct BuildCx<'a> {
+    /// Types of the node's inputs (as inferred), `None` where omitted or unknown.
+    pub input_types: Vec<Option<&'a Type>>,
+    /// Values of constant inputs.
+    pub const_inputs: Vec<Option<&'a Tensor>>,
+    /// Types of the node's outputs.
+    pub output_types: Vec<Option<&'a Type>>,
+    /// The graph the node belongs to (for ops that look further, e.g. at subgraphs).
+    pub graph: &'a Graph,
+}
+
+/// Per-run state handed to kernels: a pool of buffers freed by earlier steps.
+#[derive(Default)]
+pub struct RunCx {
+    pool: Vec<AlignedBuf>,
+    /// Bytes of buffers handed out that came from the pool (for tests of reuse).
+    pub reused_bytes: usize,
+}
+
+/// Buffers larger than this many times the request are not handed out, so a small
+/// tensor does not pin a large allocation.
+const POOL_SLACK: usize = 4;
+const POOL_MAX: usize = 64;
+
+impl RunCx {
+    pub fn new() -> RunCx {
+        RunCx::default()
+    }
+
+    /// A zeroed buffer of `bytes` bytes, reusing a pooled allocation when one fits.
+    pub fn alloc(&mut self, bytes: usize) -> AlignedBuf {
+        let best = self
+            .pool
+            .iter()
+            .enumerate()
+            .filter(|(_, b)| b.capacity() >= bytes && b.capacity() <= bytes.max(64) * POOL_SLACK)
+            .min_by_key(|(_, b)| b.capacity())
+            .map(|(i, _)| i);
+        match best {
+            Some(i) => {
+                let mut b = self.pool.swap_remove(i);
+                self.reused_bytes += bytes;
+                b.resize(0);
+                b.resize(bytes);
+                b
+            }
+            None => AlignedBuf::zeroed(bytes),
+        }
+    }
+
+    /// Returns a dead value's buffers to the pool.
+    pub fn recycle(&mut self, v: Value) {
+        match v {
+            Value::Tensor(t) => self.recycle_tensor(t),
+            Value::Sequence(ts) => ts.into_iter().for_each(|t| self.recycle_tensor(t)),
+            Value::Optional(Some(v)) => self.recycle(*v),
+            Value::Optional(None) => {}
+        }
+    }
+
+    fn recycle_tensor(&mut self, t: Tensor) {
+        if let Some(b) = t.into_buf() {
+            if b.capacity() > 0 && self.pool.len() < POOL_MAX {
+                self.pool.push(b);
+            }
+        }
+    }
+
+    /// A new tensor of `shape` whose elements `fill` writes.
+    pub fn tensor<T: Element>(
+        &mut self,
+        shape: Vec<usize>,
+        fill: impl FnOnce(&mut [T]),
+    ) -> Result<Tensor, KernelError> {
+        let n = checked_numel(&shape)?;
+        let bytes = n
+            .checked_mul(std::mem::size_of::<T>())
+            .ok_or_else(|| KernelError::Invalid(format!("tensor of shape {shape:?} is too large")))?;
+        let mut buf = self.alloc(bytes);
+        fill(buf.as_mut_slice::<T>());
+        Ok(Tensor::from_buf(T::DTYPE, shape, buf)?)
+    }
+
+    /// A new tensor of any fixed-size `dtype` whose raw bytes `fill` writes.
+    pub fn tensor_bytes(
+        &mut self,
+        dtype: DType,
+        shape: Vec<usize>,
+        fill: impl FnOnce(&mut [u8]),
+    ) -> Result<Tensor, KernelError> {
+        let n = checked_numel(&shape)?;
+        let bytes = dtype
+            .storage_bytes(n)
+            .ok_or_else(|| KernelError::Invalid(format!("tensor of shape {shape:?} is too large")))?;
+        let mut buf = self.alloc(bytes);
+        fill(buf.as_bytes_mut());
+        Ok(Tensor::from_buf(dtype, shape, buf)?)
+    }
+}
+
+/// Input `i` as a tensor (error if omitted or not a tensor).
+pub fn tensor_input<'a>(inputs: &[Option<&'a Value>], i: usize) -> Result<&'a Tensor, KernelError> {
+    match inputs.get(i).copied().flatten() {
+        Some(Value::Tensor(t)) => Ok(t),
+        Some(v) => Err(KernelError::Invalid(format!("input {i} must be a tensor, got {}", v.describe()))),
+        None => Err(KernelError::Invalid(format!("input {i} is required"))),
+    }
+}
+
+/// Input `i` as a tensor, `None` if omitted.
+pub fn opt_tensor_input<'a>(inputs: &[Option<&'a Value>], i: usize) -> Result<Option<&'a Tensor>, KernelError> {
+    match inputs.get(i).copied().flatten() {
+        None => Ok(None),
+        Some(Value::Tensor(t)) => Ok(Some(t)),
+        Some(v) => Err(KernelError::Invalid(format!("input {i} must be a tensor, got {}", v.describe()))),
+    }
+}

@@ -1,0 +1,183 @@
+//! A compiled plan and its executor.
+
+use std::collections::HashMap;
+
+use kiln_ir::{Tensor, Type};
+
+use crate::error::RuntimeError;
+use crate::kernel::{Kernel, RunCx};
+use crate::value::Value;
+
+/// Index of a value's slot in a plan.
+pub type Slot = u32;
+
+/// One step: a kernel, where its inputs come from and where its outputs go.
+pub struct Step {
+    pub kernel: Box<dyn Kernel>,
+    /// Node inputs (`None` where omitted), then captured outer values.
+    pub inputs: Vec<Option<Slot>>,
+    /// `None` for outputs nothing reads (the value is dropped at once).
+    pub outputs: Vec<Option<Slot>>,
+    /// Slots whose last reader is this step: emptied after it runs.
+    pub frees: Vec<Slot>,
+    pub node: String,
+    pub op: String,
+}
+
+/// A graph input of a plan.
+#[derive(Clone, Debug)]
+pub struct PlanInput {
+    pub name: String,
+    pub slot: Slot,
+    /// Declared type, checked against what the caller passes.
+    pub ty: Option<Type>,
+    /// Value used when the caller passes none (an initializer listed as an input).
+    pub default: Option<Tensor>,
+}
+
+/// An executable plan for one graph.
+pub struct Plan {
+    pub steps: Vec<Step>,
+    pub n_slots: usize,
+    /// Constants, placed in their slots at the start of every run.
+    pub consts: Vec<(Slot, Value)>,
+    pub inputs: Vec<PlanInput>,
+    pub outputs: Vec<(String, Slot)>,
+}
+
+impl Plan {
+    /// Runs the plan on named inputs; returns the named outputs in graph order.
+    pub fn run(&self, inputs: Vec<(String, Value)>) -> Result<Vec<(String, Value)>, RuntimeError> {
+        let mut by_name: HashMap<String, Value> = HashMap::with_capacity(inputs.len());
+        for (n, v) in inputs {
+            if !self.inputs.iter().any(|i| i.name == n) {
+                let known: Vec<&str> = self.inputs.iter().map(|i| i.name.as_str()).collect();
+                return Err(RuntimeError::Input(format!("the model has no input `{n}` (its inputs: {known:?})")));
+            }
+            if by_name.insert(n.clone(), v).is_some() {
+                return Err(RuntimeError::Input(format!("input `{n}` is given twice")));
+            }
+        }
+        let mut ordered = Vec::with_capacity(self.inputs.len());
+        for i in &self.inputs {
+            match by_name.remove(&i.name) {
+                Some(v) => ordered.push(Some(v)),
+                None if i.default.is_some() => ordered.push(None),
+                None => return Err(RuntimeError::Input(format!("input `{}` is missing", i.name))),
+            }
+        }
+        check_inputs(&self.inputs, &ordered)?;
+        let mut cx = RunCx::new();
+        let outs = self.run_positional(ordered, &mut cx)?;
+        Ok(self.outputs.iter().map(|(n, _)| n.clone()).zip(outs).collect())
+    }
+
+    /// Runs with inputs in plan order (`None` takes the input's default). Used for
+    /// subgraphs, whose inputs are their formal parameters followed by captured values.
+    pub fn run_positional(&self, inputs: Vec<Option<Value>>, cx: &mut RunCx) -> Result<Vec<Value>, RuntimeError> {
+        let mut slots: Vec<Option<Value>> = vec![None; self.n_slots];
+        for (slot, v) in &self.consts {
+            slots[*slot as usize] = Some(v.clone());
+        }
+        for (i, v) in self.inputs.iter().zip(inputs) {
+            slots[i.slot as usize] = match v {
+                Some(v) => Some(v),
+                None => i.default.clone().map(Value::Tensor),
+            };
+        }
+        for step in &self.steps {
+            let outs = {
+                let ins: Vec<Option<&Value>> =
+                    step.inputs.iter().map(|s| s.and_then(|s| slots[s as usize].as_ref())).collect();
+                step.kernel.run(&ins, cx).map_err(|source| RuntimeError::Kernel {
+                    node: step.node.clone(),
+                    op: step.op.clone(),
+                    source,
+                })?
+            };
+            for (k, v) in outs.into_iter().enumerate() {
+                match step.outputs.get(k).copied().flatten() {
+                    Some(s) => slots[s as usize] = Some(v),
+                    None => cx.recycle(v),
+                }
+            }
+            for &s in &step.frees {
+                if let Some(v) = slots[s as usize].take() {
+                    cx.recycle(v);
+                }
+            }
+        }
+        self.outputs
+            .iter()
+            .map(|(name, s)| {
+                slots[*s as usize].clone().ok_or_else(|| RuntimeError::Kernel {
+                    node: name.clone(),
+                    op: "output".into(),
+                    source: crate::error::KernelError::Invalid(format!("output `{name}` was not produced")),
+                })
+            })
+            .collect()
+    }
+}
+
+/// Checks dtypes, ranks and dims of the caller's inputs against the declared types; a
+/// symbolic dim must have one value across all inputs (`batch` in ids and mask).
+fn check_inputs(decl: &[PlanInput], given: &[Option<Value>]) -> Result<(), RuntimeError> {
+    let mut env: HashMap<String, i64> = HashMap::new();
+    for (i, v) in decl.iter().zip(given) {
+        let (Some(ty), Some(v)) = (&i.ty, v) else { continue };
+        let (Type::Tensor(tt), Value::Tensor(t)) = (ty, v) else {
+            match (ty, v) {
+                (Type::Tensor(_), _) => {
+                    return Err(RuntimeError::Input(format!("input `{}` must be a tensor, got {}", i.name, v.describe())))
+                }
+                _ => continue,
+            }
+        };
+        if tt.dtype != t.dtype() {
+            return Err(RuntimeError::Input(format!(
+                "input `{}` must be {}, got {}",
+                i.name,
+                tt.dtype,
+                t.dtype()
+            )));
+        }
+        let Some(shape) = &tt.shape else { continue };
+        if shape.len() != t.rank() {
+            return Err(RuntimeError::Input(format!(
+                "input `{}` must have rank {} ({ty}), got shape {:?}",
+                i.name,
+                shape.len(),
+                t.shape()
+            )));
+        }
+        for (k, (d, &n)) in shape.iter().zip(t.shape()).enumerate() {
+            let n = n as i64;
+            if let Some(want) = d.known() {
+                if want != n {
+                    return Err(RuntimeError::Input(format!(
+                        "input `{}` dim {k} must be {want} ({ty}), got shape {:?}",
+                        i.name,
+                        t.shape()
+                    )));
+                }
+            } else if let Some(sym) = d.as_symbol() {
+                if sym.starts_with(kiln_ir::infer::FRESH_PREFIX) {
+                    continue;
+                }
+                match env.get(sym) {
+                    Some(&prev) if prev != n => {
+                        return Err(RuntimeError::Input(format!(
+                            "input `{}` dim {k} is `{sym}`, which is {prev} in an earlier input, got {n}",
+                            i.name
+                        )))
+                    }
+                    _ => {
+                        env.insert(sym.to_string(), n);
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}
