@@ -13,6 +13,20 @@ fn onnx_node_conformance_at_o0() {
     let Some(dir) = common::needed("KILN_CONFORMANCE_DIR") else { return };
     let skips = read_skips(&std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/conformance-skips.tsv"))
         .expect("skip file");
+    // KILN_CONFORMANCE_FILTER=abs,acos runs only cases whose name contains one of the parts
+    // (for working on one family; the floor is then not checked).
+    let filter: Option<Vec<String>> = std::env::var("KILN_CONFORMANCE_FILTER")
+        .ok()
+        .map(|f| f.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect());
+    let mut skips = skips;
+    if let Some(f) = &filter {
+        for c in kiln::conformance::list_cases(&dir).expect("cases") {
+            let name = c.file_name().unwrap().to_string_lossy().to_string();
+            if !f.iter().any(|p| name.contains(p.as_str())) {
+                skips.insert(name, "filtered out".into());
+            }
+        }
+    }
     let outcomes = run_dir(&dir, &skips, |_, _, _| {}).expect("cases");
     for o in &outcomes {
         if let Status::Fail(e) = &o.status {
@@ -24,5 +38,7 @@ fn onnx_node_conformance_at_o0() {
     }
     let (p, f, s) = counts(&outcomes);
     eprintln!("conformance O0: {p} passed, {f} failed, {s} skipped");
-    assert!(p >= MIN_PASSED, "{p} passed, below the floor of {MIN_PASSED}");
+    if filter.is_none() {
+        assert!(p >= MIN_PASSED, "{p} passed, below the floor of {MIN_PASSED}");
+    }
 }
