@@ -6,10 +6,13 @@ use std::path::PathBuf;
 fn main() {
     let proto_dir = PathBuf::from("proto");
     let proto = proto_dir.join("onnx.proto");
+    // SequenceProto / MapProto / OptionalProto: the conformance cases' non-tensor data files.
+    let data = proto_dir.join("onnx-data.proto");
     println!("cargo:rerun-if-changed={}", proto.display());
+    println!("cargo:rerun-if-changed={}", data.display());
     println!("cargo:rerun-if-changed=build.rs");
 
-    let fds = match protox::compile([&proto], [&proto_dir]) {
+    let fds = match protox::compile([&proto, &data], [&proto_dir]) {
         Ok(fds) => fds,
         Err(e) => panic!("cannot parse {}: {e}", proto.display()),
     };

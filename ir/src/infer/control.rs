@@ -29,6 +29,7 @@ pub(super) fn formal_types(op: &Op, inputs: &[Option<Type>]) -> Vec<Vec<Option<T
             }
             vec![f]
         }
+        Op::SequenceMap(_) => vec![super::sequence::sequence_map_formals(inputs)],
         _ => Vec::new(),
     }
 }

@@ -1,7 +1,7 @@
 //! Elementwise ops: unary maps, broadcasting binary/variadic ops, comparisons, casts.
 
 use super::helpers::*;
-use super::{InferCx, InferResult, Out};
+use super::{InferCx, InferError, InferResult, Out};
 use crate::dtype::DType;
 use crate::op::Op;
 use crate::shape::Dim;
@@ -11,13 +11,17 @@ pub(super) fn infer(op: &Op, cx: &mut InferCx) -> Option<InferResult> {
     Some(match op {
         // Unary maps: output has input 0's type.
         Abs(_) | Acos(_) | Acosh(_) | Asin(_) | Asinh(_) | Atan(_) | Atanh(_) | Ceil(_) | Cos(_)
-        | Cosh(_) | Erf(_) | Exp(_) | Floor(_) | Log(_) | Neg(_) | Reciprocal(_) | Round(_)
+        | Cosh(_) | Erf(_) | Exp(_) | Floor(_) | Log(_) | Reciprocal(_) | Round(_)
         | Sigmoid(_) | Sign(_) | Sin(_) | Sinh(_) | Sqrt(_) | Tan(_) | Tanh(_) | Relu(_)
         | LeakyRelu(_) | Elu(_) | Selu(_) | Celu(_) | HardSigmoid(_) | HardSwish(_) | Softplus(_)
         | Softsign(_) | Mish(_) | Swish(_) | ThresholdedRelu(_) | Shrink(_) | Gelu(_)
         | BitwiseNot(_) | Not(_) | Clip(_) | MsGelu(_) | QuickGelu(_) => same_as_input(cx, 0),
         // Identity passes any value through: tensors, sequences, optionals.
-        Identity(_) => cx.ty(0).cloned().map(|t| vec![Out::of(t)]).ok_or(super::InferError::Unknown),
+        Identity(_) => cx
+            .ty(0)
+            .cloned()
+            .map(|t| vec![Out { ty: t, sym: cx.sym(0).map(|s| s.to_vec()) }])
+            .ok_or(InferError::Unknown),
         // X + optional bias.
         FastGelu(_) => same_as_input(cx, 0),
         PRelu(_) => binary(cx, None),
@@ -28,8 +32,15 @@ pub(super) fn infer(op: &Op, cx: &mut InferCx) -> Option<InferResult> {
         Max(_) | Min(_) | Mean(_) | Sum(_) => variadic(cx),
         Where(_) => (|| {
             let dt = cx.dtype(1)?;
-            Ok(vec![Out::tensor(dt, broadcast_inputs(cx, &[0, 1, 2])?)])
+            Ok(vec![out_of(dt, broadcast_or_unranked(cx, &[0, 1, 2])?)])
         })(),
+        // Shape arithmetic: keep the symbolic contents.
+        Neg(_) => same_as_input(cx, 0).map(|mut o| {
+            if let Some(s) = cx.sym(0) {
+                o[0].sym = Some(s.iter().map(|d| -d).collect());
+            }
+            o
+        }),
         Cast(c) => cast(cx, c.to),
         CastLike(_) => cx.dtype(1).and_then(|d| cast(cx, d)),
         BiasAdd(_) => same_as_input(cx, 0),
@@ -37,10 +48,27 @@ pub(super) fn infer(op: &Op, cx: &mut InferCx) -> Option<InferResult> {
     })
 }
 
+/// Broadcast shape of the inputs, `None` when some input's rank is unknown (the output's
+/// dtype is still known).
+fn broadcast_or_unranked(cx: &InferCx, inputs: &[usize]) -> Result<Option<Vec<crate::shape::Dim>>, InferError> {
+    match broadcast_inputs(cx, inputs) {
+        Ok(s) => Ok(Some(s)),
+        Err(InferError::Unknown) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+fn out_of(dtype: DType, shape: Option<Vec<crate::shape::Dim>>) -> Out {
+    match shape {
+        Some(s) => Out::tensor(dtype, s),
+        None => Out::unranked(dtype),
+    }
+}
+
 fn binary(cx: &InferCx, out: Option<DType>) -> InferResult {
     let dt = cx.dtype(0)?;
-    let shape = broadcast_inputs(cx, &[0, 1])?;
-    let mut o = Out::tensor(out.unwrap_or(dt), shape);
+    let shape = broadcast_or_unranked(cx, &[0, 1])?;
+    let mut o = out_of(out.unwrap_or(dt), shape);
     // Shape arithmetic on integer tensors (`batch * seq`, `hidden / heads`).
     if out.is_none() && dt.is_int() {
         if let (Some(a), Some(b)) = (cx.sym(0), cx.sym(1)) {
@@ -76,8 +104,8 @@ fn sym_binary(kind: &str, a: &[Dim], b: &[Dim]) -> Option<Vec<Dim>> {
 fn variadic(cx: &InferCx) -> InferResult {
     let dt = cx.dtype(0)?;
     let all: Vec<usize> = (0..cx.num_inputs()).collect();
-    let shape = broadcast_inputs(cx, &all)?;
-    let mut o = Out::tensor(dt, shape);
+    let shape = broadcast_or_unranked(cx, &all)?;
+    let mut o = out_of(dt, shape);
     if cx.node.op.kind() == "Sum" && cx.num_inputs() == 2 {
         if let (Some(a), Some(b)) = (cx.sym(0), cx.sym(1)) {
             o.sym = sym_binary("Add", a, b);
