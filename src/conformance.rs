@@ -10,6 +10,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use kiln_frontend::DataValue;
 use kiln_ir::{Op, Tensor};
 use kiln_runtime::Value;
 
@@ -93,18 +94,18 @@ pub fn run_case(dir: &Path) -> Outcome {
         ops.dedup();
         let plan = kiln_codegen::compile(&model).map_err(|e| format!("compile: {e}"))?;
         let data = dir.join("test_data_set_0");
+        let g = &model.graph;
         let mut inputs = Vec::new();
-        let names: Vec<String> = model.graph.inputs.iter().map(|&i| model.graph.value(i).name.clone()).collect();
-        for (k, name) in names.iter().enumerate() {
+        for (k, &i) in g.inputs.iter().enumerate() {
             let p = data.join(format!("input_{k}.pb"));
             if p.exists() {
-                inputs.push((name.clone(), read_value(&p)?));
+                inputs.push((g.value(i).name.clone(), read_value(&p, g.value(i).ty.as_ref())?));
             }
         }
         let outs = plan.run(inputs).map_err(|e| format!("run: {e}"))?;
-        for (k, (name, v)) in outs.iter().enumerate() {
+        for (k, ((name, v), &o)) in outs.iter().zip(&g.outputs).enumerate() {
             let p = data.join(format!("output_{k}.pb"));
-            let expected = read_value(&p)?;
+            let expected = read_value(&p, g.value(o).ty.as_ref())?;
             compare_values(&expected, v).map_err(|e| format!("output `{name}`: {e}"))?;
         }
         Ok(())
@@ -135,9 +136,28 @@ fn compare_values(expected: &Value, got: &Value) -> Result<(), String> {
     }
 }
 
-/// Reads an input or output file: a `TensorProto` (sequences and optionals come later).
-fn read_value(p: &Path) -> Result<Value, String> {
-    kiln_frontend::read_tensor_file(p).map(Value::Tensor).map_err(|e| format!("{}: {e}", p.display()))
+/// Reads an input or output file of type `ty`.
+fn read_value(p: &Path, ty: Option<&kiln_ir::Type>) -> Result<Value, String> {
+    let v = kiln_frontend::read_data_file(p, ty).map_err(|e| format!("{}: {e}", p.display()))?;
+    to_value(v)
+}
+
+fn to_value(v: DataValue) -> Result<Value, String> {
+    Ok(match v {
+        DataValue::Tensor(t) => Value::Tensor(t),
+        DataValue::Sequence(s) => Value::Sequence(
+            s.into_iter()
+                .map(|x| match x {
+                    DataValue::Tensor(t) => Ok(t),
+                    _ => Err("nested sequences are not supported".to_string()),
+                })
+                .collect::<Result<_, _>>()?,
+        ),
+        DataValue::Optional(o) => Value::Optional(match o {
+            Some(x) => Some(Box::new(to_value(*x)?)),
+            None => None,
+        }),
+    })
 }
 
 /// Case → reason, from a skip file (`case<TAB>reason` lines, `#` comments).

@@ -15,6 +15,7 @@ pub mod tensor;
 pub use error::FrontendError;
 pub use external::{ExternalData, MmapStorage};
 pub use tensor::{read_tensor_file, tensor_from_proto, tensor_to_proto, ExternalWriter};
+pub mod data;
 pub mod import;
 pub mod sparse;
 mod upgrade;
@@ -24,3 +25,4 @@ mod downgrade;
 pub mod export;
 
 pub use export::{export_model, save_model, ExportOptions, SaveReport};
+pub use data::{read_data_file, DataValue};
