@@ -25,6 +25,7 @@ pub use kiln_ir::Model;
 
 pub mod conformance;
 pub mod env;
+pub mod npz;
 #[cfg(feature = "ort")]
 pub mod oracle;
 
