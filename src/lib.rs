@@ -26,6 +26,10 @@ pub use kiln_ir::Model;
 pub mod conformance;
 pub mod env;
 pub mod npz;
+pub mod session;
+pub mod validate;
+
+pub use session::{random_inputs, Session, SessionError};
 #[cfg(feature = "ort")]
 pub mod oracle;
 
