@@ -126,64 +126,6 @@ fn conformance_models_round_trip_exactly_through_onnx_runtime() {
     assert!(failures.is_empty(), "{} cases do not round-trip", failures.len());
 }
 
-/// Deterministic inputs for a model's graph inputs: symbolic dims `batch` = 2, sequence-like
-/// dims = 16, image dims = 40; attention masks with the last 3 positions of row 1 padded;
-/// ids below 1000 (every test model's vocabulary is larger).
-fn synthetic_inputs(m: &kiln_ir::Model) -> Vec<(String, Tensor)> {
-    let mut seed = 0x2545f4914f6cdd1du64;
-    let mut next = move || {
-        seed ^= seed << 13;
-        seed ^= seed >> 7;
-        seed ^= seed << 17;
-        seed
-    };
-    let g = &m.graph;
-    let mut out = Vec::new();
-    for &i in &g.inputs {
-        let v = g.value(i);
-        if matches!(v.def, kiln_ir::ValueDef::InputWithDefault(_)) {
-            continue;
-        }
-        let tt = v.ty.as_ref().and_then(|t| t.as_tensor()).expect("tensor input").clone();
-        let shape: Vec<usize> = tt
-            .shape
-            .expect("ranked input")
-            .iter()
-            .map(|d| match d.known() {
-                Some(k) => k as usize,
-                None => {
-                    let s = d.to_string();
-                    if s.contains("batch") {
-                        2
-                    } else if s.contains("seq") {
-                        16
-                    } else {
-                        40
-                    }
-                }
-            })
-            .collect();
-        let n: usize = shape.iter().product();
-        let t = match tt.dtype {
-            kiln_ir::DType::I64 if v.name.contains("mask") => {
-                let cols = *shape.last().unwrap_or(&1);
-                let data: Vec<i64> = (0..n).map(|k| if k / cols == 1 && k % cols >= cols - 3 { 0 } else { 1 }).collect();
-                Tensor::from_vec(shape, data).unwrap()
-            }
-            kiln_ir::DType::I64 if v.name.contains("token_type") => Tensor::from_vec(shape, vec![0i64; n]).unwrap(),
-            kiln_ir::DType::I64 => Tensor::from_vec(shape, (0..n).map(|_| (next() % 1000) as i64).collect()).unwrap(),
-            kiln_ir::DType::F32 => Tensor::from_vec(
-                shape,
-                (0..n).map(|_| (next() % 20001) as f32 / 10000.0 - 1.0).collect(),
-            )
-            .unwrap(),
-            d => panic!("no synthetic data for {d} input `{}`", v.name),
-        };
-        out.push((v.name.clone(), t));
-    }
-    out
-}
-
 #[test]
 fn real_models_round_trip_exactly_through_onnx_runtime() {
     let Some(_) = common::needed("ORT_DYLIB_PATH") else { return };
@@ -205,7 +147,8 @@ fn real_models_round_trip_exactly_through_onnx_runtime() {
             let mut m = kiln_frontend::load_model(path).map_err(|e| format!("import: {e}"))?;
             kiln_ir::infer::infer_graph(&mut m.graph).map_err(|e| format!("infer: {e}"))?;
             kiln_ir::verify::verify(&m.graph).map_err(|e| format!("verify: {e}"))?;
-            let inputs = synthetic_inputs(&m);
+            let dims = std::collections::HashMap::from([("batch".to_string(), 2), ("sequence".to_string(), 16)]);
+            let inputs = kiln::random_inputs(&m, &dims, 7)?;
             // Two ways: as `kiln optimize -O0` writes it, under ONNX Runtime's default
             // optimizations; and with kiln's inferred shapes as value_info, kernel for kernel
             // (with shapes ONNX Runtime fuses more, so only unoptimized runs compare bitwise).
