@@ -145,8 +145,11 @@ fn real_models_round_trip_exactly_through_onnx_runtime() {
         let name = path.file_stem().unwrap().to_string_lossy().to_string();
         let result = (|| -> Result<(), String> {
             let mut m = kiln_frontend::load_model(path).map_err(|e| format!("import: {e}"))?;
-            kiln_ir::infer::infer_graph(&mut m.graph).map_err(|e| format!("infer: {e}"))?;
+            let stats = kiln_ir::infer::infer_graph(&mut m.graph).map_err(|e| format!("infer: {e}"))?;
             kiln_ir::verify::verify(&m.graph).map_err(|e| format!("verify: {e}"))?;
+            if stats.untyped > 0 {
+                return Err(format!("{} values without a type", stats.untyped));
+            }
             let dims = std::collections::HashMap::from([("batch".to_string(), 2), ("sequence".to_string(), 16)]);
             let inputs = kiln::random_inputs(&m, &dims, 7)?;
             // Two ways: as `kiln optimize -O0` writes it, under ONNX Runtime's default
