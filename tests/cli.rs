@@ -464,9 +464,6 @@ fn optimize_o0_writes_a_model_that_reimports_the_same() {
 
 /// `-O0` writes the imported graph back as is, so importing the output gives the same IR text.
 #[test]
-#[ignore = "the exporter keeps the axes constants that import made for ReduceMean (opset < 18) \
-            as unused initializers after writing axes back as an attribute; re-import adds 10 \
-            constants to BERT-tiny"]
 fn optimize_o0_round_trips_the_ir_text_exactly() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();

@@ -9,7 +9,7 @@ use thiserror::Error;
 #[derive(Debug, Error)]
 pub enum FrontendError {
     /// The bytes are not a well-formed protobuf message of the expected kind.
-    #[error("not an ONNX {kind}: truncated or corrupt protobuf at {detail} (in {origin})")]
+    #[error("not an ONNX {kind}: truncated or corrupt protobuf ({detail}) in {origin}")]
     Decode {
         /// What was expected: "model", "tensor" …
         kind: &'static str,

@@ -72,7 +72,7 @@ pub fn save_model(model: &Model, path: &Path, opts: &ExportOptions) -> Result<Sa
     };
     let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
     let file_name = path.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_else(|| "model.onnx".into());
-    let tmp = dir.join(format!(".{file_name}.kiln-tmp"));
+    let tmp = dir.join(format!(".{file_name}.{}.kiln-tmp", std::process::id()));
     let write = || -> std::io::Result<()> {
         let mut f = std::fs::File::create(&tmp)?;
         f.write_all(&bytes)?;
@@ -177,8 +177,10 @@ impl Exporter<'_> {
             let (attrs, inputs) = downgrade::node_form(g, node, version).map_err(|e| {
                 FrontendError::Unsupported(format!("node `{}` ({}): {e}", node.name, node.op.op_type()))
             })?;
+            // What the written node reads: its (downgraded) inputs and its subgraphs' captures.
+            // Constants a downgrade turned back into attributes are not written.
             read.extend(inputs.iter().flatten().copied());
-            read.extend(g.node_reads(nid));
+            read.extend(node.op.subgraphs().iter().flat_map(|sg| sg.outer_refs()));
             let mut attribute = Vec::with_capacity(attrs.len());
             for (k, a) in attrs {
                 attribute.push(self.attr(&k, &a, &names)?);

@@ -80,7 +80,7 @@ mod tests {
         let e = decode_tensor(&[0x4a, 0x10, 1, 2], "x.pb").unwrap_err();
         let msg = e.to_string();
         assert!(
-            msg.starts_with("not an ONNX tensor: truncated or corrupt protobuf at"),
+            msg.starts_with("not an ONNX tensor: truncated or corrupt protobuf ("),
             "{msg}"
         );
         assert!(msg.contains("x.pb"), "{msg}");
