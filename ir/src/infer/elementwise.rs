@@ -32,7 +32,18 @@ pub(super) fn infer(op: &Op, cx: &mut InferCx) -> Option<InferResult> {
         Max(_) | Min(_) | Mean(_) | Sum(_) => variadic(cx),
         Where(_) => (|| {
             let dt = cx.dtype(1)?;
-            Ok(vec![out_of(dt, broadcast_or_unranked(cx, &[0, 1, 2])?)])
+            let mut o = out_of(dt, broadcast_or_unranked(cx, &[0, 1, 2])?);
+            if let (Some(c), Some(x), Some(y)) = (cx.sym(0), cx.sym(1), cx.sym(2)) {
+                let n = c.len().max(x.len()).max(y.len());
+                let at = |v: &[Dim], i: usize| v.get(if v.len() == 1 { 0 } else { i }).cloned();
+                o.sym = (0..n)
+                    .map(|i| match at(c, i)?.known()? {
+                        0 => at(y, i),
+                        _ => at(x, i),
+                    })
+                    .collect();
+            }
+            Ok(vec![o])
         })(),
         // Shape arithmetic: keep the symbolic contents.
         Neg(_) => same_as_input(cx, 0).map(|mut o| {
@@ -69,13 +80,29 @@ fn binary(cx: &InferCx, out: Option<DType>) -> InferResult {
     let dt = cx.dtype(0)?;
     let shape = broadcast_or_unranked(cx, &[0, 1])?;
     let mut o = out_of(out.unwrap_or(dt), shape);
-    // Shape arithmetic on integer tensors (`batch * seq`, `hidden / heads`).
-    if out.is_none() && dt.is_int() {
+    // Shape arithmetic on integer tensors (`batch * seq`, `hidden / heads`), and the
+    // `Equal(shape, -1)` tests exporters emit before Expand.
+    if dt.is_int() {
         if let (Some(a), Some(b)) = (cx.sym(0), cx.sym(1)) {
             o.sym = sym_binary(cx.node.op.kind(), a, b);
         }
     }
     Ok(vec![o])
+}
+
+/// Whether dims `x` and `y` are equal, when that is decidable: equal polynomials are; two
+/// numbers are compared; a negative number never equals a dim with non-negative coefficients.
+fn sym_equal(x: &Dim, y: &Dim) -> Option<bool> {
+    if x == y {
+        return Some(true);
+    }
+    let nonneg = |d: &Dim| d.known().map_or_else(|| !d.to_string().contains('-'), |v| v >= 0);
+    match (x.known(), y.known()) {
+        (Some(_), Some(_)) => Some(false),
+        (Some(v), None) if v < 0 && nonneg(y) => Some(false),
+        (None, Some(v)) if v < 0 && nonneg(x) => Some(false),
+        _ => None,
+    }
 }
 
 fn sym_binary(kind: &str, a: &[Dim], b: &[Dim]) -> Option<Vec<Dim>> {
@@ -95,6 +122,7 @@ fn sym_binary(kind: &str, a: &[Dim], b: &[Dim]) -> Option<Vec<Dim>> {
                     (Some(p), Some(q)) if q != 0 => Some(Dim::from(p.div_euclid(q))),
                     _ => x.div_exact(y),
                 },
+                "Equal" => sym_equal(x, y).map(|e| Dim::from(e as i64)),
                 _ => None,
             }
         })
