@@ -104,3 +104,30 @@ fn analyze_in(model: &mut Model, origin: &str) -> Result<InferStats, Error> {
     })?;
     Ok(stats)
 }
+
+/// Makes every fixed dim of the model's inputs symbolic and re-infers all shapes, for
+/// running a model on input shapes other than the ones it was exported with (exporters
+/// often fix image height and width though the graph works for any). Types the model
+/// declares for intermediate values and outputs are dropped: they were derived from the
+/// fixed dims. Symbols are named `INPUT_dK`.
+pub fn free_input_dims(model: &mut Model) -> Result<InferStats, Error> {
+    let g = &mut model.graph;
+    for &i in &g.inputs.clone() {
+        let name = g.value(i).name.clone();
+        if let Some(kiln_ir::Type::Tensor(tt)) = g.value_mut(i).ty.as_mut() {
+            if let Some(shape) = tt.shape.as_mut() {
+                for (k, d) in shape.iter_mut().enumerate() {
+                    if d.is_known() {
+                        *d = kiln_ir::Dim::sym(&format!("{name}_d{k}"));
+                    }
+                }
+            }
+        }
+    }
+    for n in g.node_ids().collect::<Vec<_>>() {
+        for o in g.node(n).outputs.clone() {
+            g.value_mut(o).ty = None;
+        }
+    }
+    analyze(model)
+}
