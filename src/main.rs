@@ -31,6 +31,12 @@ enum Command {
     Inspect(cli::inspect::Args),
     /// Optimize a model and write it as ONNX (only -O0 so far: import, check, export).
     Optimize(cli::optimize::Args),
+    /// Run a model on kiln's runtime and write its outputs to an .npz file.
+    Run(cli::run::RunArgs),
+    /// Run a model and compare its outputs with a golden .npz or with ONNX Runtime.
+    Validate(cli::run::ValidateArgs),
+    /// Run ONNX node conformance cases (model.onnx + test_data_set_0) and report.
+    Conformance(cli::conformance::Args),
 }
 
 fn main() -> ExitCode {
@@ -61,7 +67,7 @@ fn main() -> ExitCode {
                 return ExitCode::SUCCESS;
             }
             let msg = if e.kind() == ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand {
-                "no command given: use `kiln inspect` or `kiln optimize`".to_string()
+                "no command given: use `kiln inspect`, `optimize`, `run`, `validate` or `conformance`".to_string()
             } else {
                 // clap's message is its first paragraph (a list of missing arguments may
                 // follow the first line); usage and tips come after a blank line.
@@ -85,6 +91,9 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Inspect(a) => cli::inspect::run(a),
         Command::Optimize(a) => cli::optimize::run(a),
+        Command::Run(a) => cli::run::run(a),
+        Command::Validate(a) => cli::run::validate(a),
+        Command::Conformance(a) => cli::conformance::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -12,8 +12,10 @@ use kiln::frontend::{ExternalData, FrontendError};
 use kiln::ir::infer::InferStats;
 use kiln::ir::{DType, Model};
 
+pub mod conformance;
 pub mod inspect;
 pub mod optimize;
+pub mod run;
 
 /// File name of the model embedded in the binary (used when a command gets no MODEL).
 pub const DEFAULT_MODEL_NAME: &str = "bert_tiny_eager_opset14.onnx";
