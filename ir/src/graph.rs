@@ -354,14 +354,16 @@ impl Graph {
         Ok(order)
     }
 
-    /// Reorders the node arena topologically, dropping removed nodes and values nobody
-    /// defines or reads, so ids are dense again. Returns the old → new value id map.
+    /// Reorders the node arena topologically, dropping removed nodes, their values, and
+    /// constants nobody reads, so ids are dense again. Returns the old → new value id map.
     pub fn compact(&mut self) -> Result<BTreeMap<ValueId, ValueId>, IrError> {
         let order = self.topo_order()?;
         let mut vmap: BTreeMap<ValueId, ValueId> = BTreeMap::new();
         let mut values = Vec::new();
+        let uses = self.use_counts();
         let keep_value = |g: &Graph, v: ValueId| match g.value(v).def {
             ValueDef::Node { node, .. } => g.is_live(node),
+            ValueDef::Const(_) => uses[v.index()] > 0,
             _ => true,
         };
         for v in self.value_ids() {

@@ -255,10 +255,19 @@ pub struct InferStats {
 
 /// Infers the type of every value of `g` (and its subgraphs), merging with declared types.
 pub fn infer_graph(g: &mut Graph) -> Result<InferStats, IrError> {
+    infer_graph_with(g, &HashMap::new()).map(|(s, _)| s)
+}
+
+/// Like [`infer_graph`], also returning the symbolic contents found for small integer
+/// values of the main graph (what `Shape → Gather → Concat` chains compute).
+pub fn infer_graph_symbols(g: &mut Graph) -> Result<(InferStats, HashMap<ValueId, Vec<Dim>>), IrError> {
     infer_graph_with(g, &HashMap::new())
 }
 
-fn infer_graph_with(g: &mut Graph, outer_syms: &HashMap<ValueId, Vec<Dim>>) -> Result<InferStats, IrError> {
+fn infer_graph_with(
+    g: &mut Graph,
+    outer_syms: &HashMap<ValueId, Vec<Dim>>,
+) -> Result<(InferStats, HashMap<ValueId, Vec<Dim>>), IrError> {
     let mut stats = InferStats::default();
     let mut syms: HashMap<ValueId, Vec<Dim>> = HashMap::new();
     for v in g.value_ids() {
@@ -320,7 +329,7 @@ fn infer_graph_with(g: &mut Graph, outer_syms: &HashMap<ValueId, Vec<Dim>>) -> R
         }
     }
     stats.untyped += g.value_ids().filter(|&v| g.value(v).ty.is_none() && is_live_value(g, v)).count();
-    Ok(stats)
+    Ok((stats, syms))
 }
 
 fn is_live_value(g: &Graph, v: ValueId) -> bool {
@@ -366,7 +375,7 @@ fn infer_subgraphs(
                 }
             }
         }
-        let s = infer_graph_with(sg, syms)?;
+        let (s, _) = infer_graph_with(sg, syms)?;
         stats.untyped += s.untyped;
         stats.fallbacks += s.fallbacks;
     }
