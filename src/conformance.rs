@@ -83,13 +83,14 @@ fn op_types(g: &kiln_ir::Graph, out: &mut Vec<String>) {
     }
 }
 
-/// Runs one case directory.
-pub fn run_case(dir: &Path) -> Outcome {
+/// Runs one case directory, optimized at `level` first.
+pub fn run_case(dir: &Path, level: u8) -> Outcome {
     let case = dir.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
     let mut ops = Vec::new();
     let status = (|| -> Result<(), String> {
-        let model = crate::load(dir.join("model.onnx")).map_err(|e| format!("load: {e}"))?;
+        let mut model = crate::load(dir.join("model.onnx")).map_err(|e| format!("load: {e}"))?;
         op_types(&model.graph, &mut ops);
+        crate::optimize(&mut model, level, &[]).map_err(|e| format!("optimize: {e}"))?;
         ops.sort();
         ops.dedup();
         let plan = kiln_codegen::compile(&model).map_err(|e| format!("compile: {e}"))?;
@@ -187,10 +188,11 @@ pub fn list_cases(dir: &Path) -> Result<Vec<PathBuf>, String> {
     Ok(v)
 }
 
-/// Runs every case of `dir`; `skips` are reported as skipped without running. `progress`
+/// Runs every case of `dir` at optimization `level`; `skips` are reported as skipped without running. `progress`
 /// is called after each case with (done, total).
 pub fn run_dir(
     dir: &Path,
+    level: u8,
     skips: &BTreeMap<String, String>,
     mut progress: impl FnMut(usize, usize, &Outcome),
 ) -> Result<Vec<Outcome>, String> {
@@ -203,7 +205,7 @@ pub fn run_dir(
             Some(r) => Outcome { case: name, ops: Vec::new(), status: Status::Skip(r.clone()) },
             None => {
                 // A kernel bug must not take the whole run down.
-                std::panic::catch_unwind(|| run_case(c)).unwrap_or_else(|p| Outcome {
+                std::panic::catch_unwind(|| run_case(c, level)).unwrap_or_else(|p| Outcome {
                     case: name,
                     ops: Vec::new(),
                     status: Status::Fail(format!(

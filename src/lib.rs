@@ -19,6 +19,7 @@ use std::path::Path;
 
 pub use kiln_frontend as frontend;
 pub use kiln_ir as ir;
+pub use kiln_transforms as transforms;
 
 pub use kiln_ir::infer::InferStats;
 pub use kiln_ir::Model;
@@ -52,6 +53,10 @@ pub enum Error {
         #[source]
         source: kiln_ir::IrError,
     },
+
+    /// An optimization pass failed, or the level or a pass name is unknown.
+    #[error("optimization: {0}")]
+    Optimize(String),
 
     /// The imported graph breaks an IR invariant (a bug in the importer, or a malformed model
     /// that slipped through it).
@@ -130,4 +135,14 @@ pub fn free_input_dims(model: &mut Model) -> Result<InferStats, Error> {
         }
     }
     analyze(model)
+}
+
+/// Optimizes `model` in place at `level` (0 = as imported, 1 = cleanup and folding), not
+/// running the passes named in `disabled`. Returns the rewrites each pass made.
+pub fn optimize(model: &mut Model, level: u8, disabled: &[String]) -> Result<kiln_transforms::Report, Error> {
+    let level = kiln_transforms::Level::from_number(level)
+        .ok_or_else(|| Error::Optimize(format!("-O{level} is not implemented yet (levels: 0, 1)")))?;
+    let mut opts = kiln_transforms::Options::level(level);
+    opts.disabled = disabled.iter().cloned().collect();
+    kiln_transforms::optimize(model, &opts).map_err(|e| Error::Optimize(e.to_string()))
 }

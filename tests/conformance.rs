@@ -8,8 +8,7 @@ use kiln::conformance::{counts, failures_by_op, read_skips, run_dir, Status};
 /// Cases that must pass (raise it when kernels land; never lower it to make a change pass).
 const MIN_PASSED: usize = 0;
 
-#[test]
-fn onnx_node_conformance_at_o0() {
+fn conformance_at(level: u8, min_passed: usize) {
     let Some(dir) = common::needed("KILN_CONFORMANCE_DIR") else { return };
     let skips = read_skips(&std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/conformance-skips.tsv"))
         .expect("skip file");
@@ -27,7 +26,7 @@ fn onnx_node_conformance_at_o0() {
             }
         }
     }
-    let outcomes = run_dir(&dir, &skips, |_, _, _| {}).expect("cases");
+    let outcomes = run_dir(&dir, level, &skips, |_, _, _| {}).expect("cases");
     for o in &outcomes {
         if let Status::Fail(e) = &o.status {
             eprintln!("FAIL {} [{}]: {}", o.case, o.ops.join(","), e.chars().take(300).collect::<String>());
@@ -37,8 +36,19 @@ fn onnx_node_conformance_at_o0() {
         eprintln!("{:>4}  {op}", cases.len());
     }
     let (p, f, s) = counts(&outcomes);
-    eprintln!("conformance O0: {p} passed, {f} failed, {s} skipped");
+    eprintln!("conformance O{level}: {p} passed, {f} failed, {s} skipped");
     if filter.is_none() {
-        assert!(p >= MIN_PASSED, "{p} passed, below the floor of {MIN_PASSED}");
+        assert!(p >= min_passed, "{p} passed, below the floor of {min_passed}");
     }
+}
+
+#[test]
+fn onnx_node_conformance_at_o0() {
+    conformance_at(0, MIN_PASSED);
+}
+
+/// Optimization must not lose a case: O1 passes at least as many as O0's floor.
+#[test]
+fn onnx_node_conformance_at_o1() {
+    conformance_at(1, MIN_PASSED);
 }

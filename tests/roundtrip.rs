@@ -189,3 +189,55 @@ fn opts_all() -> OracleOptions {
     // order in both sessions.
     OracleOptions { threads: 1, opt: OracleOpt::All, ..OracleOptions::default() }
 }
+
+/// `kiln optimize -O1` output still runs in ONNX Runtime and gives the original's outputs
+/// (within 1e-5 relative to the output's magnitude: constant folding evaluates with kiln's
+/// kernels, whose last bits may differ from ONNX Runtime's).
+#[test]
+fn o1_models_run_in_onnx_runtime_and_match() {
+    let Some(_) = common::needed("ORT_DYLIB_PATH") else { return };
+    let Some(shared) = common::needed("KILN_SHARED_MODELS") else { return };
+    let Some(big) = common::needed("KILN_MODELS_DIR") else { return };
+    let mut models: Vec<_> = [shared, big]
+        .iter()
+        .flat_map(|d| std::fs::read_dir(d).unwrap().flatten().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|e| e == "onnx") && !p.to_string_lossy().ends_with(".skel.onnx"))
+        .collect();
+    models.sort();
+    let tmp = std::env::temp_dir().join(format!("kiln-o1-{}", std::process::id()));
+    std::fs::create_dir_all(&tmp).unwrap();
+    let mut failures = Vec::new();
+    for path in &models {
+        let name = path.file_stem().unwrap().to_string_lossy().to_string();
+        let r = (|| -> Result<String, String> {
+            let mut m = kiln::load(path).map_err(|e| e.to_string())?;
+            let before = m.graph.num_nodes();
+            let report = kiln::optimize(&mut m, 1, &[]).map_err(|e| e.to_string())?;
+            let after = m.graph.num_nodes();
+            let dims = std::collections::HashMap::from([("batch".to_string(), 2), ("sequence".to_string(), 16)]);
+            let inputs = kiln::random_inputs(&m, &dims, 5)?;
+            let out = tmp.join(format!("{name}.onnx"));
+            let opts = kiln_frontend::ExportOptions { external_data: Some(format!("{name}.onnx.data")), ..Default::default() };
+            kiln_frontend::save_model(&m, &out, &opts).map_err(|e| format!("export: {e}"))?;
+            let mut a = Oracle::with_options(path, &opts_all()).map_err(|e| e.to_string())?;
+            let mut b = Oracle::with_options(&out, &opts_all()).map_err(|e| format!("exported: {e}"))?;
+            let x = a.run(&inputs).map_err(|e| e.to_string())?;
+            let y = b.run(&inputs).map_err(|e| format!("exported: {e}"))?;
+            for ((n, p), (_, q)) in x.iter().zip(&y) {
+                let (pv, qv) = (p.to_f64_vec().unwrap_or_default(), q.to_f64_vec().unwrap_or_default());
+                let mag = pv.iter().fold(1f64, |m, v| m.max(v.abs()));
+                let d = pv.iter().zip(&qv).fold(0f64, |m, (a, b)| m.max((a - b).abs()));
+                if p.shape() != q.shape() || d > 1e-5 * mag {
+                    return Err(format!("output `{n}` differs by {d:e}"));
+                }
+            }
+            Ok(format!("{name}: {before} → {after} nodes, {:?}", report.rewrites.iter().filter(|r| r.1 > 0).collect::<Vec<_>>()))
+        })();
+        match r {
+            Ok(l) => eprintln!("{l}"),
+            Err(e) => failures.push(format!("{name}: {e}")),
+        }
+    }
+    let _ = std::fs::remove_dir_all(&tmp);
+    assert!(failures.is_empty(), "{failures:#?}");
+}

@@ -3,14 +3,13 @@
 use std::io::Write;
 use std::path::PathBuf;
 
-use anyhow::bail;
 use kiln::conformance::{counts, failures_by_op, read_skips, run_dir, Status};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// A directory of cases in the ONNX node-test layout (CASE/model.onnx, CASE/test_data_set_0/).
     pub dir: PathBuf,
-    /// Optimization level (only -O0 so far).
+    /// Optimization level (0 or 1).
     #[arg(short = 'O', value_name = "LEVEL", default_value_t = 0,
           value_parser = clap::value_parser!(u8).range(0..=4))]
     pub level: u8,
@@ -23,15 +22,12 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
-    if args.level > 0 {
-        bail!("-O{} is not implemented yet: only -O0 so far", args.level);
-    }
     let skips = match &args.skips {
         Some(p) => read_skips(p).map_err(anyhow::Error::msg)?,
         None => Default::default(),
     };
     let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let outcomes = run_dir(&args.dir, &skips, |done, total, _| {
+    let outcomes = run_dir(&args.dir, args.level, &skips, |done, total, _| {
         if tty {
             eprint!("\r{done}/{total} cases");
         } else if done % 200 == 0 || done == total {

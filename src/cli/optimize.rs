@@ -19,10 +19,14 @@ pub struct Args {
     /// Where to write the optimized model.
     #[arg(short = 'o', long = "output", value_name = "OUT.onnx")]
     pub output: PathBuf,
-    /// Optimization level 0-4 (-O0 … -O4); only -O0 (no optimization) is implemented so far.
+    /// Optimization level: -O0 (the imported graph as is) or -O1 (cleanup, constant and
+    /// shape folding); -O2 … -O4 are not implemented yet.
     #[arg(short = 'O', value_name = "LEVEL", default_value_t = 0,
           value_parser = clap::value_parser!(u8).range(0..=4))]
     pub level: u8,
+    /// Do not run this pass (repeatable), e.g. `--disable constant-folding`.
+    #[arg(long = "disable", value_name = "PASS")]
+    pub disable: Vec<String>,
     /// Write tensors of at least --external-threshold bytes to an external-data file next to
     /// the output: FILE, or `<OUT file name>.data` when no FILE is given. Spell a FILE as
     /// `--external-data=FILE`.
@@ -34,13 +38,6 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
-    if args.level > 0 {
-        bail!(
-            "-O{} is not implemented yet at this level: kiln optimize only has -O0 so far \
-             (the imported graph, written back as is)",
-            args.level
-        );
-    }
     let out = &args.output;
     if out.as_os_str().is_empty() || out.file_name().is_none() {
         bail!("-o `{}` does not name a file", out.display());
@@ -93,7 +90,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         }
     }
 
-    let model = optimize(loaded.model, args.level)?;
+    let mut model = loaded.model;
+    kiln::optimize(&mut model, args.level, &args.disable)?;
     let opts = ExportOptions {
         external_data: data_location,
         external_threshold: args.external_threshold,
@@ -115,14 +113,6 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     }
     msg.push('\n');
     emit(&msg)
-}
-
-/// Runs the passes of `level` (none exist yet: -O0 is the imported graph as is).
-fn optimize(model: Model, level: u8) -> anyhow::Result<Model> {
-    match level {
-        0 => Ok(model),
-        l => bail!("-O{l} is not implemented yet at this level"),
-    }
 }
 
 /// Writes `model` to `path` through the frontend's exporter, which writes atomically

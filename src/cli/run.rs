@@ -27,7 +27,7 @@ pub struct InputArgs {
     /// Seed of --random-inputs.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// Optimization level (only -O0 so far).
+    /// Optimization level (0 or 1).
     #[arg(short = 'O', value_name = "LEVEL", default_value_t = 0,
           value_parser = clap::value_parser!(u8).range(0..=4))]
     pub level: u8,
@@ -76,14 +76,12 @@ pub struct ValidateArgs {
 
 /// The model (as a session) and its inputs.
 fn prepare(a: &InputArgs, fallback_inputs: Option<&PathBuf>) -> anyhow::Result<(Source, Session, Vec<(String, Tensor)>)> {
-    if a.level > 0 {
-        bail!("-O{} is not implemented yet: only -O0 so far", a.level);
-    }
     let src = Source::new(a.model.clone());
     let mut model = load(&src)?.model;
     if a.free_input_dims {
         kiln::free_input_dims(&mut model).with_context(|| format!("{}: re-inferring shapes", src.display()))?;
     }
+    kiln::optimize(&mut model, a.level, &[])?;
     let names: Vec<String> = model.graph.inputs.iter().map(|&i| model.graph.value(i).name.clone()).collect();
     let inputs = if a.random_inputs {
         let dims: HashMap<String, i64> = a.dims.iter().cloned().collect();
