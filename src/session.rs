@@ -55,8 +55,8 @@ impl Session {
 /// Deterministic random inputs for `model`'s graph inputs (those without defaults).
 /// Symbolic dims take their value from `dims` (by symbol name); a dim not given there is an
 /// error naming it. Integer inputs named like `*mask*` are all ones except the last quarter of
-/// the last row (a padded row); other integers are uniform in `[0, 100)`; floats uniform in
-/// `[-1, 1)`; bools random.
+/// the last row (a padded row); `*token_type*` (segment ids) are zeros; other integers are
+/// uniform in `[0, 100)`; floats uniform in `[-1, 1)`; bools random.
 pub fn random_inputs(model: &Model, dims: &HashMap<String, i64>, seed: u64) -> Result<Vec<(String, Tensor)>, String> {
     let mut state = seed ^ 0x9e37_79b9_7f4a_7c15;
     let mut next = move || {
@@ -96,6 +96,7 @@ pub fn random_inputs(model: &Model, dims: &HashMap<String, i64>, seed: u64) -> R
                     .collect();
                 cast_i64(tt.dtype, shape, data)
             }
+            DType::I64 | DType::I32 if v.name.contains("token_type") => cast_i64(tt.dtype, shape, vec![0; n]),
             DType::I64 | DType::I32 | DType::I16 | DType::I8 | DType::U8 | DType::U16 | DType::U32 | DType::U64 => {
                 let data: Vec<i64> = (0..n).map(|_| (next() % 100) as i64).collect();
                 cast_i64(tt.dtype, shape, data)
