@@ -70,6 +70,7 @@ pub fn import_model(m: &ModelProto, ext: &ExternalData) -> Result<Model, Fronten
         opsets: &opsets,
         functions,
         fresh: 0,
+        inlined: std::cell::Cell::new(0),
     };
     let (graph, unresolved) = b.graph(gp, false)?;
     debug_assert!(unresolved.is_empty());
@@ -90,11 +91,16 @@ pub fn import_model(m: &ModelProto, ext: &ExternalData) -> Result<Model, Fronten
     })
 }
 
+/// Bound on nodes created by inlining functions (each call may call others several times).
+const MAX_INLINED_NODES: usize = 1_000_000;
+
 struct Builder<'a> {
     ext: &'a ExternalData,
     opsets: &'a BTreeMap<String, i64>,
     functions: HashMap<(String, String), &'a proto::FunctionProto>,
     fresh: u64,
+    /// Nodes produced by function inlining so far (bounded: calls can multiply).
+    inlined: std::cell::Cell<usize>,
 }
 
 /// Outer placeholders a subgraph created: (its value, the name it refers to).
@@ -193,6 +199,14 @@ impl<'a> Builder<'a> {
             return Err(FrontendError::Invalid(
                 "model-local functions nest deeper than 32 (recursive?)".into(),
             ));
+        }
+        if depth > 0 {
+            self.inlined.set(self.inlined.get() + nodes.len());
+            if self.inlined.get() > MAX_INLINED_NODES {
+                return Err(FrontendError::Invalid(format!(
+                    "inlining model-local functions makes over {MAX_INLINED_NODES} nodes"
+                )));
+            }
         }
         for n in nodes {
             let key = (norm_domain(n.domain()).to_string(), n.op_type().to_string());

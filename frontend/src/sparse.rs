@@ -9,6 +9,9 @@ use crate::external::ExternalData;
 use crate::proto::SparseTensorProto;
 use crate::tensor::tensor_from_proto;
 
+/// Largest dense tensor a sparse one may expand to (protobuf's 2 GiB message limit).
+const MAX_DENSE_BYTES: usize = i32::MAX as usize;
+
 /// The dense tensor a `SparseTensorProto` describes.
 pub fn densify(st: &SparseTensorProto, ext: &ExternalData) -> Result<Tensor, FrontendError> {
     let values = st
@@ -48,6 +51,15 @@ pub fn densify(st: &SparseTensorProto, ext: &ExternalData) -> Result<Tensor, Fro
     } else {
         return Err(bad("sparse indices have the wrong shape"));
     };
+    // The dense size is only claimed by `dims`: refuse what protobuf itself could never
+    // hold inline, before allocating anything.
+    let elem = (values.dtype().bits() / 8).max(1);
+    if numel.checked_mul(elem).is_none_or(|b| b > MAX_DENSE_BYTES) {
+        return Err(FrontendError::too_large(
+            &name,
+            format!("sparse tensor of dims {:?} would be over {MAX_DENSE_BYTES} bytes dense", st.dims),
+        ));
+    }
     if values.dtype() == DType::String {
         let src = values.strings().unwrap_or_default();
         let mut out = vec![Vec::new(); numel];

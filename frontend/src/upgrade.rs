@@ -111,7 +111,7 @@ fn upgrade_onnx(
                     .flatten()
                     .and_then(|x| g.value(x).ty.as_ref()?.as_tensor()?.shape.as_ref().map(|s| s.len()));
                 match (rank, brank) {
-                    (Some(r), Some(b)) if (*a < 0 && *a + r as i64 + b as i64 == r as i64) || *a as usize + b == r => {}
+                    (Some(r), Some(b)) if (*a < 0 && *a + r as i64 + b as i64 == r as i64) || (*a >= 0 && *a as usize + b == r) => {}
                     _ => return Err(format!("legacy broadcast with axis={a} is not supported")),
                 }
             }
