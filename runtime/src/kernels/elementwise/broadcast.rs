@@ -1,0 +1,235 @@
+//! Broadcast iteration by contiguous runs: the output is walked along its innermost
+//! (coalesced) dimension, and each input is either contiguous along that run or constant
+//! on it. The inner loops are plain slice loops the compiler can vectorize.
+
+use crate::error::KernelError;
+use crate::kernels::util::{broadcast_shapes, broadcast_strides};
+
+/// Calls `f(out_start, offsets, steps, len)` for each run of `len` output elements starting
+/// at `out_start`, where input `k` starts at `offsets[k]` and advances by `steps[k]`
+/// (0 or 1) per element. `out` must be the broadcast of `shapes`.
+pub(crate) fn for_each_run<const K: usize>(
+    out: &[usize],
+    shapes: [&[usize]; K],
+    mut f: impl FnMut(usize, [usize; K], [usize; K], usize),
+) {
+    let n: usize = out.iter().product();
+    if n == 0 {
+        return;
+    }
+    // Strides per input, dims of size 1 dropped, adjacent dims merged where every input
+    // is laid out the same across both.
+    let full: Vec<Vec<usize>> = shapes.iter().map(|s| broadcast_strides(s, out)).collect();
+    let mut dims: Vec<usize> = Vec::with_capacity(out.len());
+    let mut st: Vec<[usize; K]> = Vec::with_capacity(out.len());
+    for (ax, &d) in out.iter().enumerate() {
+        if d == 1 {
+            continue;
+        }
+        let s: [usize; K] = std::array::from_fn(|k| full[k][ax]);
+        if let (Some(pd), Some(ps)) = (dims.last_mut(), st.last_mut()) {
+            if (0..K).all(|k| ps[k] == s[k] * d) {
+                *pd *= d;
+                *ps = s;
+                continue;
+            }
+        }
+        dims.push(d);
+        st.push(s);
+    }
+    if dims.is_empty() {
+        f(0, [0; K], [0; K], 1);
+        return;
+    }
+    let r = dims.len() - 1;
+    let len = dims[r];
+    let steps = st[r];
+    let outer = n / len;
+    let mut idx = vec![0usize; r];
+    let mut offs = [0usize; K];
+    for o in 0..outer {
+        f(o * len, offs, steps, len);
+        for ax in (0..r).rev() {
+            idx[ax] += 1;
+            for k in 0..K {
+                offs[k] += st[ax][k];
+            }
+            if idx[ax] < dims[ax] {
+                break;
+            }
+            for k in 0..K {
+                offs[k] -= st[ax][k] * dims[ax];
+            }
+            idx[ax] = 0;
+        }
+    }
+}
+
+/// `out[i] = f(a[..], b[..])` over `a` and `b` broadcast to `out_shape`.
+#[inline]
+pub(crate) fn binary_into<A, B, O>(
+    a: &[A],
+    ash: &[usize],
+    b: &[B],
+    bsh: &[usize],
+    out_shape: &[usize],
+    out: &mut [O],
+    f: impl Fn(&A, &B) -> O,
+) {
+    if ash == bsh {
+        for ((o, x), y) in out.iter_mut().zip(a).zip(b) {
+            *o = f(x, y);
+        }
+        return;
+    }
+    for_each_run(out_shape, [ash, bsh], |o, [ia, ib], [sa, sb], len| {
+        let out = &mut out[o..o + len];
+        match (sa, sb) {
+            (1, 1) => {
+                for ((o, x), y) in out.iter_mut().zip(&a[ia..ia + len]).zip(&b[ib..ib + len]) {
+                    *o = f(x, y);
+                }
+            }
+            (1, _) => {
+                let y = &b[ib];
+                for (o, x) in out.iter_mut().zip(&a[ia..ia + len]) {
+                    *o = f(x, y);
+                }
+            }
+            (_, 1) => {
+                let x = &a[ia];
+                for (o, y) in out.iter_mut().zip(&b[ib..ib + len]) {
+                    *o = f(x, y);
+                }
+            }
+            _ => {
+                let x = &a[ia];
+                let y = &b[ib];
+                for o in out.iter_mut() {
+                    *o = f(x, y);
+                }
+            }
+        }
+    });
+}
+
+/// `acc[i] = f(acc[i], b[..])` with `b` broadcast to `acc`'s shape `shape`.
+#[inline]
+pub(crate) fn accumulate<A, B>(
+    acc: &mut [A],
+    shape: &[usize],
+    b: &[B],
+    bsh: &[usize],
+    f: impl Fn(&A, &B) -> A,
+) {
+    if shape == bsh {
+        for (o, y) in acc.iter_mut().zip(b) {
+            *o = f(o, y);
+        }
+        return;
+    }
+    for_each_run(shape, [bsh], |o, [ib], [sb], len| {
+        let acc = &mut acc[o..o + len];
+        if sb == 1 {
+            for (o, y) in acc.iter_mut().zip(&b[ib..ib + len]) {
+                *o = f(o, y);
+            }
+        } else {
+            let y = &b[ib];
+            for o in acc.iter_mut() {
+                *o = f(o, y);
+            }
+        }
+    });
+}
+
+/// `out[i] = f(a[..], b[..], c[..])` over three inputs broadcast to `out_shape`.
+#[allow(clippy::too_many_arguments)]
+#[inline]
+pub(crate) fn ternary_into<A, B, C, O>(
+    (a, ash): (&[A], &[usize]),
+    (b, bsh): (&[B], &[usize]),
+    (c, csh): (&[C], &[usize]),
+    out_shape: &[usize],
+    out: &mut [O],
+    f: impl Fn(&A, &B, &C) -> O,
+) {
+    if ash == bsh && bsh == csh {
+        for (((o, x), y), z) in out.iter_mut().zip(a).zip(b).zip(c) {
+            *o = f(x, y, z);
+        }
+        return;
+    }
+    for_each_run(
+        out_shape,
+        [ash, bsh, csh],
+        |o, [ia, ib, ic], [sa, sb, sc], len| {
+            for (j, o) in out[o..o + len].iter_mut().enumerate() {
+                *o = f(&a[ia + j * sa], &b[ib + j * sb], &c[ic + j * sc]);
+            }
+        },
+    );
+}
+
+/// The broadcast of two shapes.
+pub(crate) fn shape2(a: &[usize], b: &[usize]) -> Result<Vec<usize>, KernelError> {
+    if a == b {
+        return Ok(a.to_vec());
+    }
+    broadcast_shapes(&[a, b])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn naive(a: &[usize], b: &[usize]) -> (Vec<usize>, Vec<(usize, usize)>) {
+        let out = broadcast_shapes(&[a, b]).unwrap();
+        let (sa, sb) = (broadcast_strides(a, &out), broadcast_strides(b, &out));
+        let n: usize = out.iter().product();
+        let mut v = Vec::new();
+        for i in 0..n {
+            let mut rem = i;
+            let (mut oa, mut ob) = (0, 0);
+            for ax in (0..out.len()).rev() {
+                let x = rem % out[ax];
+                rem /= out[ax];
+                oa += x * sa[ax];
+                ob += x * sb[ax];
+            }
+            v.push((oa, ob));
+        }
+        (out, v)
+    }
+
+    #[test]
+    fn runs_match_naive_indexing() {
+        let cases: &[(&[usize], &[usize])] = &[
+            (&[2, 3, 4], &[2, 3, 4]),
+            (&[2, 3, 4], &[4]),
+            (&[2, 3, 4], &[3, 1]),
+            (&[2, 1, 4], &[1, 3, 1]),
+            (&[1], &[5, 1, 2]),
+            (&[], &[3, 2]),
+            (&[3, 1, 1, 2], &[1, 4, 5, 1]),
+            (&[2, 0, 3], &[1, 3]),
+            (&[1, 1], &[1]),
+        ];
+        for (a, b) in cases {
+            let (out, want) = naive(a, b);
+            let na: usize = a.iter().product();
+            let nb: usize = b.iter().product();
+            let av: Vec<usize> = (0..na).collect();
+            let bv: Vec<usize> = (0..nb).collect();
+            let mut got = vec![(0, 0); want.len()];
+            binary_into(&av, a, &bv, b, &out, &mut got, |&x, &y| (x, y));
+            assert_eq!(got, want, "{a:?} with {b:?}");
+            // accumulate agrees too
+            if out == a.to_vec() {
+                let mut acc: Vec<(usize, usize)> = av.iter().map(|&x| (x, usize::MAX)).collect();
+                accumulate(&mut acc, &out, &bv, b, |&(x, _), &y| (x, y));
+                assert_eq!(acc, want);
+            }
+        }
+    }
+}
