@@ -3,17 +3,19 @@
 //! call, per ISA.
 //!
 //! * `cargo bench -p kiln-runtime --bench gemm` — criterion (throughput in "elem/s" = FLOP/s).
-//! * `cargo bench -p kiln-runtime --bench gemm -- --table [--reps N]` —
+//! * `cargo bench -p kiln-runtime --bench gemm -- --table [--rounds R] [--reps N]` —
 //!   measures the clock (dependent add chain, FMA latency and throughput loops, with 1 and 2
-//!   threads busy), then prints a table of medians of N runs (default 30) after warm-up, in
-//!   GFLOP/s and % of the AVX2 peak `cores × 2 FMA × 8 lanes × 2 flops × clock`.
+//!   threads busy, per second of thread CPU time), then prints a table of medians of R rounds
+//!   (default 5) of N runs (default 6), the configurations taking turns, in GFLOP/s and % of
+//!   the AVX2 peak
+//!   `cores × 2 FMA × 8 lanes × 2 flops × clock`, from wall time and from CPU time.
 //! * `KILN_BENCH_ISA=avx2,avx512` restricts the ISAs (default: every SIMD ISA of this CPU).
 
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkId, Criterion, Throughput};
-use kiln_runtime::gemm::{Epilogue, Gemm, Isa, PackedB};
+use kiln_runtime::gemm::{Activation, Epilogue, Gemm, Isa, PackedB};
 
 const SHAPES: [(usize, usize, usize); 6] = [
     (128, 768, 768),
@@ -44,11 +46,20 @@ struct Shape {
     a: Vec<f32>,
     b: Vec<f32>,
     c: Vec<f32>,
+    bias: Vec<f32>,
 }
 
 impl Shape {
     fn new((m, k, n): (usize, usize, usize)) -> Shape {
-        Shape { m, k, n, a: data(m * k, 1), b: data(k * n, 2), c: vec![0.0; m * n] }
+        Shape {
+            m,
+            k,
+            n,
+            a: data(m * k, 1),
+            b: data(k * n, 2),
+            c: vec![0.0; m * n],
+            bias: data(n, 3),
+        }
     }
     fn flops(&self) -> f64 {
         2.0 * (self.m * self.n * self.k) as f64
@@ -64,6 +75,8 @@ enum Variant {
     Packed,
     /// `sgemm`, B packed on every call.
     Unpacked,
+    /// B packed once, epilogue bias + Gelu (erf) fused into the store (BERT's FFN1).
+    PackedBiasGelu,
 }
 
 impl Variant {
@@ -71,6 +84,7 @@ impl Variant {
         match self {
             Variant::Packed => "packed",
             Variant::Unpacked => "sgemm",
+            Variant::PackedBiasGelu => "packed+bias+gelu",
         }
     }
 }
@@ -78,14 +92,38 @@ impl Variant {
 fn run_once(g: &Gemm, s: &mut Shape, pb: &PackedB, v: Variant) {
     let (m, k, n) = (s.m, s.k, s.n);
     match v {
-        Variant::Packed => g.sgemm_packed(m, 1.0, &s.a, k, false, pb, 0.0, &mut s.c, n, Epilogue::NONE),
-        Variant::Unpacked => g.sgemm(m, n, k, 1.0, &s.a, k, false, &s.b, n, false, 0.0, &mut s.c, n, Epilogue::NONE),
+        Variant::Packed => {
+            g.sgemm_packed(m, 1.0, &s.a, k, false, pb, 0.0, &mut s.c, n, Epilogue::NONE)
+        }
+        Variant::Unpacked => g.sgemm(
+            m,
+            n,
+            k,
+            1.0,
+            &s.a,
+            k,
+            false,
+            &s.b,
+            n,
+            false,
+            0.0,
+            &mut s.c,
+            n,
+            Epilogue::NONE,
+        ),
+        Variant::PackedBiasGelu => {
+            let epi = Epilogue::bias(&s.bias).with_activation(Activation::Gelu);
+            g.sgemm_packed(m, 1.0, &s.a, k, false, pb, 0.0, &mut s.c, n, epi)
+        }
     }
     black_box(&s.c);
 }
 
 fn pool(threads: usize) -> rayon::ThreadPool {
-    rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap()
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()
+        .unwrap()
 }
 
 /// `KILN_BENCH_SHAPES=128x768x768,...` (M×K×N; default: the six BERT-base shapes).
@@ -94,7 +132,10 @@ fn shapes() -> Vec<Shape> {
         Ok(v) => v
             .split(',')
             .map(|s| {
-                let d: Vec<usize> = s.split('x').map(|x| x.parse().expect("KILN_BENCH_SHAPES")).collect();
+                let d: Vec<usize> = s
+                    .split('x')
+                    .map(|x| x.parse().expect("KILN_BENCH_SHAPES"))
+                    .collect();
                 Shape::new((d[0], d[1], d[2]))
             })
             .collect(),
@@ -102,19 +143,29 @@ fn shapes() -> Vec<Shape> {
     }
 }
 
-/// `KILN_BENCH_B=packed|sgemm` (default: both).
+/// `KILN_BENCH_B=packed,sgemm,gelu` (default: packed,sgemm; gelu = packed with a fused bias + Gelu).
 fn variants() -> Vec<Variant> {
-    match std::env::var("KILN_BENCH_B").as_deref() {
-        Ok("packed") => vec![Variant::Packed],
-        Ok("sgemm") => vec![Variant::Unpacked],
-        _ => vec![Variant::Packed, Variant::Unpacked],
+    match std::env::var("KILN_BENCH_B") {
+        Ok(v) => v
+            .split(',')
+            .map(|x| match x {
+                "packed" => Variant::Packed,
+                "sgemm" => Variant::Unpacked,
+                "gelu" => Variant::PackedBiasGelu,
+                _ => panic!("KILN_BENCH_B: packed, sgemm or gelu"),
+            })
+            .collect(),
+        Err(_) => vec![Variant::Packed, Variant::Unpacked],
     }
 }
 
 /// `KILN_BENCH_THREADS=1,2` (default: 1 and 2).
 fn thread_counts() -> Vec<usize> {
     match std::env::var("KILN_BENCH_THREADS") {
-        Ok(v) => v.split(',').map(|s| s.parse().expect("KILN_BENCH_THREADS")).collect(),
+        Ok(v) => v
+            .split(',')
+            .map(|s| s.parse().expect("KILN_BENCH_THREADS"))
+            .collect(),
         Err(_) => vec![1, 2],
     }
 }
@@ -122,24 +173,74 @@ fn thread_counts() -> Vec<usize> {
 /// `KILN_BENCH_ISA=avx2,avx512` (default: every SIMD ISA of this CPU).
 fn isas() -> Vec<Isa> {
     if let Ok(v) = std::env::var("KILN_BENCH_ISA") {
-        return v.split(',').map(|s| s.parse().expect("KILN_BENCH_ISA")).collect();
+        return v
+            .split(',')
+            .map(|s| s.parse().expect("KILN_BENCH_ISA"))
+            .collect();
     }
-    [Isa::Avx2, Isa::Avx512, Isa::Neon].into_iter().filter(|i| i.is_available()).collect()
+    [Isa::Avx2, Isa::Avx512, Isa::Neon]
+        .into_iter()
+        .filter(|i| i.is_available())
+        .collect()
 }
 
 // ---------------------------------------------------------------------------------------------
 // Clock
 // ---------------------------------------------------------------------------------------------
 
-/// Cycles-per-second estimates on the calling thread.
+/// CPU time of the calling thread / of the process, in seconds (`clock_gettime`, from the C
+/// library std already links). Time a thread spends descheduled — this machine is shared with
+/// other people's builds — does not count.
+mod cputime {
+    #[repr(C)]
+    struct Timespec {
+        sec: i64,
+        nsec: i64,
+    }
+    extern "C" {
+        fn clock_gettime(clock: i32, tp: *mut Timespec) -> i32;
+    }
+    fn get(clock: i32) -> f64 {
+        let mut t = Timespec { sec: 0, nsec: 0 };
+        // SAFETY: a valid out-pointer; CLOCK_PROCESS_CPUTIME_ID = 2, CLOCK_THREAD_CPUTIME_ID = 3.
+        unsafe { clock_gettime(clock, &mut t) };
+        t.sec as f64 + t.nsec as f64 * 1e-9
+    }
+    pub fn thread() -> f64 {
+        get(3)
+    }
+    pub fn process() -> f64 {
+        get(2)
+    }
+}
+
+/// Cycles-per-second estimates on the calling thread, per second of thread CPU time.
 #[cfg(target_arch = "x86_64")]
 mod clock {
     use std::arch::asm;
-    use std::time::Instant;
+
+    struct Instant(f64);
+    impl Instant {
+        fn now() -> Instant {
+            Instant(super::cputime::thread())
+        }
+        fn elapsed(&self) -> Elapsed {
+            Elapsed(super::cputime::thread() - self.0)
+        }
+    }
+    struct Elapsed(f64);
+    impl Elapsed {
+        fn as_secs_f64(&self) -> f64 {
+            self.0
+        }
+    }
 
     /// A chain of dependent 64-bit adds (1 cycle each on every x86 core of the last decade).
     pub fn add_chain_hz() -> f64 {
-        let iters: u64 = 20_000_000;
+        add_chain_hz_n(20_000_000)
+    }
+
+    pub fn add_chain_hz_n(iters: u64) -> f64 {
         let t = Instant::now();
         unsafe {
             let mut x: u64 = 0;
@@ -247,14 +348,24 @@ struct Clock {
 #[cfg(target_arch = "x86_64")]
 fn measure_clock() -> Clock {
     let reps = 7;
-    println!("clock measurement (median of {reps} runs per thread):");
+    println!(
+        "clock measurement (median of {reps} runs per thread, per second of thread CPU time):"
+    );
     let add1 = concurrent(1, reps, clock::add_chain_hz);
     let add2 = concurrent(2, reps, clock::add_chain_hz);
-    println!("  dependent add chain (1 cycle/add):       1 thread {:.3} GHz, 2 threads {:.3} GHz", add1 / 1e9, add2 / 1e9);
+    println!(
+        "  dependent add chain (1 cycle/add):       1 thread {:.3} GHz, 2 threads {:.3} GHz",
+        add1 / 1e9,
+        add2 / 1e9
+    );
     if Isa::Avx2.is_available() {
         let lat1 = concurrent(1, reps, || unsafe { clock::fma_chain_per_s() }) * 4.0;
         let lat2 = concurrent(2, reps, || unsafe { clock::fma_chain_per_s() }) * 4.0;
-        println!("  dependent FMA chain (4 cycles/FMA):      1 thread {:.3} GHz, 2 threads {:.3} GHz", lat1 / 1e9, lat2 / 1e9);
+        println!(
+            "  dependent FMA chain (4 cycles/FMA):      1 thread {:.3} GHz, 2 threads {:.3} GHz",
+            lat1 / 1e9,
+            lat2 / 1e9
+        );
         let thr1 = concurrent(1, reps, || unsafe { clock::fma_throughput_flops() });
         let thr2 = concurrent(2, reps, || unsafe { clock::fma_throughput_flops() });
         println!(
@@ -266,10 +377,16 @@ fn measure_clock() -> Clock {
     }
     if let Ok(s) = std::fs::read_to_string("/proc/cpuinfo") {
         if let Some(l) = s.lines().find(|l| l.starts_with("cpu MHz")) {
-            println!("  /proc/cpuinfo (nominal under KVM):       {}", l.split(':').nth(1).unwrap_or("").trim());
+            println!(
+                "  /proc/cpuinfo (nominal under KVM):       {}",
+                l.split(':').nth(1).unwrap_or("").trim()
+            );
         }
     }
-    Clock { hz1: add1, hz2: add2 }
+    Clock {
+        hz1: add1,
+        hz2: add2,
+    }
 }
 
 #[cfg(not(target_arch = "x86_64"))]
@@ -278,33 +395,23 @@ fn measure_clock() -> Clock {
     Clock { hz1: 1e9, hz2: 1e9 }
 }
 
-/// AVX2 FLOP/s `threads` cores reach right now (12 independent FMA chains per thread, ~1 ms),
-/// summed over the threads: the contemporaneous peak that a GEMM measurement is paired with.
-#[cfg(target_arch = "x86_64")]
-fn probe_peak(threads: usize) -> f64 {
-    if !Isa::Avx2.is_available() {
-        return f64::NAN;
-    }
-    std::thread::scope(|sc| {
-        let hs: Vec<_> = (0..threads).map(|_| sc.spawn(|| unsafe { clock::fma_throughput_flops_n(300_000) })).collect();
-        hs.into_iter().map(|h| h.join().unwrap()).sum()
-    })
-}
-
-#[cfg(not(target_arch = "x86_64"))]
-fn probe_peak(_threads: usize) -> f64 {
-    f64::NAN
-}
-
 // ---------------------------------------------------------------------------------------------
 // Table
 // ---------------------------------------------------------------------------------------------
 
 fn table(args: &[String]) {
-    let reps: usize = args.iter().position(|a| a == "--reps").map(|i| args[i + 1].parse().unwrap()).unwrap_or(30);
+    let arg = |name: &str, default: usize| -> usize {
+        args.iter()
+            .position(|a| a == name)
+            .map(|i| args[i + 1].parse().unwrap())
+            .unwrap_or(default)
+    };
+    let reps = arg("--reps", 6);
+    let rounds = arg("--rounds", 5);
     let clock = measure_clock();
     // AVX2 peak: cores × 2 FMA units × 8 lanes × 2 flops × clock.
-    let peak = |threads: usize| threads as f64 * 32.0 * if threads == 1 { clock.hz1 } else { clock.hz2 };
+    let peak =
+        |threads: usize| threads as f64 * 32.0 * if threads == 1 { clock.hz1 } else { clock.hz2 };
     println!(
         "AVX2 peak: 1 thread {:.1} GFLOP/s ({:.3} GHz × 32), 2 threads {:.1} GFLOP/s ({:.3} GHz × 64)\n",
         peak(1) / 1e9,
@@ -312,56 +419,144 @@ fn table(args: &[String]) {
         peak(2) / 1e9,
         clock.hz2 / 1e9
     );
-    println!("columns: median of {reps} runs; % of peak = GFLOP/s ÷ the AVX2 peak above; \"% of probe\" = median over runs of");
-    println!("(GEMM FLOP/s ÷ FLOP/s of an FMA-throughput loop on the same threads run right after it), which");
-    println!("cancels most of the clock and contention noise of a shared machine; best = fastest run ÷ peak.\n");
-    println!("| shape (M×K×N) | ISA | B | threads | median ms | GFLOP/s | % of peak | % of probe | best % |");
-    println!("|---|---|---|---|---|---|---|---|---|");
+    println!("Each timed run is followed by a ~0.6 ms probe on every worker thread: a dependent add chain");
+    println!("(the clock: the host moves these vCPUs between ~2.6 and ~3.7 GHz) and 12 independent ymm FMA");
+    println!("chains (the FLOP/s a core delivers at that moment; less than 32 × clock when the host's other");
+    println!("hyperthread of the core is busy). % of peak = FLOPs ÷ (time × threads × 32 × clock of that run);");
+    println!("% of FMA probe = FLOPs ÷ (time × threads × probe FLOP/s of that run). Medians over {rounds} rounds ×");
+    println!("{reps} runs, the configurations taking turns (30 ms warm-up each). wall: wall-clock time (best:");
+    println!("the best run); cpu: CPU time (of the computing thread for 1 thread, of the whole process —");
+    println!("rayon's spinning included — for 2), not distorted by time slices lost to other processes.\n");
+    println!("| shape (M×K×N) | ISA | B | threads | median ms | GFLOP/s | clock GHz | FMA probe GFLOP/s/core | % of peak (wall) | best % (wall) | % of peak (cpu) | % of FMA probe |");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
     let mut shapes = shapes();
-    for isa in isas() {
-        let g0 = Gemm::new(isa).unwrap();
-        for s in shapes.iter_mut() {
-            let pb = g0.pack_b(s.k, s.n, &s.b, s.n, false);
+    let gemms: Vec<Gemm> = isas().into_iter().map(|i| Gemm::new(i).unwrap()).collect();
+    let packed: Vec<Vec<PackedB>> = gemms
+        .iter()
+        .map(|g| {
+            shapes
+                .iter()
+                .map(|s| g.pack_b(s.k, s.n, &s.b, s.n, false))
+                .collect()
+        })
+        .collect();
+    let pools: Vec<(usize, rayon::ThreadPool)> =
+        thread_counts().into_iter().map(|t| (t, pool(t))).collect();
+    // (gemm, shape, variant, pool) → (wall times, cpu times); the configurations take turns, one
+    // batch of runs each per round, so that bursts of load from other processes spread over all.
+    let mut configs = Vec::new();
+    for gi in 0..gemms.len() {
+        for si in 0..shapes.len() {
             for v in variants() {
-                for threads in thread_counts() {
-                    let g = g0.with_threads(threads);
-                    let p = pool(threads);
-                    let (mut times, mut ratios): (Vec<f64>, Vec<f64>) = p.install(|| {
-                        let warm = Instant::now();
-                        while warm.elapsed() < Duration::from_millis(200) {
-                            run_once(&g, s, &pb, v);
-                        }
-                        (0..reps)
-                            .map(|_| {
-                                let t = Instant::now();
-                                run_once(&g, s, &pb, v);
-                                let dt = t.elapsed().as_secs_f64();
-                                (dt, s.flops() / dt / probe_peak(threads))
-                            })
-                            .unzip()
-                    });
-                    let min = times.iter().cloned().fold(f64::INFINITY, f64::min);
-                    let med = median(&mut times);
-                    let ratio = median(&mut ratios);
-                    let gf = s.flops() / med;
-                    println!(
-                        "| {}×{}×{} | {} | {} | {} | {:.3} | {:.1} | {:.1} % | {:.1} % | {:.1} % |",
-                        s.m,
-                        s.k,
-                        s.n,
-                        isa,
-                        v.name(),
-                        threads,
-                        med * 1e3,
-                        gf / 1e9,
-                        100.0 * gf / peak(threads),
-                        100.0 * ratio,
-                        100.0 * s.flops() / min / peak(threads)
-                    );
+                for pi in 0..pools.len() {
+                    configs.push((gi, si, v, pi, Vec::<Run>::new()));
                 }
             }
         }
     }
+    for _ in 0..rounds {
+        for (gi, si, v, pi, runs) in configs.iter_mut() {
+            let (threads, p) = &pools[*pi];
+            let g = gemms[*gi].with_threads(*threads);
+            let s = &mut shapes[*si];
+            let pb = &packed[*gi][*si];
+            p.install(|| {
+                let warm = Instant::now();
+                while warm.elapsed() < Duration::from_millis(30) {
+                    run_once(&g, s, pb, *v);
+                }
+            });
+            for _ in 0..reps {
+                let (wall, cpu) = p.install(|| {
+                    let clk = if *threads == 1 {
+                        cputime::thread
+                    } else {
+                        cputime::process
+                    };
+                    let c0 = clk();
+                    let t = Instant::now();
+                    run_once(&g, s, pb, *v);
+                    (t.elapsed().as_secs_f64(), clk() - c0)
+                });
+                // The clock and the FMA throughput of each worker right after the run.
+                let probes: Vec<(f64, f64)> = p.broadcast(|_| probe());
+                let n = probes.len() as f64;
+                let hz = probes.iter().map(|p| p.0).sum::<f64>() / n;
+                let fma = probes.iter().map(|p| p.1).sum::<f64>() / n;
+                runs.push(Run { wall, cpu, hz, fma });
+            }
+        }
+    }
+    for (gi, si, v, pi, runs) in configs.iter() {
+        let threads = pools[*pi].0 as f64;
+        let s = &shapes[*si];
+        let f = s.flops();
+        if std::env::var_os("KILN_BENCH_SERIES").is_some() {
+            let ms: Vec<String> = runs
+                .iter()
+                .map(|r| format!("{:.2}@{:.2}", r.wall * 1e3, r.hz / 1e9))
+                .collect();
+            println!("  series ms@GHz: {}", ms.join(" "));
+        }
+        let med = |x: &mut dyn Iterator<Item = f64>| median(&mut x.collect::<Vec<_>>());
+        let wall = med(&mut runs.iter().map(|r| r.wall));
+        let hz = med(&mut runs.iter().map(|r| r.hz));
+        let fma = med(&mut runs.iter().map(|r| r.fma));
+        // % of the peak at the add-chain clock, from wall time and from CPU time; % of the FMA
+        // throughput measured right after each run.
+        let eff_wall = med(&mut runs.iter().map(|r| f / (r.wall * threads * 32.0 * r.hz)));
+        let best = runs
+            .iter()
+            .map(|r| f / (r.wall * threads * 32.0 * r.hz))
+            .fold(0.0, f64::max);
+        let eff_cpu = med(&mut runs.iter().map(|r| f / (r.cpu * 32.0 * r.hz)));
+        let eff_fma = med(&mut runs.iter().map(|r| f / (r.wall * threads * r.fma)));
+        println!(
+            "| {}×{}×{} | {} | {} | {} | {:.3} | {:.1} | {:.2} | {:.1} | {:.1} % | {:.1} % | {:.1} % | {:.1} % |",
+            s.m,
+            s.k,
+            s.n,
+            gemms[*gi].isa(),
+            v.name(),
+            threads,
+            wall * 1e3,
+            f / wall / 1e9,
+            hz / 1e9,
+            fma / 1e9,
+            100.0 * eff_wall,
+            100.0 * best,
+            100.0 * eff_cpu,
+            100.0 * eff_fma,
+        );
+    }
+}
+
+struct Run {
+    wall: f64,
+    cpu: f64,
+    /// Clock (dependent adds per CPU-second) right after the run, mean over the workers.
+    hz: f64,
+    /// AVX2 FLOPs per CPU-second of 12 independent FMA chains right after the run, mean over the
+    /// workers: what a core delivered at that moment (lower than 32 × clock when the host's
+    /// other hyperthread of the core is busy).
+    fma: f64,
+}
+
+/// (clock, FMA FLOP/s) of the calling thread now, per second of thread CPU time (~0.6 ms).
+#[cfg(target_arch = "x86_64")]
+fn probe() -> (f64, f64) {
+    let hz = clock::add_chain_hz_n(60_000);
+    let fma = if Isa::Avx2.is_available() {
+        unsafe { clock::fma_throughput_flops_n(60_000) }
+    } else {
+        f64::NAN
+    };
+    (hz, fma)
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn probe() -> (f64, f64) {
+    (f64::NAN, f64::NAN)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -386,7 +581,9 @@ fn criterion_benches() {
                     let g = g0.with_threads(threads);
                     let p = pool(threads);
                     let id = BenchmarkId::new(format!("{}_{}t", v.name(), threads), s.label());
-                    group.bench_function(id, |bch| p.install(|| bch.iter(|| run_once(&g, s, &pb, v))));
+                    group.bench_function(id, |bch| {
+                        p.install(|| bch.iter(|| run_once(&g, s, &pb, v)))
+                    });
                 }
             }
         }
@@ -395,9 +592,67 @@ fn criterion_benches() {
     c.final_summary();
 }
 
+/// `--ab "isa:kc:mc:nc:threads;..."`: the configurations run interleaved (one run of each
+/// per round), medians and minima per shape. For tuning.
+fn ab(spec: &str, reps: usize) {
+    let configs: Vec<(String, Gemm, usize)> = spec
+        .split(';')
+        .map(|c| {
+            let f: Vec<&str> = c.split(':').collect();
+            let g = Gemm::new(f[0].parse().unwrap()).unwrap().with_blocking(
+                f[1].parse().unwrap(),
+                f[2].parse().unwrap(),
+                f[3].parse().unwrap(),
+            );
+            let t: usize = f[4].parse().unwrap();
+            (c.to_string(), g.with_threads(t), t)
+        })
+        .collect();
+    let pools: Vec<rayon::ThreadPool> = configs.iter().map(|c| pool(c.2)).collect();
+    for s in shapes().iter_mut() {
+        let pbs: Vec<PackedB> = configs
+            .iter()
+            .map(|c| c.1.pack_b(s.k, s.n, &s.b, s.n, false))
+            .collect();
+        let mut times = vec![Vec::new(); configs.len()];
+        for round in 0..reps + 3 {
+            for (i, c) in configs.iter().enumerate() {
+                for v in variants() {
+                    let dt = pools[i].install(|| {
+                        let t = Instant::now();
+                        run_once(&c.1, s, &pbs[i], v);
+                        t.elapsed().as_secs_f64()
+                    });
+                    if round >= 3 && v == variants()[0] {
+                        times[i].push(dt);
+                    }
+                }
+            }
+        }
+        for (i, c) in configs.iter().enumerate() {
+            let min = times[i].iter().cloned().fold(f64::INFINITY, f64::min);
+            let med = median(&mut times[i]);
+            println!(
+                "{} {:<28} median {:7.1} GFLOP/s  best {:7.1} GFLOP/s",
+                s.label(),
+                c.0,
+                s.flops() / med / 1e9,
+                s.flops() / min / 1e9
+            );
+        }
+    }
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    if args.iter().any(|a| a == "--table") {
+    if let Some(i) = args.iter().position(|a| a == "--ab") {
+        let reps = args
+            .iter()
+            .position(|a| a == "--reps")
+            .map(|i| args[i + 1].parse().unwrap())
+            .unwrap_or(20);
+        ab(&args[i + 1], reps);
+    } else if args.iter().any(|a| a == "--table") {
         table(&args);
     } else {
         criterion_benches();

@@ -40,13 +40,25 @@ pub const RTOL: f64 = 1e-3;
 /// Compares one output with its expected value.
 pub fn compare(expected: &Tensor, got: &Tensor) -> Result<(), String> {
     if expected.dtype() != got.dtype() {
-        return Err(format!("dtype {} expected, got {}", expected.dtype(), got.dtype()));
+        return Err(format!(
+            "dtype {} expected, got {}",
+            expected.dtype(),
+            got.dtype()
+        ));
     }
     if expected.shape() != got.shape() {
-        return Err(format!("shape {:?} expected, got {:?}", expected.shape(), got.shape()));
+        return Err(format!(
+            "shape {:?} expected, got {:?}",
+            expected.shape(),
+            got.shape()
+        ));
     }
     if let (Some(a), Some(b)) = (expected.strings(), got.strings()) {
-        return if a == b { Ok(()) } else { Err("strings differ".into()) };
+        return if a == b {
+            Ok(())
+        } else {
+            Err("strings differ".into())
+        };
     }
     if !expected.dtype().is_float() || expected.dtype().bits() < 16 {
         return if expected.bytes() == got.bytes() {
@@ -85,7 +97,10 @@ fn op_types(g: &kiln_ir::Graph, out: &mut Vec<String>) {
 
 /// Runs one case directory, optimized at `level` first.
 pub fn run_case(dir: &Path, level: u8) -> Outcome {
-    let case = dir.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
+    let case = dir
+        .file_name()
+        .map(|n| n.to_string_lossy().to_string())
+        .unwrap_or_default();
     let mut ops = Vec::new();
     let status = (|| -> Result<(), String> {
         let mut model = crate::load(dir.join("model.onnx")).map_err(|e| format!("load: {e}"))?;
@@ -100,7 +115,10 @@ pub fn run_case(dir: &Path, level: u8) -> Outcome {
         for (k, &i) in g.inputs.iter().enumerate() {
             let p = data.join(format!("input_{k}.pb"));
             if p.exists() {
-                inputs.push((g.value(i).name.clone(), read_value(&p, g.value(i).ty.as_ref())?));
+                inputs.push((
+                    g.value(i).name.clone(),
+                    read_value(&p, g.value(i).ty.as_ref())?,
+                ));
             }
         }
         let outs = plan.run(inputs).map_err(|e| format!("run: {e}"))?;
@@ -163,14 +181,17 @@ fn to_value(v: DataValue) -> Result<Value, String> {
 
 /// Case → reason, from a skip file (`case<TAB>reason` lines, `#` comments).
 pub fn read_skips(path: &Path) -> Result<BTreeMap<String, String>, String> {
-    let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
     let mut m = BTreeMap::new();
     for line in text.lines() {
         let line = line.trim_end();
         if line.is_empty() || line.starts_with('#') {
             continue;
         }
-        let (case, reason) = line.split_once('\t').ok_or_else(|| format!("skip file line without a tab: {line}"))?;
+        let (case, reason) = line
+            .split_once('\t')
+            .ok_or_else(|| format!("skip file line without a tab: {line}"))?;
         m.insert(case.to_string(), reason.to_string());
     }
     Ok(m)
@@ -200,9 +221,16 @@ pub fn run_dir(
     let total = cases.len();
     let mut out = Vec::with_capacity(total);
     for (i, c) in cases.iter().enumerate() {
-        let name = c.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
+        let name = c
+            .file_name()
+            .map(|n| n.to_string_lossy().to_string())
+            .unwrap_or_default();
         let o = match skips.get(&name) {
-            Some(r) => Outcome { case: name, ops: Vec::new(), status: Status::Skip(r.clone()) },
+            Some(r) => Outcome {
+                case: name,
+                ops: Vec::new(),
+                status: Status::Skip(r.clone()),
+            },
             None => {
                 // A kernel bug must not take the whole run down.
                 std::panic::catch_unwind(|| run_case(c, level)).unwrap_or_else(|p| Outcome {
@@ -210,7 +238,10 @@ pub fn run_dir(
                     ops: Vec::new(),
                     status: Status::Fail(format!(
                         "panic: {}",
-                        p.downcast_ref::<String>().cloned().or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string())).unwrap_or_default()
+                        p.downcast_ref::<String>()
+                            .cloned()
+                            .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+                            .unwrap_or_default()
                     )),
                 })
             }
@@ -224,7 +255,10 @@ pub fn run_dir(
 /// `passed, failed, skipped`.
 pub fn counts(outcomes: &[Outcome]) -> (usize, usize, usize) {
     let p = outcomes.iter().filter(|o| o.status == Status::Pass).count();
-    let s = outcomes.iter().filter(|o| matches!(o.status, Status::Skip(_))).count();
+    let s = outcomes
+        .iter()
+        .filter(|o| matches!(o.status, Status::Skip(_)))
+        .count();
     (p, outcomes.len() - p - s, s)
 }
 
@@ -233,10 +267,13 @@ pub fn failures_by_op(outcomes: &[Outcome]) -> BTreeMap<String, Vec<String>> {
     let mut m: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for o in outcomes {
         if let Status::Fail(_) = o.status {
-            let key = if o.ops.is_empty() { "(load)".to_string() } else { o.ops.join("+") };
+            let key = if o.ops.is_empty() {
+                "(load)".to_string()
+            } else {
+                o.ops.join("+")
+            };
             m.entry(key).or_default().push(o.case.clone());
         }
     }
     m
 }
-

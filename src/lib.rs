@@ -139,9 +139,14 @@ pub fn free_input_dims(model: &mut Model) -> Result<InferStats, Error> {
 
 /// Optimizes `model` in place at `level` (0 = as imported, 1 = cleanup and folding), not
 /// running the passes named in `disabled`. Returns the rewrites each pass made.
-pub fn optimize(model: &mut Model, level: u8, disabled: &[String]) -> Result<kiln_transforms::Report, Error> {
-    let level = kiln_transforms::Level::from_number(level)
-        .ok_or_else(|| Error::Optimize(format!("-O{level} is not implemented yet (levels: 0, 1)")))?;
+pub fn optimize(
+    model: &mut Model,
+    level: u8,
+    disabled: &[String],
+) -> Result<kiln_transforms::Report, Error> {
+    let level = kiln_transforms::Level::from_number(level).ok_or_else(|| {
+        Error::Optimize(format!("-O{level} is not implemented yet (levels: 0, 1)"))
+    })?;
     let mut opts = kiln_transforms::Options::level(level);
     opts.disabled = disabled.iter().cloned().collect();
     kiln_transforms::optimize(model, &opts).map_err(|e| Error::Optimize(e.to_string()))

@@ -36,8 +36,16 @@ impl Session {
     }
 
     /// Runs on named tensor inputs; returns the named outputs in graph order.
-    pub fn run(&self, inputs: Vec<(String, Tensor)>) -> Result<Vec<(String, Tensor)>, SessionError> {
-        let outs = self.run_values(inputs.into_iter().map(|(n, t)| (n, Value::Tensor(t))).collect())?;
+    pub fn run(
+        &self,
+        inputs: Vec<(String, Tensor)>,
+    ) -> Result<Vec<(String, Tensor)>, SessionError> {
+        let outs = self.run_values(
+            inputs
+                .into_iter()
+                .map(|(n, t)| (n, Value::Tensor(t)))
+                .collect(),
+        )?;
         outs.into_iter()
             .map(|(n, v)| match v {
                 Value::Tensor(t) => Ok((n, t)),
@@ -47,7 +55,10 @@ impl Session {
     }
 
     /// Runs on named values (tensors, sequences, optionals).
-    pub fn run_values(&self, inputs: Vec<(String, Value)>) -> Result<Vec<(String, Value)>, SessionError> {
+    pub fn run_values(
+        &self,
+        inputs: Vec<(String, Value)>,
+    ) -> Result<Vec<(String, Value)>, SessionError> {
         Ok(self.plan.run(inputs)?)
     }
 }
@@ -57,7 +68,11 @@ impl Session {
 /// error naming it. Integer inputs named like `*mask*` are all ones except the last quarter of
 /// the last row (a padded row); `*token_type*` (segment ids) are zeros; other integers are
 /// uniform in `[0, 100)`; floats uniform in `[-1, 1)`; bools random.
-pub fn random_inputs(model: &Model, dims: &HashMap<String, i64>, seed: u64) -> Result<Vec<(String, Tensor)>, String> {
+pub fn random_inputs(
+    model: &Model,
+    dims: &HashMap<String, i64>,
+    seed: u64,
+) -> Result<Vec<(String, Tensor)>, String> {
     let mut state = seed ^ 0x9e37_79b9_7f4a_7c15;
     let mut next = move || {
         state ^= state << 13;
@@ -72,17 +87,22 @@ pub fn random_inputs(model: &Model, dims: &HashMap<String, i64>, seed: u64) -> R
         if matches!(v.def, ValueDef::InputWithDefault(_)) {
             continue;
         }
-        let tt = v
-            .ty
+        let tt =
+            v.ty.as_ref()
+                .and_then(|t| t.as_tensor())
+                .ok_or_else(|| format!("input `{}` is not a tensor of known type", v.name))?;
+        let sh = tt
+            .shape
             .as_ref()
-            .and_then(|t| t.as_tensor())
-            .ok_or_else(|| format!("input `{}` is not a tensor of known type", v.name))?;
-        let sh = tt.shape.as_ref().ok_or_else(|| format!("input `{}` has unknown rank", v.name))?;
+            .ok_or_else(|| format!("input `{}` has unknown rank", v.name))?;
         let mut shape = Vec::with_capacity(sh.len());
         for d in sh {
-            let n = d
-                .eval(&|s| dims.get(s).copied())
-                .ok_or_else(|| format!("input `{}`: give a value for dim `{d}` (--dim {d}=N)", v.name))?;
+            let n = d.eval(&|s| dims.get(s).copied()).ok_or_else(|| {
+                format!(
+                    "input `{}`: give a value for dim `{d}` (--dim {d}=N)",
+                    v.name
+                )
+            })?;
             shape.push(usize::try_from(n).map_err(|_| format!("dim `{d}` is negative"))?);
         }
         let n: usize = shape.iter().product();
@@ -92,20 +112,52 @@ pub fn random_inputs(model: &Model, dims: &HashMap<String, i64>, seed: u64) -> R
             DType::I64 | DType::I32 if v.name.contains("mask") => {
                 let pad = cols / 4;
                 let data: Vec<i64> = (0..n)
-                    .map(|k| if rows > 1 && k / cols == rows - 1 && k % cols >= cols - pad { 0 } else { 1 })
+                    .map(|k| {
+                        if rows > 1 && k / cols == rows - 1 && k % cols >= cols - pad {
+                            0
+                        } else {
+                            1
+                        }
+                    })
                     .collect();
                 cast_i64(tt.dtype, shape, data)
             }
-            DType::I64 | DType::I32 if v.name.contains("token_type") => cast_i64(tt.dtype, shape, vec![0; n]),
-            DType::I64 | DType::I32 | DType::I16 | DType::I8 | DType::U8 | DType::U16 | DType::U32 | DType::U64 => {
+            DType::I64 | DType::I32 if v.name.contains("token_type") => {
+                cast_i64(tt.dtype, shape, vec![0; n])
+            }
+            DType::I64
+            | DType::I32
+            | DType::I16
+            | DType::I8
+            | DType::U8
+            | DType::U16
+            | DType::U32
+            | DType::U64 => {
                 let data: Vec<i64> = (0..n).map(|_| (next() % 100) as i64).collect();
                 cast_i64(tt.dtype, shape, data)
             }
-            DType::F32 => Tensor::from_vec(shape, (0..n).map(|_| unit(next())).collect::<Vec<f32>>()),
-            DType::F64 => Tensor::from_vec(shape, (0..n).map(|_| unit(next()) as f64).collect::<Vec<f64>>()),
-            DType::F16 => Tensor::from_vec(shape, (0..n).map(|_| half::f16::from_f32(unit(next()))).collect::<Vec<_>>()),
-            DType::Bool => Tensor::from_bools(shape, &(0..n).map(|_| next() % 2 == 1).collect::<Vec<_>>()),
-            d => return Err(format!("input `{}`: cannot generate random {d} data", v.name)),
+            DType::F32 => {
+                Tensor::from_vec(shape, (0..n).map(|_| unit(next())).collect::<Vec<f32>>())
+            }
+            DType::F64 => Tensor::from_vec(
+                shape,
+                (0..n).map(|_| unit(next()) as f64).collect::<Vec<f64>>(),
+            ),
+            DType::F16 => Tensor::from_vec(
+                shape,
+                (0..n)
+                    .map(|_| half::f16::from_f32(unit(next())))
+                    .collect::<Vec<_>>(),
+            ),
+            DType::Bool => {
+                Tensor::from_bools(shape, &(0..n).map(|_| next() % 2 == 1).collect::<Vec<_>>())
+            }
+            d => {
+                return Err(format!(
+                    "input `{}`: cannot generate random {d} data",
+                    v.name
+                ))
+            }
         }
         .map_err(|e| e.to_string())?;
         out.push((v.name.clone(), t));

@@ -18,7 +18,12 @@ pub struct OutputReport {
 }
 
 /// Compares `got` with `expected` output by output (matched by name).
-pub fn compare_outputs(expected: &[(String, Tensor)], got: &[(String, Tensor)], atol: f64, rtol: f64) -> Vec<OutputReport> {
+pub fn compare_outputs(
+    expected: &[(String, Tensor)],
+    got: &[(String, Tensor)],
+    atol: f64,
+    rtol: f64,
+) -> Vec<OutputReport> {
     let mut out = Vec::new();
     for (name, g) in got {
         let mut r = OutputReport {
@@ -45,7 +50,8 @@ pub fn compare_outputs(expected: &[(String, Tensor)], got: &[(String, Tensor)], 
             out.push(r);
             continue;
         };
-        let (mut max_abs, mut max_rel, mut dot, mut nx, mut ny, mut ok) = (0f64, 0f64, 0f64, 0f64, 0f64, true);
+        let (mut max_abs, mut max_rel, mut dot, mut nx, mut ny, mut ok) =
+            (0f64, 0f64, 0f64, 0f64, 0f64, true);
         for (&a, &b) in x.iter().zip(&y) {
             let d = (a - b).abs();
             if a.is_nan() != b.is_nan() || (a.is_infinite() && a != b) {
@@ -67,7 +73,11 @@ pub fn compare_outputs(expected: &[(String, Tensor)], got: &[(String, Tensor)], 
         }
         r.max_abs = max_abs;
         r.max_rel = max_rel;
-        r.cosine = if nx == 0.0 && ny == 0.0 { 1.0 } else { dot / (nx.sqrt() * ny.sqrt()) };
+        r.cosine = if nx == 0.0 && ny == 0.0 {
+            1.0
+        } else {
+            dot / (nx.sqrt() * ny.sqrt())
+        };
         r.pass = ok && e.dtype() == g.dtype();
         if e.dtype() != g.dtype() {
             r.problem = Some(format!("dtype {} expected, got {}", e.dtype(), g.dtype()));
@@ -83,8 +93,14 @@ mod tests {
 
     #[test]
     fn reports_differences() {
-        let e = vec![("y".to_string(), Tensor::from_vec(vec![2], vec![1.0f32, 2.0]).unwrap())];
-        let g = vec![("y".to_string(), Tensor::from_vec(vec![2], vec![1.0f32, 2.5]).unwrap())];
+        let e = vec![(
+            "y".to_string(),
+            Tensor::from_vec(vec![2], vec![1.0f32, 2.0]).unwrap(),
+        )];
+        let g = vec![(
+            "y".to_string(),
+            Tensor::from_vec(vec![2], vec![1.0f32, 2.5]).unwrap(),
+        )];
         let r = &compare_outputs(&e, &g, 1e-4, 0.0)[0];
         assert!(!r.pass);
         assert_eq!(r.max_abs, 0.5);

@@ -19,10 +19,16 @@ fn models() -> Option<Vec<PathBuf>> {
     let mut v: Vec<PathBuf> = [shared, big]
         .iter()
         .flat_map(|d| std::fs::read_dir(d).unwrap().flatten().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|e| e == "onnx") && !p.to_string_lossy().ends_with(".skel.onnx"))
+        .filter(|p| {
+            p.extension().is_some_and(|e| e == "onnx")
+                && !p.to_string_lossy().ends_with(".skel.onnx")
+        })
         .collect();
     v.sort();
-    assert!(v.len() >= 9, "expected 4 shared and 5 materialized models, found {v:?}");
+    assert!(
+        v.len() >= 9,
+        "expected 4 shared and 5 materialized models, found {v:?}"
+    );
     Some(v)
 }
 
@@ -33,7 +39,11 @@ fn dims() -> HashMap<String, i64> {
 /// Tolerance: 1e-4 absolute, scaled by the output's magnitude when that exceeds 1 (deep
 /// models' hidden states reach tens; f32 accumulation error grows with them).
 fn atol_for(expected: &Tensor) -> f64 {
-    let mag = expected.to_f64_vec().unwrap_or_default().iter().fold(0f64, |m, x| m.max(x.abs()));
+    let mag = expected
+        .to_f64_vec()
+        .unwrap_or_default()
+        .iter()
+        .fold(0f64, |m, x| m.max(x.abs()));
     1e-4 * mag.max(1.0)
 }
 
@@ -48,14 +58,33 @@ fn every_model_matches_onnx_runtime_on_padded_inputs() {
             let inputs = random_inputs(&model, &dims(), 7)?;
             let session = Session::new(model).map_err(|e| e.to_string())?;
             let got = session.run(inputs.clone()).map_err(|e| e.to_string())?;
-            let mut ort = Oracle::with_options(path, &OracleOptions { threads: 2, ..Default::default() }).map_err(|e| e.to_string())?;
+            let mut ort = Oracle::with_options(
+                path,
+                &OracleOptions {
+                    threads: 2,
+                    ..Default::default()
+                },
+            )
+            .map_err(|e| e.to_string())?;
             let want = ort.run(&inputs).map_err(|e| e.to_string())?;
             let mut line = name.clone();
             for (n, w) in &want {
-                let rep = &compare_outputs(&[(n.clone(), w.clone())], &got.iter().filter(|(g, _)| g == n).cloned().collect::<Vec<_>>(), atol_for(w), 0.0)[0];
+                let rep = &compare_outputs(
+                    &[(n.clone(), w.clone())],
+                    &got.iter()
+                        .filter(|(g, _)| g == n)
+                        .cloned()
+                        .collect::<Vec<_>>(),
+                    atol_for(w),
+                    0.0,
+                )[0];
                 line += &format!("  {n}: max|d| {:.2e} cos {:.6}", rep.max_abs, rep.cosine);
                 if !rep.pass {
-                    return Err(format!("{line} — FAIL at atol {:.1e} {:?}", atol_for(w), rep.problem));
+                    return Err(format!(
+                        "{line} — FAIL at atol {:.1e} {:?}",
+                        atol_for(w),
+                        rep.problem
+                    ));
                 }
             }
             Ok(line)
@@ -73,10 +102,26 @@ fn every_model_matches_onnx_runtime_on_padded_inputs() {
 fn golden_pairs() -> Option<Vec<(PathBuf, PathBuf, bool)>> {
     let shared = common::needed("KILN_SHARED_MODELS")?;
     Some(vec![
-        (shared.join("bert_tiny_eager_opset14.onnx"), shared.join("bert_tiny_eager_opset14.golden.npz"), false),
-        (shared.join("bert_tiny_sdpa_opset14.onnx"), shared.join("bert_tiny_sdpa_opset14.golden.npz"), false),
-        (shared.join("minilm_l6_real_opset14.onnx"), shared.join("golden_minilm_l6_real_opset14.npz"), false),
-        (shared.join("cnn_tiny_opset14.onnx"), shared.join("cnn_tiny_opset14.golden.npz"), true),
+        (
+            shared.join("bert_tiny_eager_opset14.onnx"),
+            shared.join("bert_tiny_eager_opset14.golden.npz"),
+            false,
+        ),
+        (
+            shared.join("bert_tiny_sdpa_opset14.onnx"),
+            shared.join("bert_tiny_sdpa_opset14.golden.npz"),
+            false,
+        ),
+        (
+            shared.join("minilm_l6_real_opset14.onnx"),
+            shared.join("golden_minilm_l6_real_opset14.npz"),
+            false,
+        ),
+        (
+            shared.join("cnn_tiny_opset14.onnx"),
+            shared.join("cnn_tiny_opset14.golden.npz"),
+            true,
+        ),
     ])
 }
 
@@ -86,8 +131,15 @@ fn run_golden(model: &Path, golden: &Path, free: bool) -> Result<String, String>
     if free {
         kiln::free_input_dims(&mut m).map_err(|e| e.to_string())?;
     }
-    let input_names: Vec<String> = m.graph.inputs.iter().map(|&i| m.graph.value(i).name.clone()).collect();
-    let (inputs, expected): (Vec<_>, Vec<_>) = arrays.into_iter().partition(|(n, _)| input_names.contains(n));
+    let input_names: Vec<String> = m
+        .graph
+        .inputs
+        .iter()
+        .map(|&i| m.graph.value(i).name.clone())
+        .collect();
+    let (inputs, expected): (Vec<_>, Vec<_>) = arrays
+        .into_iter()
+        .partition(|(n, _)| input_names.contains(n));
     let session = Session::new(m).map_err(|e| e.to_string())?;
     let got = session.run(inputs).map_err(|e| e.to_string())?;
     let mut line = String::new();
@@ -117,9 +169,14 @@ fn goldens_match() {
 
 #[test]
 fn fixed_input_dims_are_enforced_unless_freed() {
-    let Some(shared) = common::needed("KILN_SHARED_MODELS") else { return };
+    let Some(shared) = common::needed("KILN_SHARED_MODELS") else {
+        return;
+    };
     let arrays = kiln::npz::read_npz(shared.join("cnn_tiny_opset14.golden.npz")).unwrap();
-    let input: Vec<_> = arrays.into_iter().filter(|(n, _)| n == "pixel_values").collect();
+    let input: Vec<_> = arrays
+        .into_iter()
+        .filter(|(n, _)| n == "pixel_values")
+        .collect();
     let m = kiln::load(shared.join("cnn_tiny_opset14.onnx")).unwrap();
     let e = Session::new(m).unwrap().run(input).unwrap_err().to_string();
     assert!(e.contains("dim 2 must be 32"), "{e}");
@@ -127,7 +184,9 @@ fn fixed_input_dims_are_enforced_unless_freed() {
 
 #[test]
 fn one_session_from_eight_threads_gives_identical_outputs() {
-    let Some(shared) = common::needed("KILN_SHARED_MODELS") else { return };
+    let Some(shared) = common::needed("KILN_SHARED_MODELS") else {
+        return;
+    };
     let model = kiln::load(shared.join("bert_tiny_sdpa_opset14.onnx")).unwrap();
     let inputs = random_inputs(&model, &dims(), 3).unwrap();
     let session = Session::new(model).unwrap();
@@ -136,7 +195,9 @@ fn one_session_from_eight_threads_gives_identical_outputs() {
         let handles: Vec<_> = (0..8)
             .map(|_| {
                 s.spawn(|| {
-                    (0..5).map(|_| session.run(inputs.clone()).unwrap()).collect::<Vec<_>>()
+                    (0..5)
+                        .map(|_| session.run(inputs.clone()).unwrap())
+                        .collect::<Vec<_>>()
                 })
             })
             .collect();
@@ -152,7 +213,9 @@ fn one_session_from_eight_threads_gives_identical_outputs() {
 
 #[test]
 fn bad_inputs_get_clear_errors() {
-    let Some(shared) = common::needed("KILN_SHARED_MODELS") else { return };
+    let Some(shared) = common::needed("KILN_SHARED_MODELS") else {
+        return;
+    };
     let model = kiln::load(shared.join("bert_tiny_eager_opset14.onnx")).unwrap();
     let good = random_inputs(&model, &dims(), 1).unwrap();
     let session = Session::new(model).unwrap();
@@ -177,5 +240,8 @@ fn bad_inputs_get_clear_errors() {
     let mut contradiction = good.clone();
     contradiction[1].1 = Tensor::from_vec(vec![2, 15], vec![1i64; 30]).unwrap();
     let e = err(contradiction);
-    assert!(e.contains("`sequence`") && e.contains("16") && e.contains("15"), "{e}");
+    assert!(
+        e.contains("`sequence`") && e.contains("16") && e.contains("15"),
+        "{e}"
+    );
 }

@@ -11,7 +11,11 @@ use kiln_ir::Tensor;
 
 fn opts() -> OracleOptions {
     // No graph optimizations: the comparison is of the two graphs' meaning, kernel for kernel.
-    OracleOptions { threads: 1, opt: OracleOpt::Disabled, ..OracleOptions::default() }
+    OracleOptions {
+        threads: 1,
+        opt: OracleOpt::Disabled,
+        ..OracleOptions::default()
+    }
 }
 
 /// Bitwise equality, except that NaN equals NaN (same payload not required).
@@ -23,9 +27,10 @@ fn same(a: &Tensor, b: &Tensor) -> bool {
         return true;
     }
     match (a.to_f64_vec(), b.to_f64_vec()) {
-        (Some(x), Some(y)) if a.dtype().is_float() => {
-            x.iter().zip(&y).all(|(p, q)| p == q || (p.is_nan() && q.is_nan()))
-        }
+        (Some(x), Some(y)) if a.dtype().is_float() => x
+            .iter()
+            .zip(&y)
+            .all(|(p, q)| p == q || (p.is_nan() && q.is_nan())),
         _ => false,
     }
 }
@@ -42,7 +47,10 @@ fn round_trip(model_path: &Path, inputs: &[(String, Tensor)]) -> Result<Outcome,
     kiln_ir::infer::infer_graph(&mut m.graph).map_err(|e| format!("infer: {e}"))?;
     kiln_ir::verify::verify(&m.graph).map_err(|e| format!("verify: {e}"))?;
     // value_info on: ONNX Runtime also checks kiln's inferred types against its own.
-    let export = kiln_frontend::ExportOptions { value_info: true, ..Default::default() };
+    let export = kiln_frontend::ExportOptions {
+        value_info: true,
+        ..Default::default()
+    };
     let proto = kiln_frontend::export_model(&m, &export).map_err(|e| format!("export: {e}"))?;
     let bytes = kiln_frontend::proto::encode(&proto);
     let run = |o: Result<Oracle, _>| -> Result<Vec<(String, Tensor)>, String> {
@@ -52,16 +60,25 @@ fn round_trip(model_path: &Path, inputs: &[(String, Tensor)]) -> Result<Outcome,
     let Ok(a) = run(Oracle::with_options(model_path, &opts())) else {
         return Ok(Outcome::OrtCannotRunOriginal);
     };
-    let b = run(Oracle::with_options(model_path, &opts())).map_err(|e| format!("second run: {e}"))?;
+    let b =
+        run(Oracle::with_options(model_path, &opts())).map_err(|e| format!("second run: {e}"))?;
     if a.len() != b.len() || a.iter().zip(&b).any(|(x, y)| !same(&x.1, &y.1)) {
         return Ok(Outcome::Nondeterministic);
     }
     let c = match run(Oracle::from_bytes_with_options(&bytes, &opts())) {
         Ok(c) => c,
-        Err(e) => return Ok(Outcome::Differs(format!("ONNX Runtime rejects the exported model: {e}"))),
+        Err(e) => {
+            return Ok(Outcome::Differs(format!(
+                "ONNX Runtime rejects the exported model: {e}"
+            )))
+        }
     };
     if a.len() != c.len() {
-        return Ok(Outcome::Differs(format!("{} outputs, exported has {}", a.len(), c.len())));
+        return Ok(Outcome::Differs(format!(
+            "{} outputs, exported has {}",
+            a.len(),
+            c.len()
+        )));
     }
     for ((name, x), (_, y)) in a.iter().zip(&c) {
         if !same(x, y) {
@@ -73,9 +90,18 @@ fn round_trip(model_path: &Path, inputs: &[(String, Tensor)]) -> Result<Outcome,
 
 #[test]
 fn conformance_models_round_trip_exactly_through_onnx_runtime() {
-    let Some(_) = common::needed("ORT_DYLIB_PATH") else { return };
-    let Some(dir) = common::needed("KILN_CONFORMANCE_DIR") else { return };
-    let mut cases: Vec<_> = std::fs::read_dir(&dir).unwrap().flatten().map(|e| e.path()).filter(|p| p.is_dir()).collect();
+    let Some(_) = common::needed("ORT_DYLIB_PATH") else {
+        return;
+    };
+    let Some(dir) = common::needed("KILN_CONFORMANCE_DIR") else {
+        return;
+    };
+    let mut cases: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.is_dir())
+        .collect();
     cases.sort();
     let (mut identical, mut ort_fails, mut nondet, mut skipped) = (0, 0, 0, 0);
     let mut failures = Vec::new();
@@ -83,7 +109,12 @@ fn conformance_models_round_trip_exactly_through_onnx_runtime() {
         let name = case.file_name().unwrap().to_string_lossy().to_string();
         let model = kiln_frontend::load_model(case.join("model.onnx"));
         let names: Vec<String> = match &model {
-            Ok(m) => m.graph.inputs.iter().map(|&i| m.graph.value(i).name.clone()).collect(),
+            Ok(m) => m
+                .graph
+                .inputs
+                .iter()
+                .map(|&i| m.graph.value(i).name.clone())
+                .collect(),
             Err(e) => {
                 failures.push(format!("{name}: import: {e}"));
                 continue;
@@ -122,22 +153,41 @@ fn conformance_models_round_trip_exactly_through_onnx_runtime() {
          {nondet} nondeterministic (random ops), {skipped} with non-tensor inputs",
         failures.len()
     );
-    assert!(identical > 1400, "only {identical} cases compared identical");
-    assert!(failures.is_empty(), "{} cases do not round-trip", failures.len());
+    assert!(
+        identical > 1400,
+        "only {identical} cases compared identical"
+    );
+    assert!(
+        failures.is_empty(),
+        "{} cases do not round-trip",
+        failures.len()
+    );
 }
 
 #[test]
 fn real_models_round_trip_exactly_through_onnx_runtime() {
-    let Some(_) = common::needed("ORT_DYLIB_PATH") else { return };
-    let Some(shared) = common::needed("KILN_SHARED_MODELS") else { return };
-    let Some(big) = common::needed("KILN_MODELS_DIR") else { return };
+    let Some(_) = common::needed("ORT_DYLIB_PATH") else {
+        return;
+    };
+    let Some(shared) = common::needed("KILN_SHARED_MODELS") else {
+        return;
+    };
+    let Some(big) = common::needed("KILN_MODELS_DIR") else {
+        return;
+    };
     let mut models: Vec<_> = [shared, big]
         .iter()
         .flat_map(|d| std::fs::read_dir(d).unwrap().flatten().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|e| e == "onnx") && !p.to_string_lossy().ends_with(".skel.onnx"))
+        .filter(|p| {
+            p.extension().is_some_and(|e| e == "onnx")
+                && !p.to_string_lossy().ends_with(".skel.onnx")
+        })
         .collect();
     models.sort();
-    assert!(models.len() >= 9, "expected the 4 shared and 5 materialized models, found {models:?}");
+    assert!(
+        models.len() >= 9,
+        "expected the 4 shared and 5 materialized models, found {models:?}"
+    );
     let tmp = std::env::temp_dir().join(format!("kiln-roundtrip-{}", std::process::id()));
     std::fs::create_dir_all(&tmp).unwrap();
     let mut failures = Vec::new();
@@ -145,12 +195,16 @@ fn real_models_round_trip_exactly_through_onnx_runtime() {
         let name = path.file_stem().unwrap().to_string_lossy().to_string();
         let result = (|| -> Result<(), String> {
             let mut m = kiln_frontend::load_model(path).map_err(|e| format!("import: {e}"))?;
-            let stats = kiln_ir::infer::infer_graph(&mut m.graph).map_err(|e| format!("infer: {e}"))?;
+            let stats =
+                kiln_ir::infer::infer_graph(&mut m.graph).map_err(|e| format!("infer: {e}"))?;
             kiln_ir::verify::verify(&m.graph).map_err(|e| format!("verify: {e}"))?;
             if stats.untyped > 0 {
                 return Err(format!("{} values without a type", stats.untyped));
             }
-            let dims = std::collections::HashMap::from([("batch".to_string(), 2), ("sequence".to_string(), 16)]);
+            let dims = std::collections::HashMap::from([
+                ("batch".to_string(), 2),
+                ("sequence".to_string(), 16),
+            ]);
             let inputs = kiln::random_inputs(&m, &dims, 7)?;
             // Two ways: as `kiln optimize -O0` writes it, under ONNX Runtime's default
             // optimizations; and with kiln's inferred shapes as value_info, kernel for kernel
@@ -164,7 +218,8 @@ fn real_models_round_trip_exactly_through_onnx_runtime() {
                 };
                 kiln_frontend::save_model(&m, &out, &opts).map_err(|e| format!("export: {e}"))?;
                 let mut a = Oracle::with_options(path, &ort).map_err(|e| e.to_string())?;
-                let mut b = Oracle::with_options(&out, &ort).map_err(|e| format!("exported: {e}"))?;
+                let mut b =
+                    Oracle::with_options(&out, &ort).map_err(|e| format!("exported: {e}"))?;
                 let x = a.run(&inputs).map_err(|e| e.to_string())?;
                 let y = b.run(&inputs).map_err(|e| format!("exported: {e}"))?;
                 for ((n, p), (_, q)) in x.iter().zip(&y) {
@@ -187,7 +242,11 @@ fn real_models_round_trip_exactly_through_onnx_runtime() {
 fn opts_all() -> OracleOptions {
     // ONNX Runtime's default optimizations; single-threaded so reductions happen in the same
     // order in both sessions.
-    OracleOptions { threads: 1, opt: OracleOpt::All, ..OracleOptions::default() }
+    OracleOptions {
+        threads: 1,
+        opt: OracleOpt::All,
+        ..OracleOptions::default()
+    }
 }
 
 /// `kiln optimize -O1` output still runs in ONNX Runtime and gives the original's outputs
@@ -195,13 +254,22 @@ fn opts_all() -> OracleOptions {
 /// kernels, whose last bits may differ from ONNX Runtime's).
 #[test]
 fn o1_models_run_in_onnx_runtime_and_match() {
-    let Some(_) = common::needed("ORT_DYLIB_PATH") else { return };
-    let Some(shared) = common::needed("KILN_SHARED_MODELS") else { return };
-    let Some(big) = common::needed("KILN_MODELS_DIR") else { return };
+    let Some(_) = common::needed("ORT_DYLIB_PATH") else {
+        return;
+    };
+    let Some(shared) = common::needed("KILN_SHARED_MODELS") else {
+        return;
+    };
+    let Some(big) = common::needed("KILN_MODELS_DIR") else {
+        return;
+    };
     let mut models: Vec<_> = [shared, big]
         .iter()
         .flat_map(|d| std::fs::read_dir(d).unwrap().flatten().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|e| e == "onnx") && !p.to_string_lossy().ends_with(".skel.onnx"))
+        .filter(|p| {
+            p.extension().is_some_and(|e| e == "onnx")
+                && !p.to_string_lossy().ends_with(".skel.onnx")
+        })
         .collect();
     models.sort();
     let tmp = std::env::temp_dir().join(format!("kiln-o1-{}", std::process::id()));
@@ -214,24 +282,44 @@ fn o1_models_run_in_onnx_runtime_and_match() {
             let before = m.graph.num_nodes();
             let report = kiln::optimize(&mut m, 1, &[]).map_err(|e| e.to_string())?;
             let after = m.graph.num_nodes();
-            let dims = std::collections::HashMap::from([("batch".to_string(), 2), ("sequence".to_string(), 16)]);
+            let dims = std::collections::HashMap::from([
+                ("batch".to_string(), 2),
+                ("sequence".to_string(), 16),
+            ]);
             let inputs = kiln::random_inputs(&m, &dims, 5)?;
             let out = tmp.join(format!("{name}.onnx"));
-            let opts = kiln_frontend::ExportOptions { external_data: Some(format!("{name}.onnx.data")), ..Default::default() };
+            let opts = kiln_frontend::ExportOptions {
+                external_data: Some(format!("{name}.onnx.data")),
+                ..Default::default()
+            };
             kiln_frontend::save_model(&m, &out, &opts).map_err(|e| format!("export: {e}"))?;
             let mut a = Oracle::with_options(path, &opts_all()).map_err(|e| e.to_string())?;
-            let mut b = Oracle::with_options(&out, &opts_all()).map_err(|e| format!("exported: {e}"))?;
+            let mut b =
+                Oracle::with_options(&out, &opts_all()).map_err(|e| format!("exported: {e}"))?;
             let x = a.run(&inputs).map_err(|e| e.to_string())?;
             let y = b.run(&inputs).map_err(|e| format!("exported: {e}"))?;
             for ((n, p), (_, q)) in x.iter().zip(&y) {
-                let (pv, qv) = (p.to_f64_vec().unwrap_or_default(), q.to_f64_vec().unwrap_or_default());
+                let (pv, qv) = (
+                    p.to_f64_vec().unwrap_or_default(),
+                    q.to_f64_vec().unwrap_or_default(),
+                );
                 let mag = pv.iter().fold(1f64, |m, v| m.max(v.abs()));
-                let d = pv.iter().zip(&qv).fold(0f64, |m, (a, b)| m.max((a - b).abs()));
+                let d = pv
+                    .iter()
+                    .zip(&qv)
+                    .fold(0f64, |m, (a, b)| m.max((a - b).abs()));
                 if p.shape() != q.shape() || d > 1e-5 * mag {
                     return Err(format!("output `{n}` differs by {d:e}"));
                 }
             }
-            Ok(format!("{name}: {before} → {after} nodes, {:?}", report.rewrites.iter().filter(|r| r.1 > 0).collect::<Vec<_>>()))
+            Ok(format!(
+                "{name}: {before} → {after} nodes, {:?}",
+                report
+                    .rewrites
+                    .iter()
+                    .filter(|r| r.1 > 0)
+                    .collect::<Vec<_>>()
+            ))
         })();
         match r {
             Ok(l) => eprintln!("{l}"),

@@ -5,7 +5,9 @@
 use std::collections::{BTreeMap, HashMap};
 
 use kiln_ir::{Graph, Model, Op, ValueDef, ValueId};
-use kiln_runtime::kernels::control::{IfKernel, LoopKernel, ScanKernel, SequenceMapKernel, SubPlan};
+use kiln_runtime::kernels::control::{
+    IfKernel, LoopKernel, ScanKernel, SequenceMapKernel, SubPlan,
+};
 use kiln_runtime::{BuildCx, Kernel, KernelError, Plan, PlanInput, Slot, Step, Value};
 use thiserror::Error;
 
@@ -14,7 +16,12 @@ use thiserror::Error;
 pub enum CompileError {
     /// An op kiln's runtime cannot execute (named with its opset and node).
     #[error("node `{node}`: {op} (opset {opset}) is not supported by kiln's runtime: {msg}")]
-    Unsupported { node: String, op: String, opset: i64, msg: String },
+    Unsupported {
+        node: String,
+        op: String,
+        opset: i64,
+        msg: String,
+    },
     /// The graph is malformed.
     #[error("{0}")]
     Invalid(String),
@@ -36,7 +43,9 @@ fn op_name(op: &Op) -> String {
 /// Compiles one graph. For a subgraph, the plan's inputs are its formal inputs followed by
 /// the outer values it captures, in [`Graph::outer_refs`] order.
 pub fn compile_graph(g: &Graph, opsets: &BTreeMap<String, i64>) -> Result<Plan, CompileError> {
-    let order = g.topo_order().map_err(|e| CompileError::Invalid(e.to_string()))?;
+    let order = g
+        .topo_order()
+        .map_err(|e| CompileError::Invalid(e.to_string()))?;
     let slot = |v: ValueId| v.index() as Slot;
 
     // Last reader of each value, to free it right after.
@@ -56,14 +65,24 @@ pub fn compile_graph(g: &Graph, opsets: &BTreeMap<String, i64>) -> Result<Plan, 
             ValueDef::InputWithDefault(t) => Some(t.clone()),
             _ => None,
         };
-        inputs.push(PlanInput { name: val.name.clone(), slot: slot(i), ty: val.ty.clone(), default });
+        inputs.push(PlanInput {
+            name: val.name.clone(),
+            slot: slot(i),
+            ty: val.ty.clone(),
+            default,
+        });
     }
     for o in g.outer_refs() {
         let inner = g
             .value_ids()
             .find(|&v| g.value(v).def == ValueDef::Outer(o))
             .expect("outer_refs come from Outer values");
-        inputs.push(PlanInput { name: g.value(inner).name.clone(), slot: slot(inner), ty: None, default: None });
+        inputs.push(PlanInput {
+            name: g.value(inner).name.clone(),
+            slot: slot(inner),
+            ty: None,
+            default: None,
+        });
     }
     for v in g.value_ids() {
         if let ValueDef::Const(t) = &g.value(v).def {
@@ -82,35 +101,60 @@ pub fn compile_graph(g: &Graph, opsets: &BTreeMap<String, i64>) -> Result<Plan, 
             msg,
         };
         let captures: Vec<ValueId> = {
-            let mut c: Vec<ValueId> = node.op.subgraphs().iter().flat_map(|sg| sg.outer_refs()).collect();
+            let mut c: Vec<ValueId> = node
+                .op
+                .subgraphs()
+                .iter()
+                .flat_map(|sg| sg.outer_refs())
+                .collect();
             c.sort();
             c.dedup();
             c
         };
         let kernel: Box<dyn Kernel> = match &node.op {
             Op::If(_) | Op::Loop(_) | Op::Scan(_) | Op::SequenceMap(_) => {
-                control_kernel(&node.op, node.inputs.len(), &captures, opsets).map_err(|e| match e {
-                    CompileError::Unsupported { .. } | CompileError::Invalid(_) => e,
-                })?
+                control_kernel(&node.op, node.inputs.len(), &captures, opsets).map_err(
+                    |e| match e {
+                        CompileError::Unsupported { .. } | CompileError::Invalid(_) => e,
+                    },
+                )?
             }
             Op::Opaque(o) => {
                 return Err(unsupported(format!(
                     "kiln does not know the op {}{} (version {})",
-                    if o.domain.is_empty() { String::new() } else { format!("{}.", o.domain) },
+                    if o.domain.is_empty() {
+                        String::new()
+                    } else {
+                        format!("{}.", o.domain)
+                    },
                     o.op_type,
                     o.version
                 )))
             }
             op => {
                 let cx = BuildCx {
-                    input_types: node.inputs.iter().map(|i| i.and_then(|v| g.value(v).ty.as_ref())).collect(),
-                    const_inputs: node.inputs.iter().map(|i| i.and_then(|v| g.const_value(v))).collect(),
-                    output_types: node.outputs.iter().map(|&o| g.value(o).ty.as_ref()).collect(),
+                    input_types: node
+                        .inputs
+                        .iter()
+                        .map(|i| i.and_then(|v| g.value(v).ty.as_ref()))
+                        .collect(),
+                    const_inputs: node
+                        .inputs
+                        .iter()
+                        .map(|i| i.and_then(|v| g.const_value(v)))
+                        .collect(),
+                    output_types: node
+                        .outputs
+                        .iter()
+                        .map(|&o| g.value(o).ty.as_ref())
+                        .collect(),
                     graph: g,
                 };
                 kiln_runtime::kernels::build(op, &cx).map_err(|e| match e {
                     KernelError::Unsupported(m) => unsupported(m),
-                    KernelError::Invalid(m) => CompileError::Invalid(format!("node `{}`: {m}", node.name)),
+                    KernelError::Invalid(m) => {
+                        CompileError::Invalid(format!("node `{}`: {m}", node.name))
+                    }
                 })?
             }
         };
@@ -129,18 +173,44 @@ pub fn compile_graph(g: &Graph, opsets: &BTreeMap<String, i64>) -> Result<Plan, 
             .collect();
         frees.sort();
         frees.dedup();
-        steps.push(Step { kernel, inputs: step_inputs, outputs, frees, node: node.name.clone(), op: op_name(&node.op) });
+        steps.push(Step {
+            kernel,
+            inputs: step_inputs,
+            outputs,
+            frees,
+            node: node.name.clone(),
+            op: op_name(&node.op),
+        });
     }
-    let outputs = g.outputs.iter().map(|&o| (g.value(o).name.clone(), slot(o))).collect();
-    Ok(Plan { steps, n_slots: g.num_values(), consts, inputs, outputs })
+    let outputs = g
+        .outputs
+        .iter()
+        .map(|&o| (g.value(o).name.clone(), slot(o)))
+        .collect();
+    Ok(Plan {
+        steps,
+        n_slots: g.num_values(),
+        consts,
+        inputs,
+        outputs,
+    })
 }
 
-fn sub_plan(sg: &Graph, node_captures: &[ValueId], opsets: &BTreeMap<String, i64>) -> Result<SubPlan, CompileError> {
+fn sub_plan(
+    sg: &Graph,
+    node_captures: &[ValueId],
+    opsets: &BTreeMap<String, i64>,
+) -> Result<SubPlan, CompileError> {
     let plan = compile_graph(sg, opsets)?;
     let captures = sg
         .outer_refs()
         .iter()
-        .map(|o| node_captures.iter().position(|c| c == o).expect("node captures include the subgraph's"))
+        .map(|o| {
+            node_captures
+                .iter()
+                .position(|c| c == o)
+                .expect("node captures include the subgraph's")
+        })
         .collect();
     Ok(SubPlan { plan, captures })
 }
@@ -157,7 +227,10 @@ fn control_kernel(
             else_branch: sub_plan(&o.else_branch, captures, opsets)?,
             n_explicit,
         }),
-        Op::Loop(o) => Box::new(LoopKernel { body: sub_plan(&o.body, captures, opsets)?, n_explicit }),
+        Op::Loop(o) => Box::new(LoopKernel {
+            body: sub_plan(&o.body, captures, opsets)?,
+            n_explicit,
+        }),
         Op::Scan(o) => {
             let m = o.num_scan_inputs.max(0) as usize;
             let n_out = o.body.outputs.len();
@@ -168,12 +241,27 @@ fn control_kernel(
                 n_explicit,
                 num_scan_inputs: m,
                 input_axes: o.scan_input_axes.clone().unwrap_or_else(|| vec![0; m]),
-                input_reverse: o.scan_input_directions.clone().unwrap_or_default().iter().map(|&d| d != 0).collect(),
+                input_reverse: o
+                    .scan_input_directions
+                    .clone()
+                    .unwrap_or_default()
+                    .iter()
+                    .map(|&d| d != 0)
+                    .collect(),
                 output_axes: o.scan_output_axes.clone().unwrap_or_else(|| vec![0; k]),
-                output_reverse: o.scan_output_directions.clone().unwrap_or_default().iter().map(|&d| d != 0).collect(),
+                output_reverse: o
+                    .scan_output_directions
+                    .clone()
+                    .unwrap_or_default()
+                    .iter()
+                    .map(|&d| d != 0)
+                    .collect(),
             })
         }
-        Op::SequenceMap(o) => Box::new(SequenceMapKernel { body: sub_plan(&o.body, captures, opsets)?, n_explicit }),
+        Op::SequenceMap(o) => Box::new(SequenceMapKernel {
+            body: sub_plan(&o.body, captures, opsets)?,
+            n_explicit,
+        }),
         _ => unreachable!("only control-flow ops reach here"),
     })
 }

@@ -21,18 +21,23 @@ pub enum DataValue {
 }
 
 /// Reads a data file whose content has type `ty` (a tensor file when `ty` is `None` or a tensor).
-pub fn read_data_file(path: impl AsRef<Path>, ty: Option<&Type>) -> Result<DataValue, FrontendError> {
+pub fn read_data_file(
+    path: impl AsRef<Path>,
+    ty: Option<&Type>,
+) -> Result<DataValue, FrontendError> {
     let path = path.as_ref();
     let bytes = std::fs::read(path).map_err(|e| FrontendError::io("cannot read", path, e))?;
     let origin = path.display().to_string();
     let ext = ExternalData::for_model(path);
     match ty {
         Some(Type::Sequence(_)) => {
-            let s = SequenceProto::decode(bytes.as_slice()).map_err(|e| FrontendError::decode("sequence", &origin, &e))?;
+            let s = SequenceProto::decode(bytes.as_slice())
+                .map_err(|e| FrontendError::decode("sequence", &origin, &e))?;
             sequence(&s, &ext)
         }
         Some(Type::Optional(_)) => {
-            let o = OptionalProto::decode(bytes.as_slice()).map_err(|e| FrontendError::decode("optional", &origin, &e))?;
+            let o = OptionalProto::decode(bytes.as_slice())
+                .map_err(|e| FrontendError::decode("optional", &origin, &e))?;
             optional(&o, &ext)
         }
         _ => {
@@ -54,7 +59,9 @@ fn sequence(s: &SequenceProto, ext: &ExternalData) -> Result<DataValue, Frontend
         v.push(optional(o, ext)?);
     }
     if !s.map_values.is_empty() || !s.sparse_tensor_values.is_empty() {
-        return Err(FrontendError::Unsupported("sequences of maps or sparse tensors".into()));
+        return Err(FrontendError::Unsupported(
+            "sequences of maps or sparse tensors".into(),
+        ));
     }
     Ok(DataValue::Sequence(v))
 }
@@ -67,7 +74,9 @@ fn optional(o: &OptionalProto, ext: &ExternalData) -> Result<DataValue, Frontend
     } else if let Some(x) = &o.optional_value {
         Some(optional(x, ext)?)
     } else if o.map_value.is_some() || o.sparse_tensor_value.is_some() {
-        return Err(FrontendError::Unsupported("optionals of maps or sparse tensors".into()));
+        return Err(FrontendError::Unsupported(
+            "optionals of maps or sparse tensors".into(),
+        ));
     } else {
         None
     };

@@ -6,39 +6,60 @@
 use kiln_ir::{Attr, Graph, Node, Op, ValueId};
 
 /// Attributes and inputs of `node` as ONNX wants them at `version` of its domain.
-pub fn node_form(g: &Graph, node: &Node, version: i64) -> Result<(Vec<(String, Attr)>, Vec<Option<ValueId>>), String> {
-    let mut attrs: Vec<(String, Attr)> = node.op.attrs().into_iter().map(|(k, v)| (k.to_string(), v)).collect();
+pub fn node_form(
+    g: &Graph,
+    node: &Node,
+    version: i64,
+) -> Result<(Vec<(String, Attr)>, Vec<Option<ValueId>>), String> {
+    let mut attrs: Vec<(String, Attr)> = node
+        .op
+        .attrs()
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
     let mut inputs = node.inputs.clone();
     if !node.op.domain().is_empty() || matches!(node.op, Op::Opaque(_)) {
         return Ok((attrs, inputs));
     }
     let v = version;
-    let input_ints = |inputs: &[Option<ValueId>], i: usize, what: &str| -> Result<Option<Vec<i64>>, String> {
-        match inputs.get(i).copied().flatten() {
-            None => Ok(None),
-            Some(x) => match g.const_value(x).and_then(|t| t.to_i64_vec()) {
-                Some(v) => Ok(Some(v)),
-                None => Err(format!("`{what}` must be a constant to be written at opset {version}")),
-            },
-        }
-    };
-    let input_float = |inputs: &[Option<ValueId>], i: usize, what: &str| -> Result<Option<f32>, String> {
-        match inputs.get(i).copied().flatten() {
-            None => Ok(None),
-            Some(x) => match g.const_value(x).and_then(|t| t.to_f64_vec()) {
-                Some(v) if v.len() == 1 => Ok(Some(v[0] as f32)),
-                _ => Err(format!("`{what}` must be a scalar constant to be written at opset {version}")),
-            },
-        }
-    };
+    let input_ints =
+        |inputs: &[Option<ValueId>], i: usize, what: &str| -> Result<Option<Vec<i64>>, String> {
+            match inputs.get(i).copied().flatten() {
+                None => Ok(None),
+                Some(x) => match g.const_value(x).and_then(|t| t.to_i64_vec()) {
+                    Some(v) => Ok(Some(v)),
+                    None => Err(format!(
+                        "`{what}` must be a constant to be written at opset {version}"
+                    )),
+                },
+            }
+        };
+    let input_float =
+        |inputs: &[Option<ValueId>], i: usize, what: &str| -> Result<Option<f32>, String> {
+            match inputs.get(i).copied().flatten() {
+                None => Ok(None),
+                Some(x) => match g.const_value(x).and_then(|t| t.to_f64_vec()) {
+                    Some(v) if v.len() == 1 => Ok(Some(v[0] as f32)),
+                    _ => Err(format!(
+                        "`{what}` must be a scalar constant to be written at opset {version}"
+                    )),
+                },
+            }
+        };
     let remove = |attrs: &mut Vec<(String, Attr)>, k: &str| attrs.retain(|(n, _)| n != k);
     match node.op.op_type() {
-        "ReduceL1" | "ReduceL2" | "ReduceLogSum" | "ReduceLogSumExp" | "ReduceMax" | "ReduceMean" | "ReduceMin"
-        | "ReduceProd" | "ReduceSumSquare" | "ReduceSum"
-            if v < if node.op.op_type() == "ReduceSum" { 13 } else { 18 } =>
+        "ReduceL1" | "ReduceL2" | "ReduceLogSum" | "ReduceLogSumExp" | "ReduceMax"
+        | "ReduceMean" | "ReduceMin" | "ReduceProd" | "ReduceSumSquare" | "ReduceSum"
+            if v < if node.op.op_type() == "ReduceSum" {
+                13
+            } else {
+                18
+            } =>
         {
             if attrs.iter().any(|(k, _)| k == "noop_with_empty_axes") {
-                return Err(format!("noop_with_empty_axes cannot be written at opset {v}"));
+                return Err(format!(
+                    "noop_with_empty_axes cannot be written at opset {v}"
+                ));
             }
             if let Some(axes) = input_ints(&inputs, 1, "axes")? {
                 attrs.push(("axes".into(), Attr::Ints(axes)));
@@ -63,7 +84,9 @@ pub fn node_form(g: &Graph, node: &Node, version: i64) -> Result<(Vec<(String, A
         "Slice" if v < 10 => {
             if let Some(steps) = input_ints(&inputs, 4, "steps")? {
                 if steps.iter().any(|&s| s != 1) {
-                    return Err(format!("Slice steps other than 1 cannot be written at opset {v}"));
+                    return Err(format!(
+                        "Slice steps other than 1 cannot be written at opset {v}"
+                    ));
                 }
             }
             let starts = input_ints(&inputs, 1, "starts")?.ok_or("Slice needs starts")?;
@@ -80,7 +103,10 @@ pub fn node_form(g: &Graph, node: &Node, version: i64) -> Result<(Vec<(String, A
                 return Err(format!("Pad axes cannot be written at opset {v}"));
             }
             let pads = input_ints(&inputs, 1, "pads")?.ok_or("Pad needs pads")?;
-            attrs.push((if v < 2 { "paddings" } else { "pads" }.into(), Attr::Ints(pads)));
+            attrs.push((
+                if v < 2 { "paddings" } else { "pads" }.into(),
+                Attr::Ints(pads),
+            ));
             if let Some(val) = input_float(&inputs, 2, "constant_value")? {
                 attrs.push(("value".into(), Attr::Float(val)));
             }
@@ -102,7 +128,9 @@ pub fn node_form(g: &Graph, node: &Node, version: i64) -> Result<(Vec<(String, A
         }
         "Dropout" if v < 12 => {
             if inputs.get(2).copied().flatten().is_some() {
-                return Err(format!("Dropout training_mode cannot be written at opset {v}"));
+                return Err(format!(
+                    "Dropout training_mode cannot be written at opset {v}"
+                ));
             }
             if let Some(r) = input_float(&inputs, 1, "ratio")? {
                 attrs.push(("ratio".into(), Attr::Float(r)));
@@ -123,7 +151,12 @@ pub fn node_form(g: &Graph, node: &Node, version: i64) -> Result<(Vec<(String, A
             inputs.truncate(1);
         }
         "Upsample" if v < 9 => {
-            let x = inputs.get(1).copied().flatten().and_then(|s| g.const_value(s)).and_then(|t| t.to_f64_vec());
+            let x = inputs
+                .get(1)
+                .copied()
+                .flatten()
+                .and_then(|s| g.const_value(s))
+                .and_then(|t| t.to_f64_vec());
             let scales: Vec<f32> = x
                 .ok_or_else(|| format!("Upsample scales must be a constant at opset {v}"))?
                 .into_iter()
@@ -153,7 +186,9 @@ pub fn node_form(g: &Graph, node: &Node, version: i64) -> Result<(Vec<(String, A
                     _ => false,
                 };
                 if !ok {
-                    return Err(format!("Resize attribute `{k}` cannot be written at opset {v}"));
+                    return Err(format!(
+                        "Resize attribute `{k}` cannot be written at opset {v}"
+                    ));
                 }
             }
             attrs.retain(|(k, _)| k == "mode");
@@ -173,7 +208,10 @@ pub fn node_form(g: &Graph, node: &Node, version: i64) -> Result<(Vec<(String, A
                 _ => -1,
             };
             if axis != -1 {
-                return Err(format!("{} over axis {axis} cannot be written at opset {v}", node.op.op_type()));
+                return Err(format!(
+                    "{} over axis {axis} cannot be written at opset {v}",
+                    node.op.op_type()
+                ));
             }
             remove(&mut attrs, "axis");
             attrs.push(("axis".into(), Attr::Int(-1)));

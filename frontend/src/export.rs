@@ -12,9 +12,9 @@ use kiln_ir::{Attr, Graph, Model, Tensor, Type, ValueDef, ValueId};
 use crate::downgrade;
 use crate::error::FrontendError;
 use crate::proto::{
-    self, attribute_proto::AttributeType, tensor_shape_proto, type_proto, AttributeProto, GraphProto, ModelProto,
-    NodeProto, OperatorSetIdProto, StringStringEntryProto, TensorProto, TensorShapeProto, TypeProto,
-    ValueInfoProto,
+    self, attribute_proto::AttributeType, tensor_shape_proto, type_proto, AttributeProto,
+    GraphProto, ModelProto, NodeProto, OperatorSetIdProto, StringStringEntryProto, TensorProto,
+    TensorShapeProto, TypeProto, ValueInfoProto,
 };
 use crate::tensor::{tensor_to_proto, ExternalWriter};
 
@@ -33,7 +33,11 @@ pub struct ExportOptions {
 
 impl Default for ExportOptions {
     fn default() -> Self {
-        ExportOptions { external_data: None, external_threshold: 1024, value_info: false }
+        ExportOptions {
+            external_data: None,
+            external_threshold: 1024,
+            value_info: false,
+        }
     }
 }
 
@@ -53,7 +57,11 @@ pub fn export_model(model: &Model, opts: &ExportOptions) -> Result<ModelProto, F
 
 /// Writes `model` to `path` (atomically: a temporary file renamed into place). Refuses to
 /// write a model larger than protobuf's 2 GB limit inline: use external data for those.
-pub fn save_model(model: &Model, path: &Path, opts: &ExportOptions) -> Result<SaveReport, FrontendError> {
+pub fn save_model(
+    model: &Model,
+    path: &Path,
+    opts: &ExportOptions,
+) -> Result<SaveReport, FrontendError> {
     let mut writer = match &opts.external_data {
         Some(loc) => Some(ExternalWriter::new(path, loc, opts.external_threshold)?),
         None => None,
@@ -70,8 +78,14 @@ pub fn save_model(model: &Model, path: &Path, opts: &ExportOptions) -> Result<Sa
         Some(w) => w.finish()?,
         None => None,
     };
-    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let file_name = path.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_else(|| "model.onnx".into());
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let file_name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().to_string())
+        .unwrap_or_else(|| "model.onnx".into());
     let tmp = dir.join(format!(".{file_name}.{}.kiln-tmp", std::process::id()));
     let write = || -> std::io::Result<()> {
         let mut f = std::fs::File::create(&tmp)?;
@@ -83,25 +97,44 @@ pub fn save_model(model: &Model, path: &Path, opts: &ExportOptions) -> Result<Sa
         let _ = std::fs::remove_file(&tmp);
         return Err(FrontendError::io("cannot write", path, e));
     }
-    Ok(SaveReport { path: path.to_path_buf(), external, bytes: bytes.len() as u64 })
+    Ok(SaveReport {
+        path: path.to_path_buf(),
+        external,
+        bytes: bytes.len() as u64,
+    })
 }
 
-fn export_with(model: &Model, writer: &mut Option<ExternalWriter>, value_info: bool) -> Result<ModelProto, FrontendError> {
+fn export_with(
+    model: &Model,
+    writer: &mut Option<ExternalWriter>,
+    value_info: bool,
+) -> Result<ModelProto, FrontendError> {
     let mut opsets = model.opsets.clone();
     let mut domains = HashSet::new();
     collect_domains(&model.graph, &mut domains);
     for d in domains {
         opsets.entry(d).or_insert(1);
     }
-    let mut ex = Exporter { opsets: &opsets, writer, value_info };
+    let mut ex = Exporter {
+        opsets: &opsets,
+        writer,
+        value_info,
+    };
     let graph = ex.graph(&model.graph, &HashMap::new())?;
     Ok(ModelProto {
         ir_version: Some(model.ir_version.max(3)),
         opset_import: opsets
             .iter()
-            .map(|(d, v)| OperatorSetIdProto { domain: Some(d.clone()), version: Some(*v) })
+            .map(|(d, v)| OperatorSetIdProto {
+                domain: Some(d.clone()),
+                version: Some(*v),
+            })
             .collect(),
-        producer_name: Some(if model.producer_name.is_empty() { "kiln".into() } else { model.producer_name.clone() }),
+        producer_name: Some(if model.producer_name.is_empty() {
+            "kiln".into()
+        } else {
+            model.producer_name.clone()
+        }),
         producer_version: Some(model.producer_version.clone()),
         domain: Some(model.domain.clone()),
         model_version: Some(model.model_version),
@@ -110,7 +143,10 @@ fn export_with(model: &Model, writer: &mut Option<ExternalWriter>, value_info: b
         metadata_props: model
             .metadata
             .iter()
-            .map(|(k, v)| StringStringEntryProto { key: Some(k.clone()), value: Some(v.clone()) })
+            .map(|(k, v)| StringStringEntryProto {
+                key: Some(k.clone()),
+                value: Some(v.clone()),
+            })
             .collect(),
         ..Default::default()
     })
@@ -141,7 +177,11 @@ impl Exporter<'_> {
     }
 
     /// `outer`: exported names of the enclosing graph's values.
-    fn graph(&mut self, g: &Graph, outer: &HashMap<ValueId, String>) -> Result<GraphProto, FrontendError> {
+    fn graph(
+        &mut self,
+        g: &Graph,
+        outer: &HashMap<ValueId, String>,
+    ) -> Result<GraphProto, FrontendError> {
         let uses = g.use_counts();
         // Exported names: the value's own name, or a generated one when it has none and is read.
         let mut taken: HashSet<String> = g.value_ids().map(|v| g.value(v).name.clone()).collect();
@@ -150,7 +190,10 @@ impl Exporter<'_> {
             let val = g.value(v);
             let name = match &val.def {
                 ValueDef::Outer(o) => outer.get(o).cloned().ok_or_else(|| {
-                    FrontendError::Invalid(format!("graph `{}` refers to an outer value that has no name", g.name))
+                    FrontendError::Invalid(format!(
+                        "graph `{}` refers to an outer value that has no name",
+                        g.name
+                    ))
                 })?,
                 _ if !val.name.is_empty() => val.name.clone(),
                 _ if uses[v.index()] > 0 || g.outputs.contains(&v) => {
@@ -175,7 +218,11 @@ impl Exporter<'_> {
             let node = g.node(nid);
             let version = self.opsets.get(node.op.domain()).copied().unwrap_or(1);
             let (attrs, inputs) = downgrade::node_form(g, node, version).map_err(|e| {
-                FrontendError::Unsupported(format!("node `{}` ({}): {e}", node.name, node.op.op_type()))
+                FrontendError::Unsupported(format!(
+                    "node `{}` ({}): {e}",
+                    node.name,
+                    node.op.op_type()
+                ))
             })?;
             // What the written node reads: its (downgraded) inputs and its subgraphs' captures.
             // Constants a downgrade turned back into attributes are not written.
@@ -186,7 +233,10 @@ impl Exporter<'_> {
                 attribute.push(self.attr(&k, &a, &names)?);
             }
             nodes.push(NodeProto {
-                input: inputs.iter().map(|i| i.map(name).unwrap_or_default()).collect(),
+                input: inputs
+                    .iter()
+                    .map(|i| i.map(name).unwrap_or_default())
+                    .collect(),
                 output: node.outputs.iter().map(|&o| name(o)).collect(),
                 name: Some(node.name.clone()),
                 op_type: Some(node.op.op_type().to_string()),
@@ -215,7 +265,11 @@ impl Exporter<'_> {
                 }
             }
         }
-        let output = g.outputs.iter().map(|&o| value_info(&name(o), g.value(o).ty.as_ref())).collect();
+        let output = g
+            .outputs
+            .iter()
+            .map(|&o| value_info(&name(o), g.value(o).ty.as_ref()))
+            .collect();
         let mut vinfo = Vec::new();
         if self.value_info {
             let io: HashSet<ValueId> = g.inputs.iter().chain(g.outputs.iter()).copied().collect();
@@ -240,8 +294,16 @@ impl Exporter<'_> {
         })
     }
 
-    fn attr(&mut self, k: &str, a: &Attr, names: &HashMap<ValueId, String>) -> Result<AttributeProto, FrontendError> {
-        let mut p = AttributeProto { name: Some(k.to_string()), ..Default::default() };
+    fn attr(
+        &mut self,
+        k: &str,
+        a: &Attr,
+        names: &HashMap<ValueId, String>,
+    ) -> Result<AttributeProto, FrontendError> {
+        let mut p = AttributeProto {
+            name: Some(k.to_string()),
+            ..Default::default()
+        };
         let ty = match a {
             Attr::Float(v) => {
                 p.f = Some(*v);
@@ -300,7 +362,11 @@ impl Exporter<'_> {
 }
 
 fn value_info(name: &str, ty: Option<&Type>) -> ValueInfoProto {
-    ValueInfoProto { name: Some(name.to_string()), r#type: ty.map(|t| type_proto(Some(t))), ..Default::default() }
+    ValueInfoProto {
+        name: Some(name.to_string()),
+        r#type: ty.map(|t| type_proto(Some(t))),
+        ..Default::default()
+    }
 }
 
 /// The `TypeProto` of a type. Invented symbols are written as unknown dims.
@@ -325,16 +391,19 @@ pub fn type_proto(t: Option<&Type>) -> TypeProto {
                     .collect(),
             }),
         }),
-        Type::Sequence(e) => {
-            type_proto::Value::SequenceType(Box::new(type_proto::Sequence { elem_type: Some(Box::new(type_proto(Some(e)))) }))
-        }
-        Type::Optional(e) => {
-            type_proto::Value::OptionalType(Box::new(type_proto::Optional { elem_type: Some(Box::new(type_proto(Some(e)))) }))
-        }
+        Type::Sequence(e) => type_proto::Value::SequenceType(Box::new(type_proto::Sequence {
+            elem_type: Some(Box::new(type_proto(Some(e)))),
+        })),
+        Type::Optional(e) => type_proto::Value::OptionalType(Box::new(type_proto::Optional {
+            elem_type: Some(Box::new(type_proto(Some(e)))),
+        })),
         Type::Map(k, v) => type_proto::Value::MapType(Box::new(type_proto::Map {
             key_type: Some(k.onnx_code()),
             value_type: Some(Box::new(type_proto(Some(v)))),
         })),
     });
-    TypeProto { value, ..Default::default() }
+    TypeProto {
+        value,
+        ..Default::default()
+    }
 }

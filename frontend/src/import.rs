@@ -138,8 +138,14 @@ impl<'a> Builder<'a> {
         Ok(match &t.value {
             None => None,
             Some(type_proto::Value::SparseTensorType(st)) => {
-                let tt = type_proto::Tensor { elem_type: st.elem_type, shape: st.shape.clone() };
-                let inner = proto::TypeProto { value: Some(type_proto::Value::TensorType(tt)), ..Default::default() };
+                let tt = type_proto::Tensor {
+                    elem_type: st.elem_type,
+                    shape: st.shape.clone(),
+                };
+                let inner = proto::TypeProto {
+                    value: Some(type_proto::Value::TensorType(tt)),
+                    ..Default::default()
+                };
                 return self.type_from_proto(&inner, what);
             }
             Some(type_proto::Value::TensorType(tt)) => {

@@ -24,5 +24,5 @@ pub use import::{import_model, load_model, load_model_bytes};
 mod downgrade;
 pub mod export;
 
-pub use export::{export_model, save_model, ExportOptions, SaveReport};
 pub use data::{read_data_file, DataValue};
+pub use export::{export_model, save_model, ExportOptions, SaveReport};

@@ -29,23 +29,30 @@ pub fn densify(st: &SparseTensorProto, ext: &ExternalData) -> Result<Tensor, Fro
     for &d in &st.dims {
         dims.push(usize::try_from(d).map_err(|_| bad("negative dim"))?);
     }
-    let numel = checked_numel(&dims).map_err(|_| FrontendError::too_large(&name, "dense size overflows"))?;
+    let numel = checked_numel(&dims)
+        .map_err(|_| FrontendError::too_large(&name, "dense size overflows"))?;
     let nnz = values.len();
     if values.rank() != 1 {
         return Err(bad("sparse values must be 1-D"));
     }
-    let idx = indices.to_i64_vec().ok_or_else(|| bad("sparse indices must be integers"))?;
+    let idx = indices
+        .to_i64_vec()
+        .ok_or_else(|| bad("sparse indices must be integers"))?;
     // Indices are either linear [nnz] or coordinates [nnz, rank].
     let linear: Vec<usize> = if indices.shape() == [nnz] {
-        idx.iter().map(|&i| usize::try_from(i).unwrap_or(usize::MAX)).collect()
+        idx.iter()
+            .map(|&i| usize::try_from(i).unwrap_or(usize::MAX))
+            .collect()
     } else if indices.shape() == [nnz, dims.len()] {
         idx.chunks(dims.len().max(1))
             .map(|c| {
-                c.iter().zip(&dims).try_fold(0usize, |acc, (&i, &d)| {
-                    let i = usize::try_from(i).ok().filter(|&i| i < d)?;
-                    acc.checked_mul(d)?.checked_add(i)
-                })
-                .unwrap_or(usize::MAX)
+                c.iter()
+                    .zip(&dims)
+                    .try_fold(0usize, |acc, (&i, &d)| {
+                        let i = usize::try_from(i).ok().filter(|&i| i < d)?;
+                        acc.checked_mul(d)?.checked_add(i)
+                    })
+                    .unwrap_or(usize::MAX)
             })
             .collect()
     } else {
@@ -57,14 +64,18 @@ pub fn densify(st: &SparseTensorProto, ext: &ExternalData) -> Result<Tensor, Fro
     if numel.checked_mul(elem).is_none_or(|b| b > MAX_DENSE_BYTES) {
         return Err(FrontendError::too_large(
             &name,
-            format!("sparse tensor of dims {:?} would be over {MAX_DENSE_BYTES} bytes dense", st.dims),
+            format!(
+                "sparse tensor of dims {:?} would be over {MAX_DENSE_BYTES} bytes dense",
+                st.dims
+            ),
         ));
     }
     if values.dtype() == DType::String {
         let src = values.strings().unwrap_or_default();
         let mut out = vec![Vec::new(); numel];
         for (k, &i) in linear.iter().enumerate() {
-            *out.get_mut(i).ok_or_else(|| bad("sparse index out of range"))? = src[k].clone();
+            *out.get_mut(i)
+                .ok_or_else(|| bad("sparse index out of range"))? = src[k].clone();
         }
         return Ok(Tensor::from_strings(dims, out)?);
     }
@@ -72,7 +83,9 @@ pub fn densify(st: &SparseTensorProto, ext: &ExternalData) -> Result<Tensor, Fro
     if esize == 0 {
         return Err(bad("sparse tensors of sub-byte types are not supported"));
     }
-    let nbytes = numel.checked_mul(esize).ok_or_else(|| FrontendError::too_large(&name, "dense size overflows"))?;
+    let nbytes = numel
+        .checked_mul(esize)
+        .ok_or_else(|| FrontendError::too_large(&name, "dense size overflows"))?;
     let mut out = vec![0u8; nbytes];
     let src = values.bytes();
     for (k, &i) in linear.iter().enumerate() {

@@ -27,7 +27,12 @@ pub fn typed_op(
     }
     match Op::from_attrs(domain, op_type, attrs.clone()).map_err(|e| e.to_string())? {
         Some(op) => Ok(op),
-        None => Ok(Op::Opaque(Opaque { domain: domain.to_string(), op_type: op_type.to_string(), version, attrs })),
+        None => Ok(Op::Opaque(Opaque {
+            domain: domain.to_string(),
+            op_type: op_type.to_string(),
+            version,
+            attrs,
+        })),
     }
 }
 
@@ -43,7 +48,9 @@ fn ints_tensor(v: Vec<i64>) -> Tensor {
 
 /// A float constant of the element type of value `like` (declared or constant), f32 if unknown.
 fn float_like(g: &Graph, like: Option<ValueId>, v: f32) -> Tensor {
-    let dt = like.and_then(|x| g.value(x).ty.as_ref().and_then(|t| t.elem_dtype())).unwrap_or(DType::F32);
+    let dt = like
+        .and_then(|x| g.value(x).ty.as_ref().and_then(|t| t.elem_dtype()))
+        .unwrap_or(DType::F32);
     match dt {
         DType::F64 => Tensor::scalar(v as f64),
         DType::F16 => Tensor::scalar(half::f16::from_f32(v)),
@@ -65,7 +72,10 @@ fn take_ints(attrs: &mut AttrMap, name: &str) -> Result<Option<Vec<i64>>, String
         None => Ok(None),
         Some(Attr::Ints(v)) => Ok(Some(v)),
         Some(Attr::Int(v)) => Ok(Some(vec![v])),
-        Some(a) => Err(format!("attribute `{name}` should be ints, is {}", a.kind())),
+        Some(a) => Err(format!(
+            "attribute `{name}` should be ints, is {}",
+            a.kind()
+        )),
     }
 }
 
@@ -74,7 +84,10 @@ fn take_float(attrs: &mut AttrMap, name: &str) -> Result<Option<f32>, String> {
         None => Ok(None),
         Some(Attr::Float(v)) => Ok(Some(v)),
         Some(Attr::Int(v)) => Ok(Some(v as f32)),
-        Some(a) => Err(format!("attribute `{name}` should be a float, is {}", a.kind())),
+        Some(a) => Err(format!(
+            "attribute `{name}` should be a float, is {}",
+            a.kind()
+        )),
     }
 }
 
@@ -96,22 +109,35 @@ fn upgrade_onnx(
 ) -> Result<(), String> {
     match op_type {
         // Before opset 7, broadcasting was opt-in and could be aligned at `axis`.
-        "Add" | "Sub" | "Mul" | "Div" | "Pow" | "And" | "Or" | "Xor" | "Equal" | "Greater" | "Less" if v < 7 => {
+        "Add" | "Sub" | "Mul" | "Div" | "Pow" | "And" | "Or" | "Xor" | "Equal" | "Greater"
+        | "Less"
+            if v < 7 =>
+        {
             let axis = attrs.remove("axis");
             let bcast = attrs.remove("broadcast");
             if let (Some(Attr::Int(1)), Some(Attr::Int(a))) = (&bcast, &axis) {
-                let rank = inputs
-                    .first()
-                    .copied()
-                    .flatten()
-                    .and_then(|x| g.value(x).ty.as_ref()?.as_tensor()?.shape.as_ref().map(|s| s.len()));
-                let brank = inputs
-                    .get(1)
-                    .copied()
-                    .flatten()
-                    .and_then(|x| g.value(x).ty.as_ref()?.as_tensor()?.shape.as_ref().map(|s| s.len()));
+                let rank = inputs.first().copied().flatten().and_then(|x| {
+                    g.value(x)
+                        .ty
+                        .as_ref()?
+                        .as_tensor()?
+                        .shape
+                        .as_ref()
+                        .map(|s| s.len())
+                });
+                let brank = inputs.get(1).copied().flatten().and_then(|x| {
+                    g.value(x)
+                        .ty
+                        .as_ref()?
+                        .as_tensor()?
+                        .shape
+                        .as_ref()
+                        .map(|s| s.len())
+                });
                 match (rank, brank) {
-                    (Some(r), Some(b)) if (*a < 0 && *a + r as i64 + b as i64 == r as i64) || (*a >= 0 && *a as usize + b == r) => {}
+                    (Some(r), Some(b))
+                        if (*a < 0 && *a + r as i64 + b as i64 == r as i64)
+                            || (*a >= 0 && *a as usize + b == r) => {}
                     _ => return Err(format!("legacy broadcast with axis={a} is not supported")),
                 }
             }
@@ -125,7 +151,9 @@ fn upgrade_onnx(
                 return Err("BatchNormalization with spatial=0 is not supported".into());
             }
             if v < 14 && g.node(node).outputs.len() > 1 {
-                return Err("training-mode BatchNormalization before opset 14 is not supported".into());
+                return Err(
+                    "training-mode BatchNormalization before opset 14 is not supported".into(),
+                );
             }
         }
         "Dropout" if v < 12 => {
@@ -149,7 +177,9 @@ fn upgrade_onnx(
             }
         }
         "Pad" if v < 11 => {
-            let pads = take_ints(attrs, "pads")?.or(take_ints(attrs, "paddings")?).ok_or("Pad needs `pads`")?;
+            let pads = take_ints(attrs, "pads")?
+                .or(take_ints(attrs, "paddings")?)
+                .ok_or("Pad needs `pads`")?;
             let c = const_input(g, node, "pads", ints_tensor(pads));
             set_input(inputs, 1, c);
             if let Some(val) = take_float(attrs, "value")? {
@@ -182,8 +212,8 @@ fn upgrade_onnx(
                 set_input(inputs, 1, c);
             }
         }
-        "ReduceL1" | "ReduceL2" | "ReduceLogSum" | "ReduceLogSumExp" | "ReduceMax" | "ReduceMean" | "ReduceMin"
-        | "ReduceProd" | "ReduceSumSquare"
+        "ReduceL1" | "ReduceL2" | "ReduceLogSum" | "ReduceLogSumExp" | "ReduceMax"
+        | "ReduceMean" | "ReduceMin" | "ReduceProd" | "ReduceSumSquare"
             if v < 18 =>
         {
             if let Some(axes) = take_ints(attrs, "axes")? {
@@ -227,7 +257,12 @@ fn upgrade_onnx(
                 vec![1.0, 1.0, h, w]
             };
             let n = scales.len();
-            let c = const_input(g, node, "scales", Tensor::from_vec(vec![n], scales).expect("length"));
+            let c = const_input(
+                g,
+                node,
+                "scales",
+                Tensor::from_vec(vec![n], scales).expect("length"),
+            );
             set_input(inputs, 1, c);
         }
         "Resize" if v < 11 => {
@@ -238,7 +273,10 @@ fn upgrade_onnx(
             if let Some(s) = scales {
                 inputs.push(Some(s));
             }
-            attrs.insert("coordinate_transformation_mode".into(), Attr::String(b"asymmetric".to_vec()));
+            attrs.insert(
+                "coordinate_transformation_mode".into(),
+                Attr::String(b"asymmetric".to_vec()),
+            );
             let nearest = !matches!(attrs.get("mode"), Some(Attr::String(m)) if m != b"nearest");
             if nearest {
                 attrs.insert("nearest_mode".into(), Attr::String(b"floor".to_vec()));
@@ -249,9 +287,19 @@ fn upgrade_onnx(
             if let Some(Attr::String(s)) = attrs.get("to").cloned() {
                 let name = String::from_utf8_lossy(&s).to_uppercase();
                 let code = [
-                    ("FLOAT", 1), ("UINT8", 2), ("INT8", 3), ("UINT16", 4), ("INT16", 5), ("INT32", 6),
-                    ("INT64", 7), ("STRING", 8), ("BOOL", 9), ("FLOAT16", 10), ("DOUBLE", 11),
-                    ("UINT32", 12), ("UINT64", 13),
+                    ("FLOAT", 1),
+                    ("UINT8", 2),
+                    ("INT8", 3),
+                    ("UINT16", 4),
+                    ("INT16", 5),
+                    ("INT32", 6),
+                    ("INT64", 7),
+                    ("STRING", 8),
+                    ("BOOL", 9),
+                    ("FLOAT16", 10),
+                    ("DOUBLE", 11),
+                    ("UINT32", 12),
+                    ("UINT64", 13),
                 ]
                 .iter()
                 .find(|(n, _)| *n == name)
@@ -272,7 +320,12 @@ fn upgrade_onnx(
             let axis = match attrs.remove("axis") {
                 None => 1,
                 Some(Attr::Int(a)) => a,
-                Some(a) => return Err(format!("attribute `axis` should be an int, is {}", a.kind())),
+                Some(a) => {
+                    return Err(format!(
+                        "attribute `axis` should be an int, is {}",
+                        a.kind()
+                    ))
+                }
             };
             let c = const_input(g, node, "axis", Tensor::scalar(axis));
             set_input(inputs, 2, c);
@@ -302,10 +355,18 @@ fn special(
             let axis = match attrs.remove("axis") {
                 None => 1,
                 Some(Attr::Int(a)) => a,
-                Some(a) => return Err(format!("attribute `axis` should be an int, is {}", a.kind())),
+                Some(a) => {
+                    return Err(format!(
+                        "attribute `axis` should be an int, is {}",
+                        a.kind()
+                    ))
+                }
             };
             if !attrs.is_empty() {
-                return Err(format!("unexpected attributes {:?}", attrs.keys().collect::<Vec<_>>()));
+                return Err(format!(
+                    "unexpected attributes {:?}",
+                    attrs.keys().collect::<Vec<_>>()
+                ));
             }
             let inner = |axis| match op_type {
                 "Softmax" => Op::Softmax(op::Softmax { axis }),
@@ -313,7 +374,11 @@ fn special(
                 _ => Op::Hardmax(op::Hardmax { axis }),
             };
             let x = inputs.first().copied().flatten().ok_or("missing input")?;
-            let rank = g.value(x).ty.as_ref().and_then(|t| t.as_tensor()?.shape.as_ref().map(|s| s.len() as i64));
+            let rank = g
+                .value(x)
+                .ty
+                .as_ref()
+                .and_then(|t| t.as_tensor()?.shape.as_ref().map(|s| s.len() as i64));
             if axis == -1 || rank.is_some_and(|r| axis == r - 1) {
                 return Ok(Some(inner(-1)));
             }
@@ -321,7 +386,10 @@ fn special(
             let shape_name = g.unique_name(&format!("{base}/shape"));
             let shape = g.add_node(
                 format!("{base}/Shape"),
-                Op::Shape(op::Shape { start: 0, end: None }),
+                Op::Shape(op::Shape {
+                    start: 0,
+                    end: None,
+                }),
                 vec![Some(x)],
                 &[&shape_name],
             );
@@ -334,7 +402,12 @@ fn special(
             );
             let flat_out = g.node(flat).outputs[0];
             let sm_name = g.unique_name(&format!("{base}/{op_type}2d"));
-            let sm = g.add_node(format!("{base}/{op_type}2d"), inner(-1), vec![Some(flat_out)], &[&sm_name]);
+            let sm = g.add_node(
+                format!("{base}/{op_type}2d"),
+                inner(-1),
+                vec![Some(flat_out)],
+                &[&sm_name],
+            );
             let sm_out = g.node(sm).outputs[0];
             let shape_out = g.node(shape).outputs[0];
             *inputs = vec![Some(sm_out), Some(shape_out)];

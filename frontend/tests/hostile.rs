@@ -51,7 +51,10 @@ fn tensor_type(elem: i32, dims: &[i64]) -> TypeProto {
             shape: Some(TensorShapeProto {
                 dim: dims
                     .iter()
-                    .map(|&d| Dimension { value: Some(Value::DimValue(d)), ..Default::default() })
+                    .map(|&d| Dimension {
+                        value: Some(Value::DimValue(d)),
+                        ..Default::default()
+                    })
                     .collect(),
             }),
         })),
@@ -60,17 +63,34 @@ fn tensor_type(elem: i32, dims: &[i64]) -> TypeProto {
 }
 
 fn vi(name: &str, dims: &[i64]) -> ValueInfoProto {
-    ValueInfoProto { name: s(name), r#type: Some(tensor_type(FLOAT, dims)), ..Default::default() }
+    ValueInfoProto {
+        name: s(name),
+        r#type: Some(tensor_type(FLOAT, dims)),
+        ..Default::default()
+    }
 }
 
-fn graph(nodes: Vec<NodeProto>, inputs: Vec<ValueInfoProto>, outputs: Vec<ValueInfoProto>) -> GraphProto {
-    GraphProto { name: s("g"), node: nodes, input: inputs, output: outputs, ..Default::default() }
+fn graph(
+    nodes: Vec<NodeProto>,
+    inputs: Vec<ValueInfoProto>,
+    outputs: Vec<ValueInfoProto>,
+) -> GraphProto {
+    GraphProto {
+        name: s("g"),
+        node: nodes,
+        input: inputs,
+        output: outputs,
+        ..Default::default()
+    }
 }
 
 fn model_opset(g: GraphProto, opset: i64) -> ModelProto {
     ModelProto {
         ir_version: Some(8),
-        opset_import: vec![OperatorSetIdProto { domain: s(""), version: Some(opset) }],
+        opset_import: vec![OperatorSetIdProto {
+            domain: s(""),
+            version: Some(opset),
+        }],
         graph: Some(g),
         ..Default::default()
     }
@@ -98,7 +118,10 @@ fn external_tensor(name: &str, dims: &[i64], entries: &[(&str, &str)]) -> Tensor
         data_location: Some(tensor_proto::DataLocation::External as i32),
         external_data: entries
             .iter()
-            .map(|(k, v)| StringStringEntryProto { key: s(k), value: s(v) })
+            .map(|(k, v)| StringStringEntryProto {
+                key: s(k),
+                value: s(v),
+            })
             .collect(),
         ..Default::default()
     }
@@ -106,7 +129,11 @@ fn external_tensor(name: &str, dims: &[i64], entries: &[(&str, &str)]) -> Tensor
 
 /// `y = Add(x, w)` with `w` the given initializer (x and y are f32[4]).
 fn model_with_initializer(w: TensorProto) -> ModelProto {
-    let mut g = graph(vec![node("Add", &["x", "w"], &["y"], "add")], vec![vi("x", &[4])], vec![vi("y", &[4])]);
+    let mut g = graph(
+        vec![node("Add", &["x", "w"], &["y"], "add")],
+        vec![vi("x", &[4])],
+        vec![vi("y", &[4])],
+    );
     g.initializer.push(w);
     model(g)
 }
@@ -127,14 +154,20 @@ fn pipeline(r: Result<Model, FrontendError>) -> Result<Model, String> {
 
 fn load_err(path: &Path) -> String {
     match load_model(path) {
-        Ok(_) => panic!("{} loaded, but it should have been rejected", path.display()),
+        Ok(_) => panic!(
+            "{} loaded, but it should have been rejected",
+            path.display()
+        ),
         Err(e) => e.to_string(),
     }
 }
 
 fn assert_mentions(msg: &str, needles: &[&str]) {
     for n in needles {
-        assert!(msg.contains(n), "error message does not mention {n:?}: {msg}");
+        assert!(
+            msg.contains(n),
+            "error message does not mention {n:?}: {msg}"
+        );
     }
 }
 
@@ -144,7 +177,10 @@ fn shared_model(name: &str) -> Option<PathBuf> {
         Some(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/models")),
         Some(PathBuf::from("/work/shared/models")),
     ];
-    dirs.into_iter().flatten().map(|d| d.join(name)).find(|p| p.is_file())
+    dirs.into_iter()
+        .flatten()
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
 }
 
 /// xorshift64*: reproducible random bytes without a dependency.
@@ -190,7 +226,11 @@ fn run_isolated(name: &str, mem_mb: u64, secs: u64) {
         std::thread::sleep(Duration::from_millis(50));
     };
     let out = child.wait_with_output().map(|o| {
-        format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        )
     });
     let out = out.unwrap_or_default();
     match status {
@@ -215,7 +255,8 @@ fn small_model_bytes() -> Vec<u8> {
         vec![vi("x", &[4])],
         vec![vi("y", &[4])],
     );
-    g.initializer.push(f32_tensor("w", &[4], &[1.0, -2.0, 3.0, -4.0]));
+    g.initializer
+        .push(f32_tensor("w", &[4], &[1.0, -2.0, 3.0, -4.0]));
     proto::encode(&model(g))
 }
 
@@ -291,7 +332,11 @@ fn random_and_mutated_bytes_never_panic() {
             let e = load_model_bytes(&bytes).expect_err("random bytes imported");
             let m = e.to_string();
             assert!(
-                m.contains("truncated or corrupt protobuf") || m.contains("no graph") || m.starts_with("invalid ONNX model") || m.starts_with("unsupported") || m.starts_with("tensor `"),
+                m.contains("truncated or corrupt protobuf")
+                    || m.contains("no graph")
+                    || m.starts_with("invalid ONNX model")
+                    || m.starts_with("unsupported")
+                    || m.starts_with("tensor `"),
                 "unclear error for random input {i}: {m}"
             );
         }
@@ -302,7 +347,11 @@ fn random_and_mutated_bytes_never_panic() {
 #[test]
 fn model_without_graph() {
     let dir = tempfile::tempdir().unwrap();
-    let m = ModelProto { ir_version: Some(8), graph: None, ..Default::default() };
+    let m = ModelProto {
+        ir_version: Some(8),
+        graph: None,
+        ..Default::default()
+    };
     let p = write_model(dir.path(), "nograph.onnx", &m);
     let msg = load_err(&p);
     assert_mentions(&msg, &["invalid ONNX model", "no graph"]);
@@ -317,17 +366,27 @@ fn cycle_is_rejected() {
     let dir = tempfile::tempdir().unwrap();
     // a = Add(x, b); b = Add(x, a): each reads the other's output.
     let g = graph(
-        vec![node("Add", &["x", "b"], &["a"], "first"), node("Add", &["x", "a"], &["b"], "second")],
+        vec![
+            node("Add", &["x", "b"], &["a"], "first"),
+            node("Add", &["x", "a"], &["b"], "second"),
+        ],
         vec![vi("x", &[4])],
         vec![vi("b", &[4])],
     );
     let p = write_model(dir.path(), "cycle.onnx", &model(g));
     let msg = pipeline(load_model(&p)).expect_err("a cyclic graph was accepted");
     assert_mentions(&msg, &["cycle"]);
-    assert!(msg.contains("`first`") || msg.contains("`second`"), "names no node of the cycle: {msg}");
+    assert!(
+        msg.contains("`first`") || msg.contains("`second`"),
+        "names no node of the cycle: {msg}"
+    );
 
     // A node reading its own output.
-    let g = graph(vec![node("Add", &["x", "a"], &["a"], "selfish")], vec![vi("x", &[4])], vec![vi("a", &[4])]);
+    let g = graph(
+        vec![node("Add", &["x", "a"], &["a"], "selfish")],
+        vec![vi("x", &[4])],
+        vec![vi("a", &[4])],
+    );
     let p = write_model(dir.path(), "selfloop.onnx", &model(g));
     let msg = pipeline(load_model(&p)).expect_err("a self-loop was accepted");
     assert_mentions(&msg, &["cycle", "selfish"]);
@@ -336,13 +395,21 @@ fn cycle_is_rejected() {
 #[test]
 fn undefined_value_is_named() {
     let dir = tempfile::tempdir().unwrap();
-    let g = graph(vec![node("Add", &["x", "ghost"], &["y"], "adder")], vec![vi("x", &[4])], vec![vi("y", &[4])]);
+    let g = graph(
+        vec![node("Add", &["x", "ghost"], &["y"], "adder")],
+        vec![vi("x", &[4])],
+        vec![vi("y", &[4])],
+    );
     let p = write_model(dir.path(), "undef.onnx", &model(g));
     let msg = load_err(&p);
     assert_mentions(&msg, &["`ghost`", "adder", "defines"]);
 
     // A graph output nothing defines.
-    let g = graph(vec![node("Relu", &["x"], &["y"], "relu")], vec![vi("x", &[4])], vec![vi("nowhere", &[4])]);
+    let g = graph(
+        vec![node("Relu", &["x"], &["y"], "relu")],
+        vec![vi("x", &[4])],
+        vec![vi("nowhere", &[4])],
+    );
     let p = write_model(dir.path(), "undef_out.onnx", &model(g));
     assert_mentions(&load_err(&p), &["`nowhere`"]);
 }
@@ -352,7 +419,10 @@ fn value_defined_twice_is_named() {
     let dir = tempfile::tempdir().unwrap();
     // Two nodes write `y`.
     let g = graph(
-        vec![node("Relu", &["x"], &["y"], "one"), node("Neg", &["x"], &["y"], "two")],
+        vec![
+            node("Relu", &["x"], &["y"], "one"),
+            node("Neg", &["x"], &["y"], "two"),
+        ],
         vec![vi("x", &[4])],
         vec![vi("y", &[4])],
     );
@@ -360,19 +430,31 @@ fn value_defined_twice_is_named() {
     assert_mentions(&load_err(&p), &["`y`", "defined twice"]);
 
     // A node writes a graph input.
-    let g = graph(vec![node("Relu", &["x"], &["x"], "clobber")], vec![vi("x", &[4])], vec![vi("x", &[4])]);
+    let g = graph(
+        vec![node("Relu", &["x"], &["x"], "clobber")],
+        vec![vi("x", &[4])],
+        vec![vi("x", &[4])],
+    );
     let p = write_model(dir.path(), "twice_input.onnx", &model(g));
     assert_mentions(&load_err(&p), &["`x`", "defined twice"]);
 
     // Two initializers with one name.
     let mut m = model_with_initializer(f32_tensor("w", &[4], &[0.0; 4]));
-    m.graph.as_mut().unwrap().initializer.push(f32_tensor("w", &[4], &[1.0; 4]));
+    m.graph
+        .as_mut()
+        .unwrap()
+        .initializer
+        .push(f32_tensor("w", &[4], &[1.0; 4]));
     let p = write_model(dir.path(), "twice_init.onnx", &m);
     assert_mentions(&load_err(&p), &["`w`", "defined twice"]);
 
     // A node output that shadows an initializer.
     let mut m = model_with_initializer(f32_tensor("w", &[4], &[0.0; 4]));
-    m.graph.as_mut().unwrap().node.push(node("Relu", &["x"], &["w"], "shadow"));
+    m.graph
+        .as_mut()
+        .unwrap()
+        .node
+        .push(node("Relu", &["x"], &["w"], "shadow"));
     let p = write_model(dir.path(), "twice_init_node.onnx", &m);
     assert_mentions(&load_err(&p), &["`w`", "defined twice"]);
 }
@@ -389,8 +471,15 @@ fn unknown_op_imports_as_opaque_and_round_trips() {
         ..Default::default()
     });
     let unknown_default = node("NotARealOnnxOp", &["y"], &["z"], "fake");
-    let mut m = model(graph(vec![custom, unknown_default], vec![vi("x", &[4])], vec![vi("z", &[4])]));
-    m.opset_import.push(OperatorSetIdProto { domain: s("com.example"), version: Some(3) });
+    let mut m = model(graph(
+        vec![custom, unknown_default],
+        vec![vi("x", &[4])],
+        vec![vi("z", &[4])],
+    ));
+    m.opset_import.push(OperatorSetIdProto {
+        domain: s("com.example"),
+        version: Some(3),
+    });
     let p = write_model(dir.path(), "custom.onnx", &m);
 
     let check = |m: &Model| {
@@ -399,17 +488,35 @@ fn unknown_op_imports_as_opaque_and_round_trips() {
             .graph
             .node_ids()
             .map(|n| match &m.graph.node(n).op {
-                Op::Opaque(o) => (o.domain.clone(), o.op_type.clone(), o.version, format!("{:?}", o.attrs)),
+                Op::Opaque(o) => (
+                    o.domain.clone(),
+                    o.op_type.clone(),
+                    o.version,
+                    format!("{:?}", o.attrs),
+                ),
                 other => panic!("unknown op imported as {other:?}, not Op::Opaque"),
             })
             .collect();
         ops.sort();
         assert_eq!(ops.len(), 2);
-        assert_eq!((ops[0].0.as_str(), ops[0].1.as_str(), ops[0].2), ("", "NotARealOnnxOp", 17));
-        assert_eq!((ops[1].0.as_str(), ops[1].1.as_str(), ops[1].2), ("com.example", "FrobnicateTensor", 3));
-        assert!(ops[1].3.contains("strength") && ops[1].3.contains('7'), "{}", ops[1].3);
+        assert_eq!(
+            (ops[0].0.as_str(), ops[0].1.as_str(), ops[0].2),
+            ("", "NotARealOnnxOp", 17)
+        );
+        assert_eq!(
+            (ops[1].0.as_str(), ops[1].1.as_str(), ops[1].2),
+            ("com.example", "FrobnicateTensor", 3)
+        );
+        assert!(
+            ops[1].3.contains("strength") && ops[1].3.contains('7'),
+            "{}",
+            ops[1].3
+        );
         let text = m.graph.to_string();
-        assert!(text.contains("FrobnicateTensor") && text.contains("NotARealOnnxOp"), "{text}");
+        assert!(
+            text.contains("FrobnicateTensor") && text.contains("NotARealOnnxOp"),
+            "{text}"
+        );
         assert!(text.contains("strength"), "attribute not printed: {text}");
         text
     };
@@ -420,7 +527,14 @@ fn unknown_op_imports_as_opaque_and_round_trips() {
 
     // Export and re-import: the same op, the same text.
     let exported = kiln_frontend::export_model(&m1, &Default::default()).unwrap();
-    let n = exported.graph.as_ref().unwrap().node.iter().find(|n| n.op_type() == "FrobnicateTensor").unwrap();
+    let n = exported
+        .graph
+        .as_ref()
+        .unwrap()
+        .node
+        .iter()
+        .find(|n| n.op_type() == "FrobnicateTensor")
+        .unwrap();
     assert_eq!(n.domain(), "com.example");
     let m2 = load_model_bytes(&proto::encode(&exported)).unwrap();
     let text2 = check(&m2);
@@ -456,7 +570,11 @@ fn external_location_absolute_is_rejected() {
     // Absolute paths to a real file, inside and outside the model directory.
     let inside = dir.join("w.bin");
     std::fs::write(&inside, [0u8; 16]).unwrap();
-    for loc in [outside.display().to_string(), inside.display().to_string(), "/etc/passwd".into()] {
+    for loc in [
+        outside.display().to_string(),
+        inside.display().to_string(),
+        "/etc/passwd".into(),
+    ] {
         let m = model_with_initializer(external_tensor("w", &[4], &[("location", &loc)]));
         let p = write_model(&dir, "m.onnx", &m);
         let msg = load_err(&p);
@@ -474,7 +592,10 @@ fn external_symlink_escape_is_rejected() {
     std::os::unix::fs::symlink(root.path().join("secret.bin"), dir.join("w.bin")).unwrap();
     let m = model_with_initializer(external_tensor("w", &[4], &[("location", "w.bin")]));
     let p = write_model(&dir, "m.onnx", &m);
-    assert_mentions(&load_err(&p), &["`w`", "w.bin", "outside the model directory"]);
+    assert_mentions(
+        &load_err(&p),
+        &["`w`", "w.bin", "outside the model directory"],
+    );
 }
 
 #[test]
@@ -484,12 +605,22 @@ fn external_file_too_short() {
     // f32[4] needs 16 bytes; the file has 10.
     let m = model_with_initializer(external_tensor("w", &[4], &[("location", "w.bin")]));
     let p = write_model(dir.path(), "m.onnx", &m);
-    assert_mentions(&load_err(&p), &["`w`", "w.bin", "beyond the end of the file", "10 bytes"]);
+    assert_mentions(
+        &load_err(&p),
+        &["`w`", "w.bin", "beyond the end of the file", "10 bytes"],
+    );
     // The same with an offset that leaves too little.
     std::fs::write(dir.path().join("w.bin"), [0u8; 20]).unwrap();
-    let m = model_with_initializer(external_tensor("w", &[4], &[("location", "w.bin"), ("offset", "8")]));
+    let m = model_with_initializer(external_tensor(
+        "w",
+        &[4],
+        &[("location", "w.bin"), ("offset", "8")],
+    ));
     let p = write_model(dir.path(), "m.onnx", &m);
-    assert_mentions(&load_err(&p), &["`w`", "w.bin", "beyond the end of the file", "8..24"]);
+    assert_mentions(
+        &load_err(&p),
+        &["`w`", "w.bin", "beyond the end of the file", "8..24"],
+    );
     // An offset near u64::MAX overflows instead of wrapping.
     let m = model_with_initializer(external_tensor(
         "w",
@@ -499,20 +630,31 @@ fn external_file_too_short() {
     let p = write_model(dir.path(), "m.onnx", &m);
     assert_mentions(&load_err(&p), &["`w`", "overflow"]);
     // A `length` that disagrees with the shape.
-    let m = model_with_initializer(external_tensor("w", &[4], &[("location", "w.bin"), ("length", "20")]));
+    let m = model_with_initializer(external_tensor(
+        "w",
+        &[4],
+        &[("location", "w.bin"), ("length", "20")],
+    ));
     let p = write_model(dir.path(), "m.onnx", &m);
     assert_mentions(&load_err(&p), &["`w`", "length 20", "16 bytes"]);
     // An empty file.
     std::fs::write(dir.path().join("w.bin"), []).unwrap();
     let m = model_with_initializer(external_tensor("w", &[4], &[("location", "w.bin")]));
     let p = write_model(dir.path(), "m.onnx", &m);
-    assert_mentions(&load_err(&p), &["`w`", "w.bin", "beyond the end of the file"]);
+    assert_mentions(
+        &load_err(&p),
+        &["`w`", "w.bin", "beyond the end of the file"],
+    );
 }
 
 #[test]
 fn external_file_missing_is_named() {
     let dir = tempfile::tempdir().unwrap();
-    let m = model_with_initializer(external_tensor("w", &[4], &[("location", "weights_missing.bin")]));
+    let m = model_with_initializer(external_tensor(
+        "w",
+        &[4],
+        &[("location", "weights_missing.bin")],
+    ));
     let p = write_model(dir.path(), "m.onnx", &m);
     let msg = load_err(&p);
     assert_mentions(&msg, &["`w`", "weights_missing.bin", "not found"]);
@@ -527,7 +669,9 @@ fn external_file_missing_is_named() {
     assert_mentions(&load_err(&p), &["`w`", "location"]);
     // From bytes there is no directory to look in.
     let m = model_with_initializer(external_tensor("w", &[4], &[("location", "w.bin")]));
-    let msg = load_model_bytes(&proto::encode(&m)).unwrap_err().to_string();
+    let msg = load_model_bytes(&proto::encode(&m))
+        .unwrap_err()
+        .to_string();
     assert_mentions(&msg, &["`w`", "w.bin", "loaded from bytes"]);
 }
 
@@ -539,7 +683,11 @@ fn external_file_missing_is_named() {
 fn dims_past_usize_are_too_large() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("w.bin"), [0u8; 16]).unwrap();
-    for dims in [vec![1i64 << 40, 1 << 40], vec![i64::MAX, i64::MAX, 2], vec![1 << 62, 4]] {
+    for dims in [
+        vec![1i64 << 40, 1 << 40],
+        vec![i64::MAX, i64::MAX, 2],
+        vec![1 << 62, 4],
+    ] {
         // Inline (raw_data), typed field, and external: each a size error naming the tensor.
         let mut t = f32_tensor("huge", &dims, &[]);
         let p = write_model(dir.path(), "raw.onnx", &model_with_initializer(t.clone()));
@@ -576,7 +724,12 @@ fn dims_past_usize_are_too_large() {
 
 /// A sparse initializer with `nnz` values at linear indices and dense `dims`.
 fn sparse_model(dims: &[i64], dtype: i32, nnz: usize) -> ModelProto {
-    let mut values = TensorProto { name: s("sp"), data_type: Some(dtype), dims: vec![nnz as i64], ..Default::default() };
+    let mut values = TensorProto {
+        name: s("sp"),
+        data_type: Some(dtype),
+        dims: vec![nnz as i64],
+        ..Default::default()
+    };
     if dtype == tensor_proto::DataType::String as i32 {
         values.string_data = vec![b"x".to_vec(); nnz];
     } else {
@@ -589,8 +742,16 @@ fn sparse_model(dims: &[i64], dtype: i32, nnz: usize) -> ModelProto {
         int64_data: (0..nnz as i64).collect(),
         ..Default::default()
     };
-    let st = SparseTensorProto { values: Some(values), indices: Some(indices), dims: dims.to_vec() };
-    let mut g = graph(vec![node("Identity", &["sp"], &["y"], "id")], vec![], vec![vi("y", dims)]);
+    let st = SparseTensorProto {
+        values: Some(values),
+        indices: Some(indices),
+        dims: dims.to_vec(),
+    };
+    let mut g = graph(
+        vec![node("Identity", &["sp"], &["y"], "id")],
+        vec![],
+        vec![vi("y", dims)],
+    );
     g.sparse_initializer.push(st);
     model(g)
 }
@@ -598,7 +759,11 @@ fn sparse_model(dims: &[i64], dtype: i32, nnz: usize) -> ModelProto {
 #[test]
 fn sparse_dims_past_usize_are_too_large() {
     let dir = tempfile::tempdir().unwrap();
-    let p = write_model(dir.path(), "sp.onnx", &sparse_model(&[1 << 40, 1 << 40], FLOAT, 1));
+    let p = write_model(
+        dir.path(),
+        "sp.onnx",
+        &sparse_model(&[1 << 40, 1 << 40], FLOAT, 1),
+    );
     assert_mentions(&load_err(&p), &["`sp`", "size overflow"]);
     let p = write_model(dir.path(), "sp.onnx", &sparse_model(&[-1], FLOAT, 1));
     assert_mentions(&load_err(&p), &["`sp`", "negative"]);
@@ -619,7 +784,11 @@ fn sparse_claimed_dense_size_child() {
     let p = write_model(dir.path(), "sp.onnx", &sparse_model(&[1 << 40], FLOAT, 1));
     let msg = load_err(&p);
     assert!(msg.contains("`sp`"), "{msg}");
-    let p = write_model(dir.path(), "sps.onnx", &sparse_model(&[1 << 60], tensor_proto::DataType::String as i32, 1));
+    let p = write_model(
+        dir.path(),
+        "sps.onnx",
+        &sparse_model(&[1 << 60], tensor_proto::DataType::String as i32, 1),
+    );
     let msg = load_err(&p);
     assert!(msg.contains("`sp`"), "{msg}");
 }
@@ -640,9 +809,23 @@ fn sparse_claimed_dense_size_is_not_allocated() {
 fn legacy_broadcast_negative_axis_is_an_error_not_a_panic() {
     let dir = tempfile::tempdir().unwrap();
     let mut add = node("Add", &["a", "b"], &["y"], "legacy_add");
-    add.attribute.push(AttributeProto { name: s("broadcast"), r#type: Some(AttributeType::Int as i32), i: Some(1), ..Default::default() });
-    add.attribute.push(AttributeProto { name: s("axis"), r#type: Some(AttributeType::Int as i32), i: Some(-1), ..Default::default() });
-    let g = graph(vec![add], vec![vi("a", &[2, 3]), vi("b", &[2, 3])], vec![vi("y", &[2, 3])]);
+    add.attribute.push(AttributeProto {
+        name: s("broadcast"),
+        r#type: Some(AttributeType::Int as i32),
+        i: Some(1),
+        ..Default::default()
+    });
+    add.attribute.push(AttributeProto {
+        name: s("axis"),
+        r#type: Some(AttributeType::Int as i32),
+        i: Some(-1),
+        ..Default::default()
+    });
+    let g = graph(
+        vec![add],
+        vec![vi("a", &[2, 3]), vi("b", &[2, 3])],
+        vec![vi("y", &[2, 3])],
+    );
     let p = write_model(dir.path(), "legacy.onnx", &model_opset(g, 6));
     let r = std::panic::catch_unwind(|| load_model(&p).map(|_| ()).map_err(|e| e.to_string()));
     match r {
@@ -668,7 +851,10 @@ fn function_inlining_bomb_child() {
         input: vec!["x".into()],
         output: vec!["y".into()],
         node: vec![node("Relu", &["x"], &["y"], "r")],
-        opset_import: vec![OperatorSetIdProto { domain: s(""), version: Some(17) }],
+        opset_import: vec![OperatorSetIdProto {
+            domain: s(""),
+            version: Some(17),
+        }],
         ..Default::default()
     };
     functions.push(f0);
@@ -676,8 +862,16 @@ fn function_inlining_bomb_child() {
         let prev = format!("f{}", k - 1);
         let mut body = Vec::new();
         for j in 0..4 {
-            let inp = if j == 0 { "x".to_string() } else { format!("t{}", j - 1) };
-            let out = if j == 3 { "y".to_string() } else { format!("t{j}") };
+            let inp = if j == 0 {
+                "x".to_string()
+            } else {
+                format!("t{}", j - 1)
+            };
+            let out = if j == 3 {
+                "y".to_string()
+            } else {
+                format!("t{j}")
+            };
             let mut n = node(&prev, &[&inp], &[&out], &format!("c{j}"));
             n.domain = s("bomb");
             body.push(n);
@@ -689,8 +883,14 @@ fn function_inlining_bomb_child() {
             output: vec!["y".into()],
             node: body,
             opset_import: vec![
-                OperatorSetIdProto { domain: s(""), version: Some(17) },
-                OperatorSetIdProto { domain: s("bomb"), version: Some(1) },
+                OperatorSetIdProto {
+                    domain: s(""),
+                    version: Some(17),
+                },
+                OperatorSetIdProto {
+                    domain: s("bomb"),
+                    version: Some(1),
+                },
             ],
             ..Default::default()
         });
@@ -698,7 +898,10 @@ fn function_inlining_bomb_child() {
     let mut top = node("f20", &["x"], &["y"], "top");
     top.domain = s("bomb");
     let mut m = model(graph(vec![top], vec![vi("x", &[4])], vec![vi("y", &[4])]));
-    m.opset_import.push(OperatorSetIdProto { domain: s("bomb"), version: Some(1) });
+    m.opset_import.push(OperatorSetIdProto {
+        domain: s("bomb"),
+        version: Some(1),
+    });
     m.functions = functions;
     let p = write_model(dir.path(), "bomb.onnx", &m);
     eprintln!("model file: {} bytes", std::fs::metadata(&p).unwrap().len());

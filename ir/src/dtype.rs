@@ -87,15 +87,7 @@ impl DType {
         use DType::*;
         matches!(
             self,
-            F32 | F16
-                | F64
-                | BF16
-                | F8E4M3FN
-                | F8E4M3FNUZ
-                | F8E5M2
-                | F8E5M2FNUZ
-                | F4E2M1
-                | F8E8M0
+            F32 | F16 | F64 | BF16 | F8E4M3FN | F8E4M3FNUZ | F8E5M2 | F8E5M2FNUZ | F4E2M1 | F8E8M0
         )
     }
 

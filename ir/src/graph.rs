@@ -129,7 +129,12 @@ impl Graph {
     }
 
     /// Adds a reference to value `outer` of the enclosing graph.
-    pub fn add_outer(&mut self, name: impl Into<String>, outer: ValueId, ty: Option<Type>) -> ValueId {
+    pub fn add_outer(
+        &mut self,
+        name: impl Into<String>,
+        outer: ValueId,
+        ty: Option<Type>,
+    ) -> ValueId {
         self.push_value(name.into(), ty, ValueDef::Outer(outer))
     }
 
@@ -145,7 +150,9 @@ impl Graph {
         let outs = outputs
             .iter()
             .enumerate()
-            .map(|(index, n)| self.push_value((*n).to_string(), None, ValueDef::Node { node, index }))
+            .map(|(index, n)| {
+                self.push_value((*n).to_string(), None, ValueDef::Node { node, index })
+            })
             .collect();
         self.nodes.push(Some(Node {
             name: name.into(),
@@ -388,7 +395,10 @@ impl Graph {
         }
         let map = |v: &ValueId| {
             vmap.get(v).copied().ok_or_else(|| {
-                IrError::Verify(format!("a value read in graph `{}` has no definition", self.name))
+                IrError::Verify(format!(
+                    "a value read in graph `{}` has no definition",
+                    self.name
+                ))
             })
         };
         let mut new_nodes = Vec::with_capacity(nodes.len());

@@ -18,8 +18,8 @@ pub mod infer;
 pub mod model;
 pub mod op;
 pub mod print;
-pub mod verify;
 pub mod shape;
+pub mod verify;
 
 pub use attr::{Attr, AttrMap, AttrValue};
 pub use graph::{Graph, Node, NodeId, Value, ValueDef, ValueId};

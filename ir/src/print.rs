@@ -48,15 +48,28 @@ fn fmt_f32(v: f32) -> String {
 }
 
 fn fmt_tensor_inline(t: &Tensor) -> String {
-    let mut s = format!("{}{}", t.dtype(), crate::shape::fmt_shape(&crate::shape::shape_of(t.shape())));
+    let mut s = format!(
+        "{}{}",
+        t.dtype(),
+        crate::shape::fmt_shape(&crate::shape::shape_of(t.shape()))
+    );
     if t.len() <= 8 {
         if let Some(st) = t.strings() {
-            let v: Vec<String> = st.iter().map(|x| format!("{:?}", String::from_utf8_lossy(x))).collect();
+            let v: Vec<String> = st
+                .iter()
+                .map(|x| format!("{:?}", String::from_utf8_lossy(x)))
+                .collect();
             let _ = write!(s, " [{}]", v.join(", "));
         } else if let Some(v) = t.to_f64_vec() {
             let v: Vec<String> = v
                 .iter()
-                .map(|x| if t.dtype().is_float() { fmt_f32(*x as f32) } else { format!("{x}") })
+                .map(|x| {
+                    if t.dtype().is_float() {
+                        fmt_f32(*x as f32)
+                    } else {
+                        format!("{x}")
+                    }
+                })
                 .collect();
             let _ = write!(s, " [{}]", v.join(", "));
         }
@@ -74,8 +87,15 @@ impl Printer {
         for &i in &g.inputs {
             let n = self.name(depth, i);
             let v = g.value(i);
-            let ty = v.ty.as_ref().map(|t| t.to_string()).unwrap_or_else(|| "?".into());
-            let dflt = if matches!(v.def, ValueDef::InputWithDefault(_)) { " = default" } else { "" };
+            let ty =
+                v.ty.as_ref()
+                    .map(|t| t.to_string())
+                    .unwrap_or_else(|| "?".into());
+            let dflt = if matches!(v.def, ValueDef::InputWithDefault(_)) {
+                " = default"
+            } else {
+                ""
+            };
             ins.push(format!("%{n}: {ty} {:?}{dflt}", v.name));
         }
         let _ = writeln!(self.out, "{pad}graph {}({}) {{", g.name, ins.join(", "));
@@ -85,7 +105,12 @@ impl Printer {
             match &val.def {
                 ValueDef::Const(t) => {
                     let n = self.name(depth, v);
-                    let _ = writeln!(self.out, "{inner}%{n} = const {} {:?}", fmt_tensor_inline(t), val.name);
+                    let _ = writeln!(
+                        self.out,
+                        "{inner}%{n} = const {} {:?}",
+                        fmt_tensor_inline(t),
+                        val.name
+                    );
                 }
                 ValueDef::Outer(o) => {
                     let n = self.name(depth, v);
@@ -112,7 +137,12 @@ impl Printer {
                     None => "_".into(),
                 })
                 .collect();
-            let mut line = format!("{inner}{} = {}({})", outs.join(", "), node.op.kind(), ins.join(", "));
+            let mut line = format!(
+                "{inner}{} = {}({})",
+                outs.join(", "),
+                node.op.kind(),
+                ins.join(", ")
+            );
             let mut graphs = Vec::new();
             let attrs: Vec<String> = node
                 .op
@@ -138,7 +168,13 @@ impl Printer {
             let tys: Vec<String> = node
                 .outputs
                 .iter()
-                .map(|&o| g.value(o).ty.as_ref().map(|t| t.to_string()).unwrap_or_else(|| "?".into()))
+                .map(|&o| {
+                    g.value(o)
+                        .ty
+                        .as_ref()
+                        .map(|t| t.to_string())
+                        .unwrap_or_else(|| "?".into())
+                })
                 .collect();
             let _ = writeln!(self.out, "{line} : {}", tys.join(", "));
             for (k, gr) in graphs {
@@ -176,7 +212,11 @@ pub fn fmt_attr(a: &Attr) -> String {
         Attr::Type(t) => t.to_string(),
         Attr::Floats(v) => list(v.iter().map(|x| fmt_f32(*x)).collect()),
         Attr::Ints(v) => list(v.iter().map(|x| x.to_string()).collect()),
-        Attr::Strings(v) => list(v.iter().map(|x| format!("{:?}", String::from_utf8_lossy(x))).collect()),
+        Attr::Strings(v) => list(
+            v.iter()
+                .map(|x| format!("{:?}", String::from_utf8_lossy(x)))
+                .collect(),
+        ),
         Attr::Tensors(v) => list(v.iter().map(fmt_tensor_inline).collect()),
         Attr::Graphs(v) => list(v.iter().map(|g| g.name.clone()).collect()),
         Attr::Types(v) => list(v.iter().map(|t| t.to_string()).collect()),

@@ -318,11 +318,20 @@ mod tests {
         assert_eq!((&s + &Dim::Known(1)).to_string(), "seq+1");
         assert_eq!((&(&s + &s) - &s), s);
         assert_eq!(&s - &s, Dim::Known(0));
-        assert_eq!((&Dim::Known(6) * &s).div_exact(&Dim::Known(3)).unwrap().to_string(), "2*seq");
+        assert_eq!(
+            (&Dim::Known(6) * &s)
+                .div_exact(&Dim::Known(3))
+                .unwrap()
+                .to_string(),
+            "2*seq"
+        );
         assert_eq!((&Dim::Known(6) * &s).div_exact(&Dim::Known(4)), None);
         assert_eq!(s.div_exact(&b), None);
         assert_eq!((&Dim::Known(1) - &s).to_string(), "-seq+1");
         let e = &(&b * &s) + &Dim::Known(3);
-        assert_eq!(e.eval(&|n| Some(if n == "batch" { 2 } else { 5 })), Some(13));
+        assert_eq!(
+            e.eval(&|n| Some(if n == "batch" { 2 } else { 5 })),
+            Some(13)
+        );
     }
 }

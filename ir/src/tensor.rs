@@ -44,7 +44,10 @@ impl fmt::Debug for AlignedBuf {
 impl AlignedBuf {
     /// `len` zero bytes.
     pub fn zeroed(len: usize) -> AlignedBuf {
-        AlignedBuf { lines: vec![Line([0; 64]); len.div_ceil(64)], len }
+        AlignedBuf {
+            lines: vec![Line([0; 64]); len.div_ceil(64)],
+            len,
+        }
     }
 
     pub fn from_slice(b: &[u8]) -> AlignedBuf {
@@ -74,7 +77,9 @@ impl AlignedBuf {
 
     fn all_bytes(&self) -> &[u8] {
         // SAFETY: `Line` is 64 plain bytes with no padding; the vector's lines are contiguous.
-        unsafe { std::slice::from_raw_parts(self.lines.as_ptr().cast::<u8>(), self.lines.len() * 64) }
+        unsafe {
+            std::slice::from_raw_parts(self.lines.as_ptr().cast::<u8>(), self.lines.len() * 64)
+        }
     }
 
     pub fn as_bytes(&self) -> &[u8] {
@@ -84,7 +89,8 @@ impl AlignedBuf {
     pub fn as_bytes_mut(&mut self) -> &mut [u8] {
         let n = self.lines.len() * 64;
         // SAFETY: as in `all_bytes`, with unique access through `&mut self`.
-        let all = unsafe { std::slice::from_raw_parts_mut(self.lines.as_mut_ptr().cast::<u8>(), n) };
+        let all =
+            unsafe { std::slice::from_raw_parts_mut(self.lines.as_mut_ptr().cast::<u8>(), n) };
         &mut all[..self.len]
     }
 
@@ -168,13 +174,23 @@ impl Tensor {
     pub fn from_buf(dtype: DType, shape: Vec<usize>, buf: AlignedBuf) -> Result<Tensor, IrError> {
         Self::check_len(dtype, &shape, buf.len())?;
         let len = buf.len();
-        Ok(Tensor { dtype, shape, data: TensorData::Bytes { storage: Arc::new(buf), offset: 0, len } })
+        Ok(Tensor {
+            dtype,
+            shape,
+            data: TensorData::Bytes {
+                storage: Arc::new(buf),
+                offset: 0,
+                len,
+            },
+        })
     }
 
     /// The owned buffer of this tensor when nothing else shares it (for reuse).
     pub fn into_buf(self) -> Option<AlignedBuf> {
         match self.data {
-            TensorData::Bytes { storage, offset: 0, .. } => storage.into_aligned_buf(),
+            TensorData::Bytes {
+                storage, offset: 0, ..
+            } => storage.into_aligned_buf(),
             _ => None,
         }
     }

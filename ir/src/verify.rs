@@ -15,7 +15,10 @@ fn verify_in(g: &Graph, parent: Option<&Graph>) -> Result<(), IrError> {
     let bad = |msg: String| Err(IrError::Verify(format!("graph `{}`: {msg}", g.name)));
     let defined = |v: ValueId| -> Result<(), IrError> {
         if v.index() >= g.num_values() {
-            return Err(IrError::Verify(format!("graph `{}`: reads unknown value {v:?}", g.name)));
+            return Err(IrError::Verify(format!(
+                "graph `{}`: reads unknown value {v:?}",
+                g.name
+            )));
         }
         match &g.value(v).def {
             ValueDef::Node { node, index } => {
@@ -41,7 +44,10 @@ fn verify_in(g: &Graph, parent: Option<&Graph>) -> Result<(), IrError> {
     };
     for &i in &g.inputs {
         if i.index() >= g.num_values()
-            || !matches!(g.value(i).def, ValueDef::Input | ValueDef::InputWithDefault(_))
+            || !matches!(
+                g.value(i).def,
+                ValueDef::Input | ValueDef::InputWithDefault(_)
+            )
         {
             return bad(format!("input {i:?} is not defined as an input"));
         }
@@ -49,9 +55,17 @@ fn verify_in(g: &Graph, parent: Option<&Graph>) -> Result<(), IrError> {
     for v in g.value_ids() {
         if let ValueDef::Outer(o) = g.value(v).def {
             match parent {
-                None => return bad(format!("value `{}` refers to an enclosing graph, but there is none", g.value(v).name)),
+                None => {
+                    return bad(format!(
+                        "value `{}` refers to an enclosing graph, but there is none",
+                        g.value(v).name
+                    ))
+                }
                 Some(p) if o.index() >= p.num_values() => {
-                    return bad(format!("value `{}` refers to an unknown outer value", g.value(v).name))
+                    return bad(format!(
+                        "value `{}` refers to an unknown outer value",
+                        g.value(v).name
+                    ))
                 }
                 _ => {}
             }
@@ -65,7 +79,10 @@ fn verify_in(g: &Graph, parent: Option<&Graph>) -> Result<(), IrError> {
         }
         for (k, &o) in node.outputs.iter().enumerate() {
             if g.value(o).def != (ValueDef::Node { node: n, index: k }) {
-                return bad(format!("output {k} of node `{}` is not defined by it", node.name));
+                return bad(format!(
+                    "output {k} of node `{}` is not defined by it",
+                    node.name
+                ));
             }
         }
         for sg in node.op.subgraphs() {

@@ -91,9 +91,9 @@ impl RunCx {
         fill: impl FnOnce(&mut [T]),
     ) -> Result<Tensor, KernelError> {
         let n = checked_numel(&shape)?;
-        let bytes = n
-            .checked_mul(std::mem::size_of::<T>())
-            .ok_or_else(|| KernelError::Invalid(format!("tensor of shape {shape:?} is too large")))?;
+        let bytes = n.checked_mul(std::mem::size_of::<T>()).ok_or_else(|| {
+            KernelError::Invalid(format!("tensor of shape {shape:?} is too large"))
+        })?;
         let mut buf = self.alloc(bytes);
         fill(buf.as_mut_slice::<T>());
         Ok(Tensor::from_buf(T::DTYPE, shape, buf)?)
@@ -107,9 +107,9 @@ impl RunCx {
         fill: impl FnOnce(&mut [u8]),
     ) -> Result<Tensor, KernelError> {
         let n = checked_numel(&shape)?;
-        let bytes = dtype
-            .storage_bytes(n)
-            .ok_or_else(|| KernelError::Invalid(format!("tensor of shape {shape:?} is too large")))?;
+        let bytes = dtype.storage_bytes(n).ok_or_else(|| {
+            KernelError::Invalid(format!("tensor of shape {shape:?} is too large"))
+        })?;
         let mut buf = self.alloc(bytes);
         fill(buf.as_bytes_mut());
         Ok(Tensor::from_buf(dtype, shape, buf)?)
@@ -120,16 +120,25 @@ impl RunCx {
 pub fn tensor_input<'a>(inputs: &[Option<&'a Value>], i: usize) -> Result<&'a Tensor, KernelError> {
     match inputs.get(i).copied().flatten() {
         Some(Value::Tensor(t)) => Ok(t),
-        Some(v) => Err(KernelError::Invalid(format!("input {i} must be a tensor, got {}", v.describe()))),
+        Some(v) => Err(KernelError::Invalid(format!(
+            "input {i} must be a tensor, got {}",
+            v.describe()
+        ))),
         None => Err(KernelError::Invalid(format!("input {i} is required"))),
     }
 }
 
 /// Input `i` as a tensor, `None` if omitted.
-pub fn opt_tensor_input<'a>(inputs: &[Option<&'a Value>], i: usize) -> Result<Option<&'a Tensor>, KernelError> {
+pub fn opt_tensor_input<'a>(
+    inputs: &[Option<&'a Value>],
+    i: usize,
+) -> Result<Option<&'a Tensor>, KernelError> {
     match inputs.get(i).copied().flatten() {
         None => Ok(None),
         Some(Value::Tensor(t)) => Ok(Some(t)),
-        Some(v) => Err(KernelError::Invalid(format!("input {i} must be a tensor, got {}", v.describe()))),
+        Some(v) => Err(KernelError::Invalid(format!(
+            "input {i} must be a tensor, got {}",
+            v.describe()
+        ))),
     }
 }

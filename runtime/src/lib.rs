@@ -7,6 +7,7 @@
 //! first run.
 
 pub mod error;
+pub mod gemm;
 pub mod kernel;
 pub mod kernels;
 pub mod plan;

@@ -52,7 +52,9 @@ impl Plan {
         for (n, v) in inputs {
             if !self.inputs.iter().any(|i| i.name == n) {
                 let known: Vec<&str> = self.inputs.iter().map(|i| i.name.as_str()).collect();
-                return Err(RuntimeError::Input(format!("the model has no input `{n}` (its inputs: {known:?})")));
+                return Err(RuntimeError::Input(format!(
+                    "the model has no input `{n}` (its inputs: {known:?})"
+                )));
             }
             if by_name.insert(n.clone(), v).is_some() {
                 return Err(RuntimeError::Input(format!("input `{n}` is given twice")));
@@ -63,18 +65,32 @@ impl Plan {
             match by_name.remove(&i.name) {
                 Some(v) => ordered.push(Some(v)),
                 None if i.default.is_some() => ordered.push(None),
-                None => return Err(RuntimeError::Input(format!("input `{}` is missing", i.name))),
+                None => {
+                    return Err(RuntimeError::Input(format!(
+                        "input `{}` is missing",
+                        i.name
+                    )))
+                }
             }
         }
         check_inputs(&self.inputs, &ordered)?;
         let mut cx = RunCx::new();
         let outs = self.run_positional(ordered, &mut cx)?;
-        Ok(self.outputs.iter().map(|(n, _)| n.clone()).zip(outs).collect())
+        Ok(self
+            .outputs
+            .iter()
+            .map(|(n, _)| n.clone())
+            .zip(outs)
+            .collect())
     }
 
     /// Runs with inputs in plan order (`None` takes the input's default). Used for
     /// subgraphs, whose inputs are their formal parameters followed by captured values.
-    pub fn run_positional(&self, inputs: Vec<Option<Value>>, cx: &mut RunCx) -> Result<Vec<Value>, RuntimeError> {
+    pub fn run_positional(
+        &self,
+        inputs: Vec<Option<Value>>,
+        cx: &mut RunCx,
+    ) -> Result<Vec<Value>, RuntimeError> {
         let mut slots: Vec<Option<Value>> = vec![None; self.n_slots];
         for (slot, v) in &self.consts {
             slots[*slot as usize] = Some(v.clone());
@@ -87,13 +103,18 @@ impl Plan {
         }
         for step in &self.steps {
             let outs = {
-                let ins: Vec<Option<&Value>> =
-                    step.inputs.iter().map(|s| s.and_then(|s| slots[s as usize].as_ref())).collect();
-                step.kernel.run(&ins, cx).map_err(|source| RuntimeError::Kernel {
-                    node: step.node.clone(),
-                    op: step.op.clone(),
-                    source,
-                })?
+                let ins: Vec<Option<&Value>> = step
+                    .inputs
+                    .iter()
+                    .map(|s| s.and_then(|s| slots[s as usize].as_ref()))
+                    .collect();
+                step.kernel
+                    .run(&ins, cx)
+                    .map_err(|source| RuntimeError::Kernel {
+                        node: step.node.clone(),
+                        op: step.op.clone(),
+                        source,
+                    })?
             };
             for (k, v) in outs.into_iter().enumerate() {
                 match step.outputs.get(k).copied().flatten() {
@@ -110,11 +131,15 @@ impl Plan {
         self.outputs
             .iter()
             .map(|(name, s)| {
-                slots[*s as usize].clone().ok_or_else(|| RuntimeError::Kernel {
-                    node: name.clone(),
-                    op: "output".into(),
-                    source: crate::error::KernelError::Invalid(format!("output `{name}` was not produced")),
-                })
+                slots[*s as usize]
+                    .clone()
+                    .ok_or_else(|| RuntimeError::Kernel {
+                        node: name.clone(),
+                        op: "output".into(),
+                        source: crate::error::KernelError::Invalid(format!(
+                            "output `{name}` was not produced"
+                        )),
+                    })
             })
             .collect()
     }
@@ -125,11 +150,17 @@ impl Plan {
 fn check_inputs(decl: &[PlanInput], given: &[Option<Value>]) -> Result<(), RuntimeError> {
     let mut env: HashMap<String, i64> = HashMap::new();
     for (i, v) in decl.iter().zip(given) {
-        let (Some(ty), Some(v)) = (&i.ty, v) else { continue };
+        let (Some(ty), Some(v)) = (&i.ty, v) else {
+            continue;
+        };
         let (Type::Tensor(tt), Value::Tensor(t)) = (ty, v) else {
             match (ty, v) {
                 (Type::Tensor(_), _) => {
-                    return Err(RuntimeError::Input(format!("input `{}` must be a tensor, got {}", i.name, v.describe())))
+                    return Err(RuntimeError::Input(format!(
+                        "input `{}` must be a tensor, got {}",
+                        i.name,
+                        v.describe()
+                    )))
                 }
                 _ => continue,
             }

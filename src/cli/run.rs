@@ -38,7 +38,9 @@ pub struct InputArgs {
 }
 
 fn parse_dim(s: &str) -> Result<(String, i64), String> {
-    let (k, v) = s.split_once('=').ok_or_else(|| format!("`{s}` is not NAME=N"))?;
+    let (k, v) = s
+        .split_once('=')
+        .ok_or_else(|| format!("`{s}` is not NAME=N"))?;
     let n: i64 = v.parse().map_err(|_| format!("`{v}` is not a number"))?;
     if n < 0 {
         return Err(format!("dim `{k}` must not be negative"));
@@ -75,14 +77,23 @@ pub struct ValidateArgs {
 }
 
 /// The model (as a session) and its inputs.
-fn prepare(a: &InputArgs, fallback_inputs: Option<&PathBuf>) -> anyhow::Result<(Source, Session, Vec<(String, Tensor)>)> {
+fn prepare(
+    a: &InputArgs,
+    fallback_inputs: Option<&PathBuf>,
+) -> anyhow::Result<(Source, Session, Vec<(String, Tensor)>)> {
     let src = Source::new(a.model.clone());
     let mut model = load(&src)?.model;
     if a.free_input_dims {
-        kiln::free_input_dims(&mut model).with_context(|| format!("{}: re-inferring shapes", src.display()))?;
+        kiln::free_input_dims(&mut model)
+            .with_context(|| format!("{}: re-inferring shapes", src.display()))?;
     }
     kiln::optimize(&mut model, a.level, &[])?;
-    let names: Vec<String> = model.graph.inputs.iter().map(|&i| model.graph.value(i).name.clone()).collect();
+    let names: Vec<String> = model
+        .graph
+        .inputs
+        .iter()
+        .map(|&i| model.graph.value(i).name.clone())
+        .collect();
     let inputs = if a.random_inputs {
         let dims: HashMap<String, i64> = a.dims.iter().cloned().collect();
         kiln::random_inputs(&model, &dims, a.seed).map_err(anyhow::Error::msg)?
@@ -93,15 +104,21 @@ fn prepare(a: &InputArgs, fallback_inputs: Option<&PathBuf>) -> anyhow::Result<(
             .or(fallback_inputs)
             .context("give --inputs IN.npz or --random-inputs")?;
         let arrays = kiln::npz::read_npz(path)?;
-        arrays.into_iter().filter(|(n, _)| names.contains(n)).collect()
+        arrays
+            .into_iter()
+            .filter(|(n, _)| names.contains(n))
+            .collect()
     };
-    let session = Session::new(model).with_context(|| format!("cannot compile {}", src.display()))?;
+    let session =
+        Session::new(model).with_context(|| format!("cannot compile {}", src.display()))?;
     Ok((src, session, inputs))
 }
 
 pub fn run(args: RunArgs) -> anyhow::Result<()> {
     let (src, session, inputs) = prepare(&args.input, None)?;
-    let outs = session.run(inputs).with_context(|| format!("{}: run failed", src.display()))?;
+    let outs = session
+        .run(inputs)
+        .with_context(|| format!("{}: run failed", src.display()))?;
     kiln::npz::write_npz(&args.output, &outs)?;
     for (n, t) in &outs {
         eprintln!("{n}: {}{:?}", t.dtype(), t.shape());
@@ -117,20 +134,35 @@ pub fn validate(args: ValidateArgs) -> anyhow::Result<()> {
         (None, Some(_)) => oracle_outputs(&src, &inputs)?,
         (None, None) => bail!("give --golden OUT.npz or --oracle ort"),
     };
-    let got = session.run(inputs).with_context(|| format!("{}: run failed", src.display()))?;
+    let got = session
+        .run(inputs)
+        .with_context(|| format!("{}: run failed", src.display()))?;
     let reports = compare_outputs(&expected, &got, args.atol, args.rtol);
     print_reports(&reports, args.atol, args.rtol);
     if reports.iter().all(|r| r.pass) {
-        println!("PASS: all {} outputs within atol {:e}, rtol {:e}", reports.len(), args.atol, args.rtol);
+        println!(
+            "PASS: all {} outputs within atol {:e}, rtol {:e}",
+            reports.len(),
+            args.atol,
+            args.rtol
+        );
         Ok(())
     } else {
         let n = reports.iter().filter(|r| !r.pass).count();
-        bail!("{n} of {} outputs differ beyond atol {:e}, rtol {:e}", reports.len(), args.atol, args.rtol)
+        bail!(
+            "{n} of {} outputs differ beyond atol {:e}, rtol {:e}",
+            reports.len(),
+            args.atol,
+            args.rtol
+        )
     }
 }
 
 fn print_reports(reports: &[OutputReport], atol: f64, rtol: f64) {
-    println!("{:<24} {:<18} {:>12} {:>12} {:>12}  result", "output", "shape", "max abs", "max rel", "cosine");
+    println!(
+        "{:<24} {:<18} {:>12} {:>12} {:>12}  result",
+        "output", "shape", "max abs", "max rel", "cosine"
+    );
     for r in reports {
         println!(
             "{:<24} {:<18} {:>12.3e} {:>12.3e} {:>12.8}  {}{}",
@@ -140,16 +172,25 @@ fn print_reports(reports: &[OutputReport], atol: f64, rtol: f64) {
             r.max_rel,
             r.cosine,
             if r.pass { "PASS" } else { "FAIL" },
-            r.problem.as_ref().map(|p| format!(" ({p})")).unwrap_or_default()
+            r.problem
+                .as_ref()
+                .map(|p| format!(" ({p})"))
+                .unwrap_or_default()
         );
     }
     let _ = (atol, rtol);
 }
 
 #[cfg(feature = "ort")]
-fn oracle_outputs(src: &Source, inputs: &[(String, Tensor)]) -> anyhow::Result<Vec<(String, Tensor)>> {
+fn oracle_outputs(
+    src: &Source,
+    inputs: &[(String, Tensor)],
+) -> anyhow::Result<Vec<(String, Tensor)>> {
     use kiln::oracle::{Oracle, OracleOptions};
-    let opts = OracleOptions { threads: 2, ..Default::default() };
+    let opts = OracleOptions {
+        threads: 2,
+        ..Default::default()
+    };
     let mut o = match src.path() {
         Some(p) => Oracle::with_options(p, &opts)?,
         None => Oracle::from_bytes_with_options(super::DEFAULT_MODEL, &opts)?,

@@ -27,7 +27,9 @@ impl Pass for IdentityElimination {
         let mut n = 0;
         for id in g.node_ids().collect::<Vec<_>>() {
             let node = g.node(id);
-            if let (Op::Identity(_), [Some(x)], [y]) = (&node.op, node.inputs.as_slice(), node.outputs.as_slice()) {
+            if let (Op::Identity(_), [Some(x)], [y]) =
+                (&node.op, node.inputs.as_slice(), node.outputs.as_slice())
+            {
                 let (x, y) = (*x, *y);
                 if forward(g, y, x) {
                     g.remove_node(id);
@@ -55,10 +57,15 @@ impl Pass for DropoutElimination {
             let training = node.inputs.get(2).copied().flatten();
             let inference = match training {
                 None => true,
-                Some(t) => g.const_value(t).and_then(|t| t.to_i64_vec()).is_some_and(|v| v.iter().all(|&x| x == 0)),
+                Some(t) => g
+                    .const_value(t)
+                    .and_then(|t| t.to_i64_vec())
+                    .is_some_and(|v| v.iter().all(|&x| x == 0)),
             };
             let mask_unused = node.outputs.get(1).is_none_or(|m| uses[m.index()] == 0);
-            let (Some(Some(x)), Some(&y)) = (node.inputs.first(), node.outputs.first()) else { continue };
+            let (Some(Some(x)), Some(&y)) = (node.inputs.first(), node.outputs.first()) else {
+                continue;
+            };
             let x = *x;
             if inference && mask_unused && forward(g, y, x) {
                 g.remove_node(id);
@@ -81,9 +88,16 @@ impl Pass for CastElimination {
         for id in g.node_ids().collect::<Vec<_>>() {
             let node = g.node(id);
             let Op::Cast(c) = &node.op else { continue };
-            let (Some(Some(x)), Some(&y)) = (node.inputs.first(), node.outputs.first()) else { continue };
+            let (Some(Some(x)), Some(&y)) = (node.inputs.first(), node.outputs.first()) else {
+                continue;
+            };
             let x = *x;
-            let same = g.value(x).ty.as_ref().and_then(|t| t.as_tensor()).is_some_and(|t| t.dtype == c.to);
+            let same = g
+                .value(x)
+                .ty
+                .as_ref()
+                .and_then(|t| t.as_tensor())
+                .is_some_and(|t| t.dtype == c.to);
             if same && forward(g, y, x) {
                 g.remove_node(id);
                 n += 1;
@@ -126,7 +140,12 @@ impl Pass for Cse {
             let key = format!("{:?}|{:?}", node.op, node.inputs);
             match seen.get(&key) {
                 Some(&first) => {
-                    let outs: Vec<(ValueId, ValueId)> = node.outputs.iter().copied().zip(g.node(first).outputs.iter().copied()).collect();
+                    let outs: Vec<(ValueId, ValueId)> = node
+                        .outputs
+                        .iter()
+                        .copied()
+                        .zip(g.node(first).outputs.iter().copied())
+                        .collect();
                     if outs.iter().any(|(o, _)| g.outputs.contains(o)) {
                         continue;
                     }

@@ -17,7 +17,9 @@ pub struct ConstantFolding {
 
 impl Default for ConstantFolding {
     fn default() -> Self {
-        ConstantFolding { max_growth_bytes: 1 << 20 }
+        ConstantFolding {
+            max_growth_bytes: 1 << 20,
+        }
     }
 }
 
@@ -55,10 +57,12 @@ fn evaluate(g: &Graph, id: NodeId) -> Option<Vec<Tensor>> {
     mini.outputs = mini.node(n).outputs.clone();
     let plan = kiln_codegen::compile_graph(&mini, &BTreeMap::new()).ok()?;
     let outs = plan.run_positional(Vec::new(), &mut RunCx::new()).ok()?;
-    outs.into_iter().map(|v| match v {
-        Value::Tensor(t) => Some(t),
-        _ => None,
-    }).collect()
+    outs.into_iter()
+        .map(|v| match v {
+            Value::Tensor(t) => Some(t),
+            _ => None,
+        })
+        .collect()
 }
 
 impl Pass for ConstantFolding {
@@ -69,11 +73,25 @@ impl Pass for ConstantFolding {
         let mut n = 0;
         for id in g.topo_order()? {
             let node = g.node(id);
-            if never_fold(&node.op) || node.inputs.iter().flatten().any(|&v| g.const_value(v).is_none()) {
+            if never_fold(&node.op)
+                || node
+                    .inputs
+                    .iter()
+                    .flatten()
+                    .any(|&v| g.const_value(v).is_none())
+            {
                 continue;
             }
-            let in_bytes: usize = node.inputs.iter().flatten().filter_map(|&v| g.const_value(v)).map(|t| t.bytes().len()).sum();
-            let Some(outs) = evaluate(g, id) else { continue };
+            let in_bytes: usize = node
+                .inputs
+                .iter()
+                .flatten()
+                .filter_map(|&v| g.const_value(v))
+                .map(|t| t.bytes().len())
+                .sum();
+            let Some(outs) = evaluate(g, id) else {
+                continue;
+            };
             let out_bytes: usize = outs.iter().map(|t| t.bytes().len()).sum();
             if out_bytes > self.max_growth_bytes && out_bytes > in_bytes {
                 continue;
@@ -107,21 +125,32 @@ impl Pass for ReshapeFolding {
         for id in g.node_ids().collect::<Vec<_>>() {
             let node = g.node(id);
             let Op::Reshape(r) = &node.op else { continue };
-            let (Some(Some(x)), Some(Some(s))) = (node.inputs.first(), node.inputs.get(1)) else { continue };
+            let (Some(Some(x)), Some(Some(s))) = (node.inputs.first(), node.inputs.get(1)) else {
+                continue;
+            };
             let (x, s) = (*x, *s);
             if !matches!(g.value(s).def, ValueDef::Node { .. }) {
                 continue;
             }
             let (Some(target), Some(in_shape)) = (
                 syms.get(&s),
-                g.value(x).ty.as_ref().and_then(|t| t.as_tensor()).and_then(|t| t.shape.clone()),
+                g.value(x)
+                    .ty
+                    .as_ref()
+                    .and_then(|t| t.as_tensor())
+                    .and_then(|t| t.shape.clone()),
             ) else {
                 continue;
             };
-            let Some(c) = constant_target(target, &in_shape, r.allowzero) else { continue };
+            let Some(c) = constant_target(target, &in_shape, r.allowzero) else {
+                continue;
+            };
             let name = g.unique_name(&format!("{}/shape", g.node(id).name));
             let len = c.len();
-            let cv = g.add_const(name, Tensor::from_vec(vec![len], c).expect("length matches"));
+            let cv = g.add_const(
+                name,
+                Tensor::from_vec(vec![len], c).expect("length matches"),
+            );
             g.node_mut(id).inputs[1] = Some(cv);
             n += 1;
         }

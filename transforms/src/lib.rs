@@ -64,7 +64,10 @@ pub struct Options {
 
 impl Options {
     pub fn level(level: Level) -> Options {
-        Options { level, disabled: BTreeSet::new() }
+        Options {
+            level,
+            disabled: BTreeSet::new(),
+        }
     }
 }
 
@@ -102,7 +105,10 @@ pub fn optimize(model: &mut Model, opts: &Options) -> Result<Report, TransformEr
             return Err(TransformError::UnknownPass(d.clone(), known.join(", ")));
         }
     }
-    let pipeline: Vec<Box<dyn Pass>> = passes(opts.level).into_iter().filter(|p| !opts.disabled.contains(p.name())).collect();
+    let pipeline: Vec<Box<dyn Pass>> = passes(opts.level)
+        .into_iter()
+        .filter(|p| !opts.disabled.contains(p.name()))
+        .collect();
     let mut report = Report::default();
     let mut totals: Vec<usize> = vec![0; pipeline.len()];
     // Each round can only shrink or simplify the graph; the bound is a guard against a pass
@@ -110,12 +116,20 @@ pub fn optimize(model: &mut Model, opts: &Options) -> Result<Report, TransformEr
     for round in 0..32 {
         let mut changed = 0;
         for (p, total) in pipeline.iter().zip(totals.iter_mut()) {
-            let n = p.run(&mut model.graph).map_err(|source| TransformError::Ir { pass: p.name(), source })?;
+            let n = p
+                .run(&mut model.graph)
+                .map_err(|source| TransformError::Ir {
+                    pass: p.name(),
+                    source,
+                })?;
             if n > 0 {
                 *total += n;
                 changed += n;
                 if cfg!(debug_assertions) {
-                    check(&model.graph).map_err(|source| TransformError::Ir { pass: p.name(), source })?;
+                    check(&model.graph).map_err(|source| TransformError::Ir {
+                        pass: p.name(),
+                        source,
+                    })?;
                 }
             }
         }
@@ -126,7 +140,10 @@ pub fn optimize(model: &mut Model, opts: &Options) -> Result<Report, TransformEr
     }
     report.rewrites = pipeline.iter().map(|p| p.name()).zip(totals).collect();
     if report.rewrites.iter().any(|r| r.1 > 0) {
-        model.graph.compact().map_err(|source| TransformError::Ir { pass: "compact", source })?;
+        model.graph.compact().map_err(|source| TransformError::Ir {
+            pass: "compact",
+            source,
+        })?;
     }
     Ok(report)
 }

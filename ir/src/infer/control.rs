@@ -24,7 +24,12 @@ pub(super) fn formal_types(op: &Op, inputs: &[Option<Type>]) -> Vec<Vec<Option<T
             let n = inputs.len().saturating_sub(m);
             let mut f: Vec<Option<Type>> = inputs[..n].to_vec();
             for (j, t) in inputs[n..].iter().enumerate() {
-                let axis = s.scan_input_axes.as_ref().and_then(|a| a.get(j)).copied().unwrap_or(0);
+                let axis = s
+                    .scan_input_axes
+                    .as_ref()
+                    .and_then(|a| a.get(j))
+                    .copied()
+                    .unwrap_or(0);
                 f.push(t.as_ref().and_then(|t| drop_axis(t, axis)));
             }
             vec![f]
@@ -36,7 +41,9 @@ pub(super) fn formal_types(op: &Op, inputs: &[Option<Type>]) -> Vec<Vec<Option<T
 
 fn drop_axis(t: &Type, axis: i64) -> Option<Type> {
     let tt = t.as_tensor()?;
-    let Some(s) = &tt.shape else { return Some(Type::tensor_unranked(tt.dtype)) };
+    let Some(s) = &tt.shape else {
+        return Some(Type::tensor_unranked(tt.dtype));
+    };
     let a = norm_axis(axis, s.len()).ok()?;
     let mut s = s.clone();
     s.remove(a);
@@ -49,7 +56,10 @@ fn join(a: &Type, b: &Type, cx: &mut InferCx) -> Type {
         (Type::Tensor(x), Type::Tensor(y)) if x.dtype == y.dtype => match (&x.shape, &y.shape) {
             (Some(p), Some(q)) if p.len() == q.len() => Type::tensor(
                 x.dtype,
-                p.iter().zip(q).map(|(d, e)| if d == e { d.clone() } else { cx.fresh("if") }).collect(),
+                p.iter()
+                    .zip(q)
+                    .map(|(d, e)| if d == e { d.clone() } else { cx.fresh("if") })
+                    .collect(),
             ),
             _ => Type::tensor_unranked(x.dtype),
         },
@@ -71,7 +81,10 @@ pub(super) fn infer(op: &Op, cx: &mut InferCx) -> Option<InferResult> {
                     e.len()
                 )));
             }
-            Ok(t.iter().zip(&e).map(|(a, b)| Out::of(join(a, b, cx))).collect())
+            Ok(t.iter()
+                .zip(&e)
+                .map(|(a, b)| Out::of(join(a, b, cx)))
+                .collect())
         })(),
         Op::Loop(_) => (|| {
             let body = cx.subgraph_outputs(0)?;
@@ -84,7 +97,9 @@ pub(super) fn infer(op: &Op, cx: &mut InferCx) -> Option<InferResult> {
                 // The initial value may be looser (an optional the body fills): the body's
                 // type describes every value after the first iteration.
                 outs.push(Out::of(match cx.ty(2 + k).cloned() {
-                    Some(init) if std::mem::discriminant(&init) == std::mem::discriminant(t) => join(&init, t, cx),
+                    Some(init) if std::mem::discriminant(&init) == std::mem::discriminant(t) => {
+                        join(&init, t, cx)
+                    }
                     _ => t.clone(),
                 }));
             }
@@ -100,12 +115,20 @@ pub(super) fn infer(op: &Op, cx: &mut InferCx) -> Option<InferResult> {
         Op::Scan(s) => (|| {
             let body = cx.subgraph_outputs(0)?;
             let m = s.num_scan_inputs.max(0) as usize;
-            let n = cx.num_inputs().checked_sub(m).ok_or("Scan has fewer inputs than num_scan_inputs")?;
+            let n = cx
+                .num_inputs()
+                .checked_sub(m)
+                .ok_or("Scan has fewer inputs than num_scan_inputs")?;
             if body.len() < n {
                 return Err("Scan body has fewer outputs than state values".into());
             }
             let len = if m > 0 {
-                let axis = s.scan_input_axes.as_ref().and_then(|a| a.first()).copied().unwrap_or(0);
+                let axis = s
+                    .scan_input_axes
+                    .as_ref()
+                    .and_then(|a| a.first())
+                    .copied()
+                    .unwrap_or(0);
                 let sh = cx.shape(n)?;
                 sh[norm_axis(axis, sh.len())?].clone()
             } else {
@@ -113,7 +136,12 @@ pub(super) fn infer(op: &Op, cx: &mut InferCx) -> Option<InferResult> {
             };
             let mut outs: Vec<Out> = body[..n].iter().map(|t| Out::of(t.clone())).collect();
             for (j, t) in body[n..].iter().enumerate() {
-                let axis = s.scan_output_axes.as_ref().and_then(|a| a.get(j)).copied().unwrap_or(0);
+                let axis = s
+                    .scan_output_axes
+                    .as_ref()
+                    .and_then(|a| a.get(j))
+                    .copied()
+                    .unwrap_or(0);
                 outs.push(Out::of(stack(t, axis, &len)));
             }
             Ok(outs)
@@ -125,7 +153,10 @@ pub(super) fn infer(op: &Op, cx: &mut InferCx) -> Option<InferResult> {
 /// Type of values of type `t` stacked along a new axis of length `len`.
 fn stack(t: &Type, axis: i64, len: &Dim) -> Type {
     match t {
-        Type::Tensor(TensorType { dtype, shape: Some(s) }) => {
+        Type::Tensor(TensorType {
+            dtype,
+            shape: Some(s),
+        }) => {
             let r = s.len() as i64 + 1;
             let a = if axis < 0 { axis + r } else { axis }.clamp(0, r - 1) as usize;
             let mut s = s.clone();

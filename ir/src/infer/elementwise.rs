@@ -10,24 +10,33 @@ pub(super) fn infer(op: &Op, cx: &mut InferCx) -> Option<InferResult> {
     use Op::*;
     Some(match op {
         // Unary maps: output has input 0's type.
-        Abs(_) | Acos(_) | Acosh(_) | Asin(_) | Asinh(_) | Atan(_) | Atanh(_) | Ceil(_) | Cos(_)
-        | Cosh(_) | Erf(_) | Exp(_) | Floor(_) | Log(_) | Reciprocal(_) | Round(_)
+        Abs(_) | Acos(_) | Acosh(_) | Asin(_) | Asinh(_) | Atan(_) | Atanh(_) | Ceil(_)
+        | Cos(_) | Cosh(_) | Erf(_) | Exp(_) | Floor(_) | Log(_) | Reciprocal(_) | Round(_)
         | Sigmoid(_) | Sign(_) | Sin(_) | Sinh(_) | Sqrt(_) | Tan(_) | Tanh(_) | Relu(_)
-        | LeakyRelu(_) | Elu(_) | Selu(_) | Celu(_) | HardSigmoid(_) | HardSwish(_) | Softplus(_)
-        | Softsign(_) | Mish(_) | Swish(_) | ThresholdedRelu(_) | Shrink(_) | Gelu(_)
-        | BitwiseNot(_) | Not(_) | Clip(_) | MsGelu(_) | QuickGelu(_) => same_as_input(cx, 0),
+        | LeakyRelu(_) | Elu(_) | Selu(_) | Celu(_) | HardSigmoid(_) | HardSwish(_)
+        | Softplus(_) | Softsign(_) | Mish(_) | Swish(_) | ThresholdedRelu(_) | Shrink(_)
+        | Gelu(_) | BitwiseNot(_) | Not(_) | Clip(_) | MsGelu(_) | QuickGelu(_) => {
+            same_as_input(cx, 0)
+        }
         // Identity passes any value through: tensors, sequences, optionals.
         Identity(_) => cx
             .ty(0)
             .cloned()
-            .map(|t| vec![Out { ty: t, sym: cx.sym(0).map(|s| s.to_vec()) }])
+            .map(|t| {
+                vec![Out {
+                    ty: t,
+                    sym: cx.sym(0).map(|s| s.to_vec()),
+                }]
+            })
             .ok_or(InferError::Unknown),
         // X + optional bias.
         FastGelu(_) => same_as_input(cx, 0),
         PRelu(_) => binary(cx, None),
         Add(_) | Sub(_) | Mul(_) | Div(_) | Pow(_) | Mod(_) | BitShift(_) | BitwiseAnd(_)
         | BitwiseOr(_) | BitwiseXor(_) | And(_) | Or(_) | Xor(_) | BiasGelu(_) => binary(cx, None),
-        Equal(_) | Greater(_) | GreaterOrEqual(_) | Less(_) | LessOrEqual(_) => binary(cx, Some(DType::Bool)),
+        Equal(_) | Greater(_) | GreaterOrEqual(_) | Less(_) | LessOrEqual(_) => {
+            binary(cx, Some(DType::Bool))
+        }
         IsNaN(_) | IsInf(_) => shape_as_input(cx, 0, DType::Bool).map(|o| vec![o]),
         Max(_) | Min(_) | Mean(_) | Sum(_) => variadic(cx),
         Where(_) => (|| {
@@ -61,7 +70,10 @@ pub(super) fn infer(op: &Op, cx: &mut InferCx) -> Option<InferResult> {
 
 /// Broadcast shape of the inputs, `None` when some input's rank is unknown (the output's
 /// dtype is still known).
-fn broadcast_or_unranked(cx: &InferCx, inputs: &[usize]) -> Result<Option<Vec<crate::shape::Dim>>, InferError> {
+fn broadcast_or_unranked(
+    cx: &InferCx,
+    inputs: &[usize],
+) -> Result<Option<Vec<crate::shape::Dim>>, InferError> {
     match broadcast_inputs(cx, inputs) {
         Ok(s) => Ok(Some(s)),
         Err(InferError::Unknown) => Ok(None),
@@ -96,7 +108,10 @@ fn sym_equal(x: &Dim, y: &Dim) -> Option<bool> {
     if x == y {
         return Some(true);
     }
-    let nonneg = |d: &Dim| d.known().map_or_else(|| !d.to_string().contains('-'), |v| v >= 0);
+    let nonneg = |d: &Dim| {
+        d.known()
+            .map_or_else(|| !d.to_string().contains('-'), |v| v >= 0)
+    };
     match (x.known(), y.known()) {
         (Some(_), Some(_)) => Some(false),
         (Some(v), None) if v < 0 && nonneg(y) => Some(false),

@@ -9,7 +9,9 @@ pub fn norm_axis(axis: i64, rank: usize) -> Result<usize, InferError> {
     let r = rank as i64;
     let a = if axis < 0 { axis + r } else { axis };
     if a < 0 || a >= r.max(1) && !(r == 0 && a == 0) {
-        return Err(InferError::Bad(format!("axis {axis} is out of range for rank {rank}")));
+        return Err(InferError::Bad(format!(
+            "axis {axis} is out of range for rank {rank}"
+        )));
     }
     Ok(a as usize)
 }
@@ -28,7 +30,8 @@ pub fn norm_axes(axes: &[i64], rank: usize) -> Result<Vec<usize>, InferError> {
 }
 
 fn fresh_like(d: &Dim) -> bool {
-    d.as_symbol().is_some_and(|s| s.starts_with(super::FRESH_PREFIX))
+    d.as_symbol()
+        .is_some_and(|s| s.starts_with(super::FRESH_PREFIX))
 }
 
 /// One dim of a numpy-style multidirectional broadcast.
@@ -36,7 +39,9 @@ pub fn broadcast_dim(a: &Dim, b: &Dim) -> Result<Dim, InferError> {
     match (a.known(), b.known()) {
         (Some(1), _) => Ok(b.clone()),
         (_, Some(1)) => Ok(a.clone()),
-        (Some(x), Some(y)) if x != y => Err(InferError::Bad(format!("cannot broadcast dims {x} and {y}"))),
+        (Some(x), Some(y)) if x != y => Err(InferError::Bad(format!(
+            "cannot broadcast dims {x} and {y}"
+        ))),
         (Some(_), None) => Ok(a.clone()),
         (None, Some(_)) => Ok(b.clone()),
         _ if a == b => Ok(a.clone()),

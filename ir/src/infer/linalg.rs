@@ -15,15 +15,24 @@ pub(super) fn infer(op: &Op, cx: &mut InferCx) -> Option<InferResult> {
     Some(match op {
         MatMul(_) => matmul_op(cx, 0, 1, None, Transposes::NONE),
         MatMulInteger(_) => matmul_op(cx, 0, 1, Some(DType::I32), Transposes::NONE),
-        QLinearMatMul(_) => cx.dtype(7).and_then(|dt| matmul_op(cx, 0, 3, Some(dt), Transposes::NONE)),
+        QLinearMatMul(_) => cx
+            .dtype(7)
+            .and_then(|dt| matmul_op(cx, 0, 3, Some(dt), Transposes::NONE)),
         DynamicQuantizeMatMul(_) => matmul_op(cx, 0, 1, None, Transposes::NONE),
-        MatMulIntegerToFloat(_) => cx.dtype(2).and_then(|dt| matmul_op(cx, 0, 1, Some(dt), Transposes::NONE)),
+        MatMulIntegerToFloat(_) => cx
+            .dtype(2)
+            .and_then(|dt| matmul_op(cx, 0, 1, Some(dt), Transposes::NONE)),
         FusedMatMul(o) => matmul_op(
             cx,
             0,
             1,
             None,
-            Transposes { a: o.trans_a, b: o.trans_b, batch_a: o.trans_batch_a, batch_b: o.trans_batch_b },
+            Transposes {
+                a: o.trans_a,
+                b: o.trans_b,
+                batch_a: o.trans_batch_a,
+                batch_b: o.trans_batch_b,
+            },
         ),
         Gemm(o) => gemm(cx, o.trans_a, o.trans_b),
         Einsum(o) => einsum(cx, &o.equation),
@@ -39,18 +48,31 @@ pub(super) fn infer(op: &Op, cx: &mut InferCx) -> Option<InferResult> {
             Ok(vec![shape_as_input(cx, 0, dt)?])
         })(),
         DequantizeLinear(o) => (|| {
-            let dt = if o.output_dtype != 0 { onnx_dtype(o.output_dtype)? } else { cx.dtype(1)? };
+            let dt = if o.output_dtype != 0 {
+                onnx_dtype(o.output_dtype)?
+            } else {
+                cx.dtype(1)?
+            };
             Ok(vec![shape_as_input(cx, 0, dt)?])
         })(),
         DynamicQuantizeLinear(_) => (|| {
-            Ok(vec![shape_as_input(cx, 0, DType::U8)?, Out::tensor(DType::F32, vec![]), Out::tensor(DType::U8, vec![])])
+            Ok(vec![
+                shape_as_input(cx, 0, DType::U8)?,
+                Out::tensor(DType::F32, vec![]),
+                Out::tensor(DType::U8, vec![]),
+            ])
         })(),
         Attention(o) => attention(cx, o.q_num_heads, o.kv_num_heads),
         RotaryEmbedding(o) => rotary(cx, o.num_heads),
         LinearAttention(o) => linear_attention(cx, o.q_num_heads, o.kv_num_heads),
         SwiGLU(_) => swiglu(cx),
         CausalConvWithState(_) => causal_conv(cx),
-        MsAttention(o) => ms_attention(cx, o.num_heads, o.qkv_hidden_sizes.as_deref(), o.past_present_share_buffer),
+        MsAttention(o) => ms_attention(
+            cx,
+            o.num_heads,
+            o.qkv_hidden_sizes.as_deref(),
+            o.past_present_share_buffer,
+        ),
         MultiHeadAttention(o) => multi_head_attention(cx, o.num_heads),
         SkipLayerNormalization(_) => skip_layer_norm(cx),
         SkipSimplifiedLayerNormalization(_) => skip_layer_norm(cx),
@@ -61,7 +83,8 @@ pub(super) fn infer(op: &Op, cx: &mut InferCx) -> Option<InferResult> {
 }
 
 fn onnx_dtype(code: i64) -> Result<DType, InferError> {
-    DType::from_onnx(code as i32).ok_or_else(|| InferError::Bad(format!("unknown element type code {code}")))
+    DType::from_onnx(code as i32)
+        .ok_or_else(|| InferError::Bad(format!("unknown element type code {code}")))
 }
 
 fn bad<T>(msg: String) -> Result<T, InferError> {
@@ -90,7 +113,9 @@ fn same_dim(a: &Dim, b: &Dim) -> Dim {
 /// `d / n` for a head count `n`; a fresh symbol when the quotient is not a polynomial.
 fn div_heads(cx: &mut InferCx, d: &Dim, n: i64, what: &str) -> Result<Dim, InferError> {
     if n <= 0 {
-        return bad(format!("{what}: the number of heads must be positive, got {n}"));
+        return bad(format!(
+            "{what}: the number of heads must be positive, got {n}"
+        ));
     }
     if let Some(v) = d.known() {
         if v % n != 0 {
@@ -98,14 +123,23 @@ fn div_heads(cx: &mut InferCx, d: &Dim, n: i64, what: &str) -> Result<Dim, Infer
         }
         return Ok(Dim::from(v / n));
     }
-    Ok(d.div_exact(&Dim::from(n)).unwrap_or_else(|| cx.fresh("head_size")))
+    Ok(d.div_exact(&Dim::from(n))
+        .unwrap_or_else(|| cx.fresh("head_size")))
 }
 
 /// Shape of input `i` with rank `rank` required; `Ok(None)` if the rank is unknown.
-fn shape_of_rank(cx: &InferCx, i: usize, ranks: &[usize], what: &str) -> Result<Option<Vec<Dim>>, InferError> {
+fn shape_of_rank(
+    cx: &InferCx,
+    i: usize,
+    ranks: &[usize],
+    what: &str,
+) -> Result<Option<Vec<Dim>>, InferError> {
     match cx.shape(i) {
         Ok(s) if ranks.contains(&s.len()) => Ok(Some(s.to_vec())),
-        Ok(s) => bad(format!("{what} must have rank {ranks:?}, got {}", fmt_shape(s))),
+        Ok(s) => bad(format!(
+            "{what} must have rank {ranks:?}, got {}",
+            fmt_shape(s)
+        )),
         Err(InferError::Unknown) => Ok(None),
         Err(e) => Err(e),
     }
@@ -120,7 +154,12 @@ struct Transposes {
 }
 
 impl Transposes {
-    const NONE: Transposes = Transposes { a: false, b: false, batch_a: false, batch_b: false };
+    const NONE: Transposes = Transposes {
+        a: false,
+        b: false,
+        batch_a: false,
+        batch_b: false,
+    };
 }
 
 /// Applies FusedMatMul's transposes to an operand: `batch` moves dim 0 behind the batch dims
@@ -147,11 +186,23 @@ pub(super) fn matmul_shape(a: &[Dim], b: &[Dim]) -> Result<Vec<Dim>, InferError>
     let (ra, rb) = (a.len(), b.len());
     let ka = &a[ra - 1];
     let kb = if rb == 1 { &b[0] } else { &b[rb - 2] };
-    check_eq(ka, kb, &format!("MatMul of {} and {}: inner dims differ", fmt_shape(a), fmt_shape(b)))?;
+    check_eq(
+        ka,
+        kb,
+        &format!(
+            "MatMul of {} and {}: inner dims differ",
+            fmt_shape(a),
+            fmt_shape(b)
+        ),
+    )?;
     let ba = if ra > 2 { &a[..ra - 2] } else { &[][..] };
     let bb = if rb > 2 { &b[..rb - 2] } else { &[][..] };
     let mut out = broadcast(&[ba, bb]).map_err(|e| match e {
-        InferError::Bad(m) => InferError::Bad(format!("MatMul of {} and {}: {m}", fmt_shape(a), fmt_shape(b))),
+        InferError::Bad(m) => InferError::Bad(format!(
+            "MatMul of {} and {}: {m}",
+            fmt_shape(a),
+            fmt_shape(b)
+        )),
         e => e,
     })?;
     if ra >= 2 {
@@ -163,14 +214,22 @@ pub(super) fn matmul_shape(a: &[Dim], b: &[Dim]) -> Result<Vec<Dim>, InferError>
     Ok(out)
 }
 
-fn matmul_op(cx: &InferCx, ia: usize, ib: usize, dtype: Option<DType>, t: Transposes) -> InferResult {
+fn matmul_op(
+    cx: &InferCx,
+    ia: usize,
+    ib: usize,
+    dtype: Option<DType>,
+    t: Transposes,
+) -> InferResult {
     let dt = match dtype {
         Some(d) => d,
         None => cx.dtype(ia)?,
     };
     let a = cx.tensor(ia)?;
     let b = cx.tensor(ib)?;
-    let (Some(sa), Some(sb)) = (&a.shape, &b.shape) else { return Ok(vec![Out::unranked(dt)]) };
+    let (Some(sa), Some(sb)) = (&a.shape, &b.shape) else {
+        return Ok(vec![Out::unranked(dt)]);
+    };
     let sa = transposed(sa, t.batch_a, t.a);
     let sb = transposed(sb, t.batch_b, t.b);
     Ok(vec![Out::tensor(dt, matmul_shape(&sa, &sb)?)])
@@ -203,7 +262,10 @@ fn gemm(cx: &mut InferCx, trans_a: bool, trans_b: bool) -> InferResult {
             for (j, d) in c.iter().enumerate() {
                 if let (Some(x), Some(y)) = (d.known(), target[off + j].known()) {
                     if x != 1 && x != y {
-                        return bad(format!("Gemm C {} does not broadcast to [{m},{n}]", fmt_shape(c)));
+                        return bad(format!(
+                            "Gemm C {} does not broadcast to [{m},{n}]",
+                            fmt_shape(c)
+                        ));
                     }
                 }
             }
@@ -214,10 +276,15 @@ fn gemm(cx: &mut InferCx, trans_a: bool, trans_b: bool) -> InferResult {
 
 fn det(cx: &InferCx) -> InferResult {
     let t = cx.tensor(0)?;
-    let Some(s) = &t.shape else { return Ok(vec![Out::unranked(t.dtype)]) };
+    let Some(s) = &t.shape else {
+        return Ok(vec![Out::unranked(t.dtype)]);
+    };
     let r = s.len();
     if r < 2 {
-        return bad(format!("Det needs a tensor of rank >= 2, got {}", fmt_shape(s)));
+        return bad(format!(
+            "Det needs a tensor of rank >= 2, got {}",
+            fmt_shape(s)
+        ));
     }
     check_eq(&s[r - 2], &s[r - 1], "Det of a non-square matrix")?;
     Ok(vec![Out::tensor(t.dtype, s[..r - 2].to_vec())])
@@ -275,7 +342,9 @@ fn einsum(cx: &mut InferCx, equation: &str) -> InferResult {
                     return bad(format!("Einsum output label `{c}` is repeated"));
                 }
                 if !terms.iter().any(|x| x.labels.contains(c)) {
-                    return bad(format!("Einsum output label `{c}` does not appear in the inputs"));
+                    return bad(format!(
+                        "Einsum output label `{c}` does not appear in the inputs"
+                    ));
                 }
             }
             t
@@ -286,7 +355,10 @@ fn einsum(cx: &mut InferCx, equation: &str) -> InferResult {
             let mut once: Vec<char> = Vec::new();
             for t in &terms {
                 for &c in &t.labels {
-                    let n: usize = terms.iter().map(|x| x.labels.iter().filter(|&&y| y == c).count()).sum();
+                    let n: usize = terms
+                        .iter()
+                        .map(|x| x.labels.iter().filter(|&&y| y == c).count())
+                        .sum();
                     if n == 1 {
                         once.push(c);
                     }
@@ -294,7 +366,10 @@ fn einsum(cx: &mut InferCx, equation: &str) -> InferResult {
             }
             once.sort_unstable();
             let any_ell = terms.iter().any(|t| t.ell.is_some());
-            Term { labels: once, ell: any_ell.then_some(0) }
+            Term {
+                labels: once,
+                ell: any_ell.then_some(0),
+            }
         }
     };
     // Dims of each label, and the broadcast dims of the ellipsis.
@@ -316,7 +391,11 @@ fn einsum(cx: &mut InferCx, equation: &str) -> InferResult {
                 return bad(format!(
                     "Einsum operand {i} has shape {} but its term has {n} labels{}",
                     fmt_shape(&s),
-                    if t.ell.is_some() { " and an ellipsis" } else { "" }
+                    if t.ell.is_some() {
+                        " and an ellipsis"
+                    } else {
+                        ""
+                    }
                 ))
             }
         };
@@ -325,8 +404,9 @@ fn einsum(cx: &mut InferCx, equation: &str) -> InferResult {
             let d = &s[if j < split { j } else { j + ell_rank }];
             match dims.iter_mut().find(|(x, _)| *x == c) {
                 Some((_, e)) => {
-                    *e = broadcast_dim(e, d)
-                        .map_err(|_| InferError::Bad(format!("Einsum label `{c}` has sizes {e} and {d}")))?
+                    *e = broadcast_dim(e, d).map_err(|_| {
+                        InferError::Bad(format!("Einsum label `{c}` has sizes {e} and {d}"))
+                    })?
                 }
                 None => dims.push((c, d.clone())),
             }
@@ -370,34 +450,61 @@ fn attention(cx: &mut InferCx, q_heads: Option<i64>, kv_heads: Option<i64>) -> I
     let q = shape_of_rank(cx, 0, &[3, 4], "Attention Q")?;
     let k = shape_of_rank(cx, 1, &[3, 4], "Attention K")?;
     let v = shape_of_rank(cx, 2, &[3, 4], "Attention V")?;
-    let rank = [&q, &k, &v].iter().find_map(|s| s.as_ref().map(|s| s.len()));
+    let rank = [&q, &k, &v]
+        .iter()
+        .find_map(|s| s.as_ref().map(|s| s.len()));
     let Some(rank) = rank else {
-        return Ok(vec![Out::unranked(t1), Out::unranked(t1), Out::unranked(t2), Out::unranked(t1)]);
+        return Ok(vec![
+            Out::unranked(t1),
+            Out::unranked(t1),
+            Out::unranked(t2),
+            Out::unranked(t1),
+        ]);
     };
     for (s, name) in [(&q, "Q"), (&k, "K"), (&v, "V")] {
         if let Some(s) = s {
             if s.len() != rank {
-                return bad(format!("Attention Q, K and V must have the same rank; {name} is {}", fmt_shape(s)));
+                return bad(format!(
+                    "Attention Q, K and V must have the same rank; {name} is {}",
+                    fmt_shape(s)
+                ));
             }
         }
     }
     // Per-tensor [batch, heads, seq, head_size], with None where unknown.
     type Dims4 = [Option<Dim>; 4];
-    let unpack =
-        |cx: &mut InferCx, s: &Option<Vec<Dim>>, heads: Option<i64>, what: &str| -> Result<Dims4, InferError> {
-            let Some(s) = s else { return Ok([None, heads.map(Dim::from), None, None]) };
-            if s.len() == 4 {
-                if let Some(h) = heads {
-                    check_eq(&s[1], &Dim::from(h), &format!("Attention {what} heads"))?;
-                }
-                return Ok([Some(s[0].clone()), Some(s[1].clone()), Some(s[2].clone()), Some(s[3].clone())]);
-            }
-            let Some(h) = heads else {
-                return bad(format!("Attention with 3-D {what} needs q_num_heads and kv_num_heads"));
-            };
-            let hs = div_heads(cx, &s[2], h, &format!("Attention {what} hidden size"))?;
-            Ok([Some(s[0].clone()), Some(Dim::from(h)), Some(s[1].clone()), Some(hs)])
+    let unpack = |cx: &mut InferCx,
+                  s: &Option<Vec<Dim>>,
+                  heads: Option<i64>,
+                  what: &str|
+     -> Result<Dims4, InferError> {
+        let Some(s) = s else {
+            return Ok([None, heads.map(Dim::from), None, None]);
         };
+        if s.len() == 4 {
+            if let Some(h) = heads {
+                check_eq(&s[1], &Dim::from(h), &format!("Attention {what} heads"))?;
+            }
+            return Ok([
+                Some(s[0].clone()),
+                Some(s[1].clone()),
+                Some(s[2].clone()),
+                Some(s[3].clone()),
+            ]);
+        }
+        let Some(h) = heads else {
+            return bad(format!(
+                "Attention with 3-D {what} needs q_num_heads and kv_num_heads"
+            ));
+        };
+        let hs = div_heads(cx, &s[2], h, &format!("Attention {what} hidden size"))?;
+        Ok([
+            Some(s[0].clone()),
+            Some(Dim::from(h)),
+            Some(s[1].clone()),
+            Some(hs),
+        ])
+    };
     let [qb, qh, qs, qd] = unpack(cx, &q, q_heads, "Q")?;
     let [kb, kh, ks, kd] = unpack(cx, &k, kv_heads, "K")?;
     let [vb, vh, vs, vd] = unpack(cx, &v, kv_heads, "V")?;
@@ -410,9 +517,14 @@ fn attention(cx: &mut InferCx, q_heads: Option<i64>, kv_heads: Option<i64>) -> I
     if let (Some(a), Some(b)) = (&kh, &vh) {
         check_eq(a, b, "Attention K and V head counts differ")?;
     }
-    if let (Some(qh), Some(kh)) = (qh.as_ref().and_then(|d| d.known()), kh.as_ref().and_then(|d| d.known())) {
+    if let (Some(qh), Some(kh)) = (
+        qh.as_ref().and_then(|d| d.known()),
+        kh.as_ref().and_then(|d| d.known()),
+    ) {
         if kh == 0 || qh % kh != 0 {
-            return bad(format!("Attention: {qh} query heads are not a multiple of {kh} kv heads"));
+            return bad(format!(
+                "Attention: {qh} query heads are not a multiple of {kh} kv heads"
+            ));
         }
     }
     let pick = |cx: &mut InferCx, ds: &[&Option<Dim>], hint: &str| -> Dim {
@@ -433,15 +545,27 @@ fn attention(cx: &mut InferCx, q_heads: Option<i64>, kv_heads: Option<i64>) -> I
     let head = pick(cx, &[&qd, &kd], "head_size");
     let v_head = pick(cx, &[&vd], "v_head_size");
     // Past key/value: [B, kv_heads, past, head_size].
-    let past_k = if cx.has(4) { shape_of_rank(cx, 4, &[4], "Attention past_key")? } else { None };
-    let past_v = if cx.has(5) { shape_of_rank(cx, 5, &[4], "Attention past_value")? } else { None };
+    let past_k = if cx.has(4) {
+        shape_of_rank(cx, 4, &[4], "Attention past_key")?
+    } else {
+        None
+    };
+    let past_v = if cx.has(5) {
+        shape_of_rank(cx, 5, &[4], "Attention past_value")?
+    } else {
+        None
+    };
     if cx.has(4) != cx.has(5) {
         return bad("Attention: past_key and past_value must be given together".into());
     }
     let total = if cx.has(4) {
         let p = past_k.as_ref().or(past_v.as_ref()).map(|s| s[2].clone());
         if let (Some(a), Some(b)) = (&past_k, &past_v) {
-            check_eq(&a[2], &b[2], "Attention past_key and past_value lengths differ")?;
+            check_eq(
+                &a[2],
+                &b[2],
+                "Attention past_key and past_value lengths differ",
+            )?;
         }
         let p = p.unwrap_or_else(|| cx.fresh("past_seq"));
         &p + &kv_s
@@ -488,8 +612,16 @@ fn linear_attention(cx: &mut InferCx, q_heads: i64, kv_heads: i64) -> InferResul
     let q = shape_of_rank(cx, 0, &[3], "LinearAttention query")?;
     let k = shape_of_rank(cx, 1, &[3], "LinearAttention key")?;
     let v = shape_of_rank(cx, 2, &[3], "LinearAttention value")?;
-    let batch = q.as_ref().or(k.as_ref()).or(v.as_ref()).map(|s| s[0].clone());
-    let seq = q.as_ref().or(k.as_ref()).or(v.as_ref()).map(|s| s[1].clone());
+    let batch = q
+        .as_ref()
+        .or(k.as_ref())
+        .or(v.as_ref())
+        .map(|s| s[0].clone());
+    let seq = q
+        .as_ref()
+        .or(k.as_ref())
+        .or(v.as_ref())
+        .map(|s| s[1].clone());
     let batch = batch.unwrap_or_else(|| cx.fresh("batch"));
     let seq = seq.unwrap_or_else(|| cx.fresh("seq"));
     let d_k = match (&q, &k) {
@@ -537,9 +669,17 @@ fn causal_conv(cx: &mut InferCx) -> InferResult {
     let dt = cx.dtype(0)?;
     let x = shape_of_rank(cx, 0, &[3], "CausalConvWithState input")?;
     let w = shape_of_rank(cx, 1, &[3], "CausalConvWithState weight")?;
-    let past = if cx.has(3) { shape_of_rank(cx, 3, &[3], "CausalConvWithState past_state")? } else { None };
+    let past = if cx.has(3) {
+        shape_of_rank(cx, 3, &[3], "CausalConvWithState past_state")?
+    } else {
+        None
+    };
     if let (Some(x), Some(w)) = (&x, &w) {
-        check_eq(&x[1], &w[0], "CausalConvWithState channels of input and weight differ")?;
+        check_eq(
+            &x[1],
+            &w[0],
+            "CausalConvWithState channels of input and weight differ",
+        )?;
     }
     let Some(x) = x else {
         return Ok(vec![Out::unranked(dt), Out::unranked(dt)]);
@@ -550,36 +690,70 @@ fn causal_conv(cx: &mut InferCx) -> InferResult {
         (None, None) => cx.fresh("conv_state"),
     };
     if let (Some(p), Some(_)) = (&past, &w) {
-        check_eq(&p[2], &state_len, "CausalConvWithState past_state length must be k-1")?;
+        check_eq(
+            &p[2],
+            &state_len,
+            "CausalConvWithState past_state length must be k-1",
+        )?;
     }
-    Ok(vec![Out::tensor(dt, x.clone()), Out::tensor(dt, vec![x[0].clone(), x[1].clone(), state_len])])
+    Ok(vec![
+        Out::tensor(dt, x.clone()),
+        Out::tensor(dt, vec![x[0].clone(), x[1].clone(), state_len]),
+    ])
 }
 
 /// `com.microsoft.Attention`: input `[B, S, D_in]`, weights `[D_in, D_q+D_k+D_v]`; output
 /// `[B, S, D_v]` and present `[2, B, heads, past+S, head_size]`.
-fn ms_attention(cx: &mut InferCx, num_heads: i64, qkv: Option<&[i64]>, share_buffer: bool) -> InferResult {
+fn ms_attention(
+    cx: &mut InferCx,
+    num_heads: i64,
+    qkv: Option<&[i64]>,
+    share_buffer: bool,
+) -> InferResult {
     let dt = cx.dtype(0)?;
     let x = shape_of_rank(cx, 0, &[3], "Attention input")?;
-    let w = if cx.has(1) { shape_of_rank(cx, 1, &[2], "Attention weights")? } else { None };
+    let w = if cx.has(1) {
+        shape_of_rank(cx, 1, &[2], "Attention weights")?
+    } else {
+        None
+    };
     if let (Some(x), Some(w)) = (&x, &w) {
-        check_eq(&x[2], &w[0], "Attention input hidden size and weights rows differ")?;
+        check_eq(
+            &x[2],
+            &w[0],
+            "Attention input hidden size and weights rows differ",
+        )?;
     }
     let (hidden, v_hidden) = match qkv {
         Some(&[q, k, v]) => {
             if q != k {
-                return bad(format!("Attention qkv_hidden_sizes: Q ({q}) and K ({k}) must be equal"));
+                return bad(format!(
+                    "Attention qkv_hidden_sizes: Q ({q}) and K ({k}) must be equal"
+                ));
             }
             if let Some(w) = &w {
-                check_eq(&w[1], &Dim::from(q + k + v), "Attention weights columns and qkv_hidden_sizes differ")?;
+                check_eq(
+                    &w[1],
+                    &Dim::from(q + k + v),
+                    "Attention weights columns and qkv_hidden_sizes differ",
+                )?;
             }
             (Dim::from(q), Dim::from(v))
         }
-        Some(s) => return bad(format!("Attention qkv_hidden_sizes must have 3 elements, got {s:?}")),
+        Some(s) => {
+            return bad(format!(
+                "Attention qkv_hidden_sizes must have 3 elements, got {s:?}"
+            ))
+        }
         None => match &w {
             Some(w) => {
                 let h = match w[1].known() {
-                    Some(c) if c % 3 != 0 => return bad(format!("Attention weights have {c} columns, not 3*hidden")),
-                    _ => w[1].div_exact(&Dim::from(3i64)).unwrap_or_else(|| cx.fresh("hidden")),
+                    Some(c) if c % 3 != 0 => {
+                        return bad(format!("Attention weights have {c} columns, not 3*hidden"))
+                    }
+                    _ => w[1]
+                        .div_exact(&Dim::from(3i64))
+                        .unwrap_or_else(|| cx.fresh("hidden")),
                 };
                 (h.clone(), h)
             }
@@ -597,13 +771,29 @@ fn ms_attention(cx: &mut InferCx, num_heads: i64, qkv: Option<&[i64]>, share_buf
     let present = if cx.has(4) {
         match shape_of_rank(cx, 4, &[5], "Attention past")? {
             Some(p) if share_buffer => p,
-            Some(p) => vec![Dim::from(2i64), b.clone(), Dim::from(num_heads), &p[3] + &s, head],
+            Some(p) => vec![
+                Dim::from(2i64),
+                b.clone(),
+                Dim::from(num_heads),
+                &p[3] + &s,
+                head,
+            ],
             None => Vec::new(),
         }
     } else {
-        vec![Dim::from(2i64), b.clone(), Dim::from(num_heads), s.clone(), head]
+        vec![
+            Dim::from(2i64),
+            b.clone(),
+            Dim::from(num_heads),
+            s.clone(),
+            head,
+        ]
     };
-    let present = if present.is_empty() { Out::unranked(dt) } else { Out::tensor(dt, present) };
+    let present = if present.is_empty() {
+        Out::unranked(dt)
+    } else {
+        Out::tensor(dt, present)
+    };
     Ok(vec![Out::tensor(dt, vec![b, s, v_hidden]), present])
 }
 
@@ -613,8 +803,17 @@ fn ms_attention(cx: &mut InferCx, num_heads: i64, qkv: Option<&[i64]>, share_buf
 fn multi_head_attention(cx: &mut InferCx, num_heads: i64) -> InferResult {
     let dt = cx.dtype(0)?;
     let n = Dim::from(num_heads);
-    let unranked = || Ok(vec![Out::unranked(dt), Out::unranked(dt), Out::unranked(dt), Out::unranked(dt)]);
-    let Some(q) = shape_of_rank(cx, 0, &[3, 5], "MultiHeadAttention query")? else { return unranked() };
+    let unranked = || {
+        Ok(vec![
+            Out::unranked(dt),
+            Out::unranked(dt),
+            Out::unranked(dt),
+            Out::unranked(dt),
+        ])
+    };
+    let Some(q) = shape_of_rank(cx, 0, &[3, 5], "MultiHeadAttention query")? else {
+        return unranked();
+    };
     let (b, s) = (q[0].clone(), q[1].clone());
     // (kv length, head size, v head size, whether key/value are already per-head past-like).
     let (hidden, mut kv_len, mut v_hidden, mut kv_is_bnsh) = if q.len() == 5 {
@@ -662,9 +861,18 @@ fn multi_head_attention(cx: &mut InferCx, num_heads: i64) -> InferResult {
     }
     let head = div_heads(cx, &hidden, num_heads, "MultiHeadAttention hidden size")?;
     let v_hidden = v_hidden.unwrap_or_else(|| cx.fresh("v_hidden"));
-    let v_head = div_heads(cx, &v_hidden, num_heads, "MultiHeadAttention value hidden size")?;
+    let v_head = div_heads(
+        cx,
+        &v_hidden,
+        num_heads,
+        "MultiHeadAttention value hidden size",
+    )?;
     let kv_len = kv_len.unwrap_or_else(|| cx.fresh("kv_seq"));
-    let past = if cx.has(6) && !kv_is_bnsh { shape_of_rank(cx, 6, &[4], "MultiHeadAttention past_key")? } else { None };
+    let past = if cx.has(6) && !kv_is_bnsh {
+        shape_of_rank(cx, 6, &[4], "MultiHeadAttention past_key")?
+    } else {
+        None
+    };
     let share_buffer = cx.has(8);
     let total = match &past {
         Some(p) if share_buffer => p[2].clone(),
@@ -686,10 +894,18 @@ fn skip_layer_norm(cx: &InferCx) -> InferResult {
     let t = cx.tensor(0)?;
     let dt = t.dtype;
     let Some(s) = t.shape.clone() else {
-        return Ok(vec![Out::unranked(dt), Out::unranked(DType::F32), Out::unranked(DType::F32), Out::unranked(dt)]);
+        return Ok(vec![
+            Out::unranked(dt),
+            Out::unranked(DType::F32),
+            Out::unranked(DType::F32),
+            Out::unranked(dt),
+        ]);
     };
     if s.len() < 2 {
-        return bad(format!("skip layer norm input must have rank >= 2, got {}", fmt_shape(&s)));
+        return bad(format!(
+            "skip layer norm input must have rank >= 2, got {}",
+            fmt_shape(&s)
+        ));
     }
     let hidden = &s[s.len() - 1];
     if let Ok(skip) = cx.shape(1) {
@@ -702,7 +918,12 @@ fn skip_layer_norm(cx: &InferCx) -> InferResult {
             if let Ok(p) = cx.shape(i) {
                 match p {
                     [d] => check_eq(hidden, d, &format!("skip layer norm: {what} size differs"))?,
-                    _ => return bad(format!("skip layer norm: {what} must be 1-D, got {}", fmt_shape(p))),
+                    _ => {
+                        return bad(format!(
+                            "skip layer norm: {what} must be 1-D, got {}",
+                            fmt_shape(p)
+                        ))
+                    }
                 }
             }
         }
@@ -758,7 +979,13 @@ mod tests {
     fn ty(dt: DType, dims: &[&str]) -> Option<Type> {
         Some(Type::tensor(
             dt,
-            dims.iter().map(|d| d.parse::<i64>().map(Dim::from).unwrap_or_else(|_| Dim::sym(d))).collect(),
+            dims.iter()
+                .map(|d| {
+                    d.parse::<i64>()
+                        .map(Dim::from)
+                        .unwrap_or_else(|_| Dim::sym(d))
+                })
+                .collect(),
         ))
     }
 
@@ -773,7 +1000,12 @@ mod tests {
         (g, ids)
     }
 
-    fn run_on(mut g: Graph, ins: Vec<Option<ValueId>>, op: Op, nout: usize) -> Result<Vec<String>, String> {
+    fn run_on(
+        mut g: Graph,
+        ins: Vec<Option<ValueId>>,
+        op: Op,
+        nout: usize,
+    ) -> Result<Vec<String>, String> {
         let names: Vec<String> = (0..nout).map(|i| format!("out{i}")).collect();
         let refs: Vec<&str> = names.iter().map(|s| s.as_str()).collect();
         let n = g.add_node("n", op, ins, &refs);
@@ -781,11 +1013,21 @@ mod tests {
         Ok(g.node(n)
             .outputs
             .iter()
-            .map(|&o| g.value(o).ty.as_ref().map(|t| t.to_string()).unwrap_or_else(|| "?".into()))
+            .map(|&o| {
+                g.value(o)
+                    .ty
+                    .as_ref()
+                    .map(|t| t.to_string())
+                    .unwrap_or_else(|| "?".into())
+            })
             .collect())
     }
 
-    fn run(inputs: &[Option<(DType, &[&str])>], op: Op, nout: usize) -> Result<Vec<String>, String> {
+    fn run(
+        inputs: &[Option<(DType, &[&str])>],
+        op: Op,
+        nout: usize,
+    ) -> Result<Vec<String>, String> {
         let (g, ins) = graph(inputs);
         run_on(g, ins, op, nout)
     }
@@ -798,13 +1040,24 @@ mod tests {
 
     #[test]
     fn matmul_numpy_semantics() {
-        let r = |a: &[&str], b: &[&str]| run(&[Some((F, a)), Some((F, b))], mm(), 1).map(|v| v[0].clone());
-        assert_eq!(r(&["batch", "seq", "768"], &["768", "3072"]).unwrap(), "f32[batch,seq,3072]");
-        assert_eq!(r(&["b", "12", "seq", "64"], &["b", "12", "64", "seq"]).unwrap(), "f32[b,12,seq,seq]");
+        let r = |a: &[&str], b: &[&str]| {
+            run(&[Some((F, a)), Some((F, b))], mm(), 1).map(|v| v[0].clone())
+        };
+        assert_eq!(
+            r(&["batch", "seq", "768"], &["768", "3072"]).unwrap(),
+            "f32[batch,seq,3072]"
+        );
+        assert_eq!(
+            r(&["b", "12", "seq", "64"], &["b", "12", "64", "seq"]).unwrap(),
+            "f32[b,12,seq,seq]"
+        );
         assert_eq!(r(&["3"], &["3"]).unwrap(), "f32[]");
         assert_eq!(r(&["3"], &["2", "3", "4"]).unwrap(), "f32[2,4]");
         assert_eq!(r(&["2", "5", "3"], &["3"]).unwrap(), "f32[2,5]");
-        assert_eq!(r(&["1", "5", "2", "3"], &["7", "1", "3", "4"]).unwrap(), "f32[7,5,2,4]");
+        assert_eq!(
+            r(&["1", "5", "2", "3"], &["7", "1", "3", "4"]).unwrap(),
+            "f32[7,5,2,4]"
+        );
         assert!(r(&["2", "3"], &["4", "5"]).is_err());
         assert!(r(&["2", "2", "3"], &["4", "3", "5"]).is_err());
         assert!(r(&[], &["3"]).is_err());
@@ -812,7 +1065,10 @@ mod tests {
         let mut g = Graph::new("g");
         let a = g.add_input("a", Some(Type::tensor_unranked(F)));
         let b = g.add_input("b", ty(F, &["3", "4"]));
-        assert_eq!(run_on(g, vec![Some(a), Some(b)], mm(), 1).unwrap(), ["f32[*]"]);
+        assert_eq!(
+            run_on(g, vec![Some(a), Some(b)], mm(), 1).unwrap(),
+            ["f32[*]"]
+        );
     }
 
     #[test]
@@ -820,7 +1076,17 @@ mod tests {
         let u8s = |d: &'static [&'static str]| Some((DType::U8, d));
         let op = Op::MatMulInteger(MatMulInteger {});
         assert_eq!(
-            run(&[u8s(&["4", "3"]), Some((DType::I8, &["3", "2"])), u8s(&[]), Some((DType::I8, &[]))], op, 1).unwrap(),
+            run(
+                &[
+                    u8s(&["4", "3"]),
+                    Some((DType::I8, &["3", "2"])),
+                    u8s(&[]),
+                    Some((DType::I8, &[]))
+                ],
+                op,
+                1
+            )
+            .unwrap(),
             ["i32[4,2]"]
         );
         let op = Op::QLinearMatMul(QLinearMatMul {});
@@ -837,7 +1103,16 @@ mod tests {
         assert_eq!(run(&ins, op, 1).unwrap(), ["i8[2,3]"]);
         let op = Op::DynamicQuantizeMatMul(DynamicQuantizeMatMul {});
         assert_eq!(
-            run(&[Some((F, &["b", "s", "8"])), Some((DType::I8, &["8", "16"])), Some((F, &[]))], op, 1).unwrap(),
+            run(
+                &[
+                    Some((F, &["b", "s", "8"])),
+                    Some((DType::I8, &["8", "16"])),
+                    Some((F, &[]))
+                ],
+                op,
+                1
+            )
+            .unwrap(),
             ["f32[b,s,16]"]
         );
         let op = Op::MatMulIntegerToFloat(MatMulIntegerToFloat {});
@@ -860,44 +1135,130 @@ mod tests {
     #[test]
     fn fused_matmul_transposes() {
         let op = |a, b, ba, bb| {
-            Op::FusedMatMul(FusedMatMul { alpha: 1.0, trans_a: a, trans_b: b, trans_batch_a: ba, trans_batch_b: bb })
+            Op::FusedMatMul(FusedMatMul {
+                alpha: 1.0,
+                trans_a: a,
+                trans_b: b,
+                trans_batch_a: ba,
+                trans_batch_b: bb,
+            })
         };
-        let r = |o, a: &[&str], b: &[&str]| run(&[Some((F, a)), Some((F, b))], o, 1).map(|v| v[0].clone());
-        assert_eq!(r(op(false, true, false, false), &["b", "s", "64"], &["b", "t", "64"]).unwrap(), "f32[b,s,t]");
-        assert_eq!(r(op(true, false, false, false), &["64", "s"], &["64", "t"]).unwrap(), "f32[s,t]");
+        let r = |o, a: &[&str], b: &[&str]| {
+            run(&[Some((F, a)), Some((F, b))], o, 1).map(|v| v[0].clone())
+        };
+        assert_eq!(
+            r(
+                op(false, true, false, false),
+                &["b", "s", "64"],
+                &["b", "t", "64"]
+            )
+            .unwrap(),
+            "f32[b,s,t]"
+        );
+        assert_eq!(
+            r(op(true, false, false, false), &["64", "s"], &["64", "t"]).unwrap(),
+            "f32[s,t]"
+        );
         // transBatchA: A is [M, batch, K].
-        assert_eq!(r(op(false, false, true, false), &["5", "2", "3"], &["2", "3", "4"]).unwrap(), "f32[2,5,4]");
+        assert_eq!(
+            r(
+                op(false, false, true, false),
+                &["5", "2", "3"],
+                &["2", "3", "4"]
+            )
+            .unwrap(),
+            "f32[2,5,4]"
+        );
         // Vectors are not transposed.
-        assert_eq!(r(op(true, true, false, false), &["3"], &["3"]).unwrap(), "f32[]");
+        assert_eq!(
+            r(op(true, true, false, false), &["3"], &["3"]).unwrap(),
+            "f32[]"
+        );
     }
 
     #[test]
     fn gemm_shapes_and_checks() {
-        let op = |ta, tb| Op::Gemm(Gemm { alpha: 1.0, beta: 1.0, trans_a: ta, trans_b: tb });
+        let op = |ta, tb| {
+            Op::Gemm(Gemm {
+                alpha: 1.0,
+                beta: 1.0,
+                trans_a: ta,
+                trans_b: tb,
+            })
+        };
         assert_eq!(
-            run(&[Some((F, &["batch", "256"])), Some((F, &["10", "256"])), Some((F, &["10"]))], op(false, true), 1)
-                .unwrap(),
+            run(
+                &[
+                    Some((F, &["batch", "256"])),
+                    Some((F, &["10", "256"])),
+                    Some((F, &["10"]))
+                ],
+                op(false, true),
+                1
+            )
+            .unwrap(),
             ["f32[batch,10]"]
         );
-        assert_eq!(run(&[Some((F, &["3", "5"])), Some((F, &["3", "4"]))], op(true, false), 1).unwrap(), ["f32[5,4]"]);
         assert_eq!(
-            run(&[Some((F, &["5", "3"])), Some((F, &["3", "4"])), Some((F, &["5", "1"]))], op(false, false), 1)
-                .unwrap(),
+            run(
+                &[Some((F, &["3", "5"])), Some((F, &["3", "4"]))],
+                op(true, false),
+                1
+            )
+            .unwrap(),
             ["f32[5,4]"]
         );
-        assert!(run(&[Some((F, &["5", "3"])), Some((F, &["3", "4"])), Some((F, &["3"]))], op(false, false), 1).is_err());
-        assert!(run(&[Some((F, &["5", "3"])), Some((F, &["2", "4"]))], op(false, false), 1).is_err());
-        assert!(run(&[Some((F, &["2", "5", "3"])), Some((F, &["3", "4"]))], op(false, false), 1).is_err());
+        assert_eq!(
+            run(
+                &[
+                    Some((F, &["5", "3"])),
+                    Some((F, &["3", "4"])),
+                    Some((F, &["5", "1"]))
+                ],
+                op(false, false),
+                1
+            )
+            .unwrap(),
+            ["f32[5,4]"]
+        );
+        assert!(run(
+            &[
+                Some((F, &["5", "3"])),
+                Some((F, &["3", "4"])),
+                Some((F, &["3"]))
+            ],
+            op(false, false),
+            1
+        )
+        .is_err());
+        assert!(run(
+            &[Some((F, &["5", "3"])), Some((F, &["2", "4"]))],
+            op(false, false),
+            1
+        )
+        .is_err());
+        assert!(run(
+            &[Some((F, &["2", "5", "3"])), Some((F, &["3", "4"]))],
+            op(false, false),
+            1
+        )
+        .is_err());
         // Unknown rank of A: rank 2 all the same.
         let mut g = Graph::new("g");
         let a = g.add_input("a", Some(Type::tensor_unranked(F)));
         let b = g.add_input("b", ty(F, &["3", "4"]));
         let r = run_on(g, vec![Some(a), Some(b)], op(false, false), 1).unwrap();
-        assert!(r[0].starts_with("f32[unk__gemm_m") && r[0].ends_with(",4]"), "{}", r[0]);
+        assert!(
+            r[0].starts_with("f32[unk__gemm_m") && r[0].ends_with(",4]"),
+            "{}",
+            r[0]
+        );
     }
 
     fn einsum(eq: &str) -> Op {
-        Op::Einsum(Einsum { equation: eq.into() })
+        Op::Einsum(Einsum {
+            equation: eq.into(),
+        })
     }
 
     #[test]
@@ -906,18 +1267,44 @@ mod tests {
             let ins: Vec<Option<(DType, &[&str])>> = ins.iter().map(|s| Some((F, *s))).collect();
             run(&ins, einsum(eq), 1).map(|v| v[0].clone())
         };
-        assert_eq!(r("ij,jk->ik", &[&["2", "3"], &["3", "4"]]).unwrap(), "f32[2,4]");
+        assert_eq!(
+            r("ij,jk->ik", &[&["2", "3"], &["3", "4"]]).unwrap(),
+            "f32[2,4]"
+        );
         assert_eq!(r("ij,jk", &[&["2", "3"], &["3", "4"]]).unwrap(), "f32[2,4]");
         assert_eq!(r("ji", &[&["2", "3"]]).unwrap(), "f32[3,2]");
         assert_eq!(r("ii", &[&["3", "3"]]).unwrap(), "f32[]");
         assert_eq!(r("ii->i", &[&["3", "3"]]).unwrap(), "f32[3]");
         assert_eq!(r("i,i", &[&["5"], &["5"]]).unwrap(), "f32[]");
-        assert_eq!(r("bhqd,bhkd->bhqk", &[&["b", "12", "s", "64"], &["b", "12", "t", "64"]]).unwrap(), "f32[b,12,s,t]");
-        assert_eq!(r("...ij,...jk->...ik", &[&["b", "2", "3"], &["7", "1", "3", "4"]]).unwrap(), "f32[7,b,2,4]");
+        assert_eq!(
+            r(
+                "bhqd,bhkd->bhqk",
+                &[&["b", "12", "s", "64"], &["b", "12", "t", "64"]]
+            )
+            .unwrap(),
+            "f32[b,12,s,t]"
+        );
+        assert_eq!(
+            r(
+                "...ij,...jk->...ik",
+                &[&["b", "2", "3"], &["7", "1", "3", "4"]]
+            )
+            .unwrap(),
+            "f32[7,b,2,4]"
+        );
         assert_eq!(r("...ii->...i", &[&["4", "3", "3"]]).unwrap(), "f32[4,3]");
-        assert_eq!(r("i...j", &[&["2", "5", "6", "3"]]).unwrap(), "f32[5,6,2,3]");
-        assert_eq!(r("ij...->...ji", &[&["2", "3", "4"]]).unwrap(), "f32[4,3,2]");
-        assert_eq!(r(" ij , jk -> ik ", &[&["2", "3"], &["3", "4"]]).unwrap(), "f32[2,4]");
+        assert_eq!(
+            r("i...j", &[&["2", "5", "6", "3"]]).unwrap(),
+            "f32[5,6,2,3]"
+        );
+        assert_eq!(
+            r("ij...->...ji", &[&["2", "3", "4"]]).unwrap(),
+            "f32[4,3,2]"
+        );
+        assert_eq!(
+            r(" ij , jk -> ik ", &[&["2", "3"], &["3", "4"]]).unwrap(),
+            "f32[2,4]"
+        );
         assert!(r("ij,jk->ik", &[&["2", "3"], &["4", "5"]]).is_err());
         assert!(r("ijk", &[&["2", "3"]]).is_err());
         assert!(r("ij->ix", &[&["2", "3"]]).is_err());
@@ -926,8 +1313,14 @@ mod tests {
 
     #[test]
     fn det_and_quantizers() {
-        assert_eq!(run(&[Some((F, &["b", "3", "3"]))], Op::Det(Det {}), 1).unwrap(), ["f32[b]"]);
-        assert_eq!(run(&[Some((F, &["3", "3"]))], Op::Det(Det {}), 1).unwrap(), ["f32[]"]);
+        assert_eq!(
+            run(&[Some((F, &["b", "3", "3"]))], Op::Det(Det {}), 1).unwrap(),
+            ["f32[b]"]
+        );
+        assert_eq!(
+            run(&[Some((F, &["3", "3"]))], Op::Det(Det {}), 1).unwrap(),
+            ["f32[]"]
+        );
         assert!(run(&[Some((F, &["3", "4"]))], Op::Det(Det {}), 1).is_err());
 
         let q = |od| {
@@ -939,17 +1332,59 @@ mod tests {
                 saturate: true,
             })
         };
-        assert_eq!(run(&[Some((F, &["n", "4"])), Some((F, &[]))], q(0), 1).unwrap(), ["u8[n,4]"]);
         assert_eq!(
-            run(&[Some((F, &["n", "4"])), Some((F, &[])), Some((DType::I8, &[]))], q(0), 1).unwrap(),
+            run(&[Some((F, &["n", "4"])), Some((F, &[]))], q(0), 1).unwrap(),
+            ["u8[n,4]"]
+        );
+        assert_eq!(
+            run(
+                &[
+                    Some((F, &["n", "4"])),
+                    Some((F, &[])),
+                    Some((DType::I8, &[]))
+                ],
+                q(0),
+                1
+            )
+            .unwrap(),
             ["i8[n,4]"]
         );
-        assert_eq!(run(&[Some((F, &["n", "4"])), Some((F, &[]))], q(22), 1).unwrap(), ["i4[n,4]"]);
-        let dq = |od| Op::DequantizeLinear(DequantizeLinear { axis: 1, block_size: 0, output_dtype: od });
-        assert_eq!(run(&[Some((DType::U8, &["n", "4"])), Some((DType::F16, &[]))], dq(0), 1).unwrap(), ["f16[n,4]"]);
-        assert_eq!(run(&[Some((DType::U8, &["n", "4"])), Some((DType::F16, &[]))], dq(1), 1).unwrap(), ["f32[n,4]"]);
         assert_eq!(
-            run(&[Some((F, &["n", "4"]))], Op::DynamicQuantizeLinear(DynamicQuantizeLinear {}), 3).unwrap(),
+            run(&[Some((F, &["n", "4"])), Some((F, &[]))], q(22), 1).unwrap(),
+            ["i4[n,4]"]
+        );
+        let dq = |od| {
+            Op::DequantizeLinear(DequantizeLinear {
+                axis: 1,
+                block_size: 0,
+                output_dtype: od,
+            })
+        };
+        assert_eq!(
+            run(
+                &[Some((DType::U8, &["n", "4"])), Some((DType::F16, &[]))],
+                dq(0),
+                1
+            )
+            .unwrap(),
+            ["f16[n,4]"]
+        );
+        assert_eq!(
+            run(
+                &[Some((DType::U8, &["n", "4"])), Some((DType::F16, &[]))],
+                dq(1),
+                1
+            )
+            .unwrap(),
+            ["f32[n,4]"]
+        );
+        assert_eq!(
+            run(
+                &[Some((F, &["n", "4"]))],
+                Op::DynamicQuantizeLinear(DynamicQuantizeLinear {}),
+                3
+            )
+            .unwrap(),
             ["u8[n,4]", "f32[]", "u8[]"]
         );
     }
@@ -983,29 +1418,61 @@ mod tests {
             4,
         )
         .unwrap();
-        assert_eq!(r, ["f32[b,8,s,32]", "f32[b,2,p+t,64]", "f32[b,2,p+t,32]", "f32[b,8,s,p+t]"]);
+        assert_eq!(
+            r,
+            [
+                "f32[b,8,s,32]",
+                "f32[b,2,p+t,64]",
+                "f32[b,2,p+t,32]",
+                "f32[b,8,s,p+t]"
+            ]
+        );
         let r = run(
-            &[Some((F, &["2", "4", "48"])), Some((F, &["2", "6", "16"])), Some((F, &["2", "6", "10"]))],
+            &[
+                Some((F, &["2", "4", "48"])),
+                Some((F, &["2", "6", "16"])),
+                Some((F, &["2", "6", "10"])),
+            ],
             attn(Some(3), Some(1)),
             4,
         )
         .unwrap();
-        assert_eq!(r, ["f32[2,4,30]", "f32[2,1,6,16]", "f32[2,1,6,10]", "f32[2,3,4,6]"]);
+        assert_eq!(
+            r,
+            [
+                "f32[2,4,30]",
+                "f32[2,1,6,16]",
+                "f32[2,1,6,10]",
+                "f32[2,3,4,6]"
+            ]
+        );
         // 3-D without head counts; Q/K head size mismatch; GQA with non-multiple heads.
         assert!(run(
-            &[Some((F, &["2", "4", "48"])), Some((F, &["2", "6", "48"])), Some((F, &["2", "6", "48"]))],
+            &[
+                Some((F, &["2", "4", "48"])),
+                Some((F, &["2", "6", "48"])),
+                Some((F, &["2", "6", "48"]))
+            ],
             attn(None, None),
             1
         )
         .is_err());
         assert!(run(
-            &[Some((F, &["2", "4", "3", "8"])), Some((F, &["2", "4", "3", "16"])), Some((F, &["2", "4", "3", "8"]))],
+            &[
+                Some((F, &["2", "4", "3", "8"])),
+                Some((F, &["2", "4", "3", "16"])),
+                Some((F, &["2", "4", "3", "8"]))
+            ],
             attn(None, None),
             1
         )
         .is_err());
         assert!(run(
-            &[Some((F, &["2", "3", "3", "8"])), Some((F, &["2", "2", "3", "8"])), Some((F, &["2", "2", "3", "8"]))],
+            &[
+                Some((F, &["2", "3", "3", "8"])),
+                Some((F, &["2", "2", "3", "8"])),
+                Some((F, &["2", "2", "3", "8"]))
+            ],
             attn(None, None),
             1
         )
@@ -1014,15 +1481,36 @@ mod tests {
 
     #[test]
     fn rotary_linear_attention_swiglu_causal_conv() {
-        let rope =
-            |h| Op::RotaryEmbedding(RotaryEmbedding { interleaved: false, num_heads: h, rotary_embedding_dim: 0 });
+        let rope = |h| {
+            Op::RotaryEmbedding(RotaryEmbedding {
+                interleaved: false,
+                num_heads: h,
+                rotary_embedding_dim: 0,
+            })
+        };
         assert_eq!(
-            run(&[Some((F, &["b", "s", "64"])), Some((F, &["s", "16"])), Some((F, &["s", "16"]))], rope(Some(2)), 1)
-                .unwrap(),
+            run(
+                &[
+                    Some((F, &["b", "s", "64"])),
+                    Some((F, &["s", "16"])),
+                    Some((F, &["s", "16"]))
+                ],
+                rope(Some(2)),
+                1
+            )
+            .unwrap(),
             ["f32[b,s,64]"]
         );
-        assert!(run(&[Some((F, &["b", "s", "64"])), Some((F, &["s", "16"])), Some((F, &["s", "16"]))], rope(None), 1)
-            .is_err());
+        assert!(run(
+            &[
+                Some((F, &["b", "s", "64"])),
+                Some((F, &["s", "16"])),
+                Some((F, &["s", "16"]))
+            ],
+            rope(None),
+            1
+        )
+        .is_err());
 
         let la = Op::LinearAttention(LinearAttention {
             chunk_size: 64,
@@ -1032,22 +1520,50 @@ mod tests {
             update_rule: "linear".into(),
         });
         assert_eq!(
-            run(&[Some((F, &["b", "t", "32"])), Some((F, &["b", "t", "16"])), Some((F, &["b", "t", "24"]))], la, 2)
-                .unwrap(),
+            run(
+                &[
+                    Some((F, &["b", "t", "32"])),
+                    Some((F, &["b", "t", "16"])),
+                    Some((F, &["b", "t", "24"]))
+                ],
+                la,
+                2
+            )
+            .unwrap(),
             ["f32[b,t,48]", "f32[b,2,8,12]"]
         );
 
         let sw = Op::SwiGLU(SwiGLU { alpha: 1.0 });
-        assert_eq!(run(&[Some((F, &["b", "11"])), Some((F, &["b", "11"]))], sw.clone(), 1).unwrap(), ["f32[b,11]"]);
+        assert_eq!(
+            run(
+                &[Some((F, &["b", "11"])), Some((F, &["b", "11"]))],
+                sw.clone(),
+                1
+            )
+            .unwrap(),
+            ["f32[b,11]"]
+        );
         assert!(run(&[Some((F, &["b", "11"])), Some((F, &["b", "1"]))], sw, 1).is_err());
 
-        let cc = Op::CausalConvWithState(CausalConvWithState { activation: "none".into() });
+        let cc = Op::CausalConvWithState(CausalConvWithState {
+            activation: "none".into(),
+        });
         assert_eq!(
-            run(&[Some((F, &["b", "8", "l"])), Some((F, &["8", "1", "4"]))], cc.clone(), 2).unwrap(),
+            run(
+                &[Some((F, &["b", "8", "l"])), Some((F, &["8", "1", "4"]))],
+                cc.clone(),
+                2
+            )
+            .unwrap(),
             ["f32[b,8,l]", "f32[b,8,3]"]
         );
         assert!(run(
-            &[Some((F, &["b", "8", "l"])), Some((F, &["8", "1", "4"])), None, Some((F, &["b", "8", "2"]))],
+            &[
+                Some((F, &["b", "8", "l"])),
+                Some((F, &["8", "1", "4"])),
+                None,
+                Some((F, &["b", "8", "2"]))
+            ],
             cc,
             2
         )
@@ -1069,8 +1585,16 @@ mod tests {
             })
         };
         assert_eq!(
-            run(&[Some((F, &["batch", "seq", "768"])), Some((F, &["768", "2304"])), Some((F, &["2304"]))], op(None), 2)
-                .unwrap(),
+            run(
+                &[
+                    Some((F, &["batch", "seq", "768"])),
+                    Some((F, &["768", "2304"])),
+                    Some((F, &["2304"]))
+                ],
+                op(None),
+                2
+            )
+            .unwrap(),
             ["f32[batch,seq,768]", "f32[2,batch,12,seq,64]"]
         );
         let r = run(
@@ -1087,10 +1611,20 @@ mod tests {
         .unwrap();
         assert_eq!(r, ["f32[batch,seq,768]", "f32[2,batch,12,past+seq,64]"]);
         assert_eq!(
-            run(&[Some((F, &["b", "s", "64"])), Some((F, &["64", "624"]))], op(Some(vec![192, 192, 240])), 1).unwrap(),
+            run(
+                &[Some((F, &["b", "s", "64"])), Some((F, &["64", "624"]))],
+                op(Some(vec![192, 192, 240])),
+                1
+            )
+            .unwrap(),
             ["f32[b,s,240]"]
         );
-        assert!(run(&[Some((F, &["b", "s", "64"])), Some((F, &["64", "100"]))], op(None), 1).is_err());
+        assert!(run(
+            &[Some((F, &["b", "s", "64"])), Some((F, &["64", "100"]))],
+            op(None),
+            1
+        )
+        .is_err());
 
         let mha = Op::MultiHeadAttention(MultiHeadAttention {
             num_heads: 8,
@@ -1100,16 +1634,36 @@ mod tests {
         });
         assert_eq!(
             run(
-                &[Some((F, &["b", "s", "512"])), Some((F, &["b", "l", "512"])), Some((F, &["b", "l", "256"]))],
+                &[
+                    Some((F, &["b", "s", "512"])),
+                    Some((F, &["b", "l", "512"])),
+                    Some((F, &["b", "l", "256"]))
+                ],
                 mha.clone(),
                 4
             )
             .unwrap(),
-            ["f32[b,s,256]", "f32[b,8,l,64]", "f32[b,8,l,32]", "f32[b,8,s,l]"]
+            [
+                "f32[b,s,256]",
+                "f32[b,8,l,64]",
+                "f32[b,8,l,32]",
+                "f32[b,8,s,l]"
+            ]
         );
-        assert_eq!(run(&[Some((F, &["b", "s", "8", "3", "64"]))], mha.clone(), 1).unwrap(), ["f32[b,s,512]"]);
         assert_eq!(
-            run(&[Some((F, &["b", "s", "512"])), Some((F, &["b", "l", "8", "2", "64"]))], mha.clone(), 1).unwrap(),
+            run(&[Some((F, &["b", "s", "8", "3", "64"]))], mha.clone(), 1).unwrap(),
+            ["f32[b,s,512]"]
+        );
+        assert_eq!(
+            run(
+                &[
+                    Some((F, &["b", "s", "512"])),
+                    Some((F, &["b", "l", "8", "2", "64"]))
+                ],
+                mha.clone(),
+                1
+            )
+            .unwrap(),
             ["f32[b,s,512]"]
         );
         let r = run(
@@ -1132,29 +1686,66 @@ mod tests {
 
     #[test]
     fn contrib_layer_norms() {
-        let skip = Op::SkipLayerNormalization(SkipLayerNormalization { epsilon: Some(1e-12) });
+        let skip = Op::SkipLayerNormalization(SkipLayerNormalization {
+            epsilon: Some(1e-12),
+        });
         let ins = [
             Some((DType::F16, &["b", "s", "768"][..])),
             Some((DType::F16, &["b", "s", "768"][..])),
             Some((DType::F16, &["768"][..])),
             Some((DType::F16, &["768"][..])),
         ];
-        assert_eq!(run(&ins, skip.clone(), 4).unwrap(), ["f16[b,s,768]", "f32[b,s,1]", "f32[b,s,1]", "f16[b,s,768]"]);
-        assert!(
-            run(&[Some((F, &["b", "s", "768"])), Some((F, &["b", "s", "768"])), Some((F, &["512"]))], skip, 1).is_err()
-        );
-        let sskip = Op::SkipSimplifiedLayerNormalization(SkipSimplifiedLayerNormalization { epsilon: None });
         assert_eq!(
-            run(&[Some((F, &["t", "64"])), Some((F, &["t", "64"])), Some((F, &["64"]))], sskip, 4).unwrap(),
+            run(&ins, skip.clone(), 4).unwrap(),
+            ["f16[b,s,768]", "f32[b,s,1]", "f32[b,s,1]", "f16[b,s,768]"]
+        );
+        assert!(run(
+            &[
+                Some((F, &["b", "s", "768"])),
+                Some((F, &["b", "s", "768"])),
+                Some((F, &["512"]))
+            ],
+            skip,
+            1
+        )
+        .is_err());
+        let sskip = Op::SkipSimplifiedLayerNormalization(SkipSimplifiedLayerNormalization {
+            epsilon: None,
+        });
+        assert_eq!(
+            run(
+                &[
+                    Some((F, &["t", "64"])),
+                    Some((F, &["t", "64"])),
+                    Some((F, &["64"]))
+                ],
+                sskip,
+                4
+            )
+            .unwrap(),
             ["f32[t,64]", "f32[t,1]", "f32[t,1]", "f32[t,64]"]
         );
-        let sln =
-            Op::SimplifiedLayerNormalization(SimplifiedLayerNormalization { axis: -1, epsilon: 1e-5, stash_type: 1 });
+        let sln = Op::SimplifiedLayerNormalization(SimplifiedLayerNormalization {
+            axis: -1,
+            epsilon: 1e-5,
+            stash_type: 1,
+        });
         assert_eq!(
-            run(&[Some((DType::F16, &["b", "s", "64"])), Some((DType::F16, &["64"]))], sln, 2).unwrap(),
+            run(
+                &[
+                    Some((DType::F16, &["b", "s", "64"])),
+                    Some((DType::F16, &["64"]))
+                ],
+                sln,
+                2
+            )
+            .unwrap(),
             ["f16[b,s,64]", "f32[b,s,1]"]
         );
-        let emb = Op::EmbedLayerNormalization(EmbedLayerNormalization { epsilon: None, mask_index_type: None });
+        let emb = Op::EmbedLayerNormalization(EmbedLayerNormalization {
+            epsilon: None,
+            mask_index_type: None,
+        });
         let ins = [
             Some((DType::I32, &["batch", "seq"][..])),
             Some((DType::I32, &["batch", "seq"][..])),
@@ -1165,7 +1756,10 @@ mod tests {
             Some((F, &["768"][..])),
             Some((DType::I32, &["batch", "seq"][..])),
         ];
-        assert_eq!(run(&ins, emb, 3).unwrap(), ["f32[batch,seq,768]", "i32[batch]", "f32[batch,seq,768]"]);
+        assert_eq!(
+            run(&ins, emb, 3).unwrap(),
+            ["f32[batch,seq,768]", "i32[batch]", "f32[batch,seq,768]"]
+        );
     }
 
     #[test]
@@ -1174,6 +1768,9 @@ mod tests {
         let mut g = Graph::new("g");
         let a = g.add_input("a", ty(F, &["n", "2"]));
         let w = g.add_const("w", Tensor::from_vec(vec![2, 3], vec![0f32; 6]).unwrap());
-        assert_eq!(run_on(g, vec![Some(a), Some(w)], mm(), 1).unwrap(), ["f32[n,3]"]);
+        assert_eq!(
+            run_on(g, vec![Some(a), Some(w)], mm(), 1).unwrap(),
+            ["f32[n,3]"]
+        );
     }
 }

@@ -22,11 +22,18 @@ pub(super) fn infer(op: &Op, cx: &mut InferCx) -> Option<InferResult> {
         Multinomial(m) => (|| {
             let dt = dtype_code(m.dtype)?;
             if !matches!(dt, DType::I32 | DType::I64) {
-                return Err(InferError::Bad(format!("Multinomial dtype must be i32 or i64, got {dt}")));
+                return Err(InferError::Bad(format!(
+                    "Multinomial dtype must be i32 or i64, got {dt}"
+                )));
             }
             let batch = match cx.tensor(0)?.shape.as_deref() {
                 Some([b, _]) => b.clone(),
-                Some(s) => return Err(InferError::Bad(format!("input must have rank 2, got {}", s.len()))),
+                Some(s) => {
+                    return Err(InferError::Bad(format!(
+                        "input must have rank 2, got {}",
+                        s.len()
+                    )))
+                }
                 None => cx.fresh("batch"),
             };
             Ok(vec![Out::tensor(dt, vec![batch, Dim::from(m.sample_size)])])
@@ -41,7 +48,9 @@ pub(super) fn infer(op: &Op, cx: &mut InferCx) -> Option<InferResult> {
         MelWeightMatrix(m) => (|| {
             let dt = dtype_code(m.output_datatype)?;
             let bins = match scalar_dim(cx, 1) {
-                Some(n) => floor_div(&n, 2).map(|h| &h + &Dim::from(1i64)).unwrap_or_else(|| cx.fresh("mel")),
+                Some(n) => floor_div(&n, 2)
+                    .map(|h| &h + &Dim::from(1i64))
+                    .unwrap_or_else(|| cx.fresh("mel")),
                 None => cx.fresh("mel"),
             };
             let mels = scalar_dim(cx, 0).unwrap_or_else(|| cx.fresh("mel"));
@@ -59,7 +68,9 @@ pub(super) fn infer(op: &Op, cx: &mut InferCx) -> Option<InferResult> {
             Ok(vec![Out::tensor(DType::U8, vec![h, w, Dim::from(c)])])
         })(),
         RegexFullMatch(_) => shape_as_input(cx, 0, DType::Bool).map(|o| vec![o]),
-        StringConcat(_) => broadcast_inputs(cx, &[0, 1]).map(|s| vec![Out::tensor(DType::String, s)]),
+        StringConcat(_) => {
+            broadcast_inputs(cx, &[0, 1]).map(|s| vec![Out::tensor(DType::String, s)])
+        }
         StringNormalizer(s) => (|| {
             let x = match cx.tensor(0)?.shape.clone() {
                 Some(x) => x,
@@ -67,7 +78,10 @@ pub(super) fn infer(op: &Op, cx: &mut InferCx) -> Option<InferResult> {
             };
             let valid = x.len() == 1 || (x.len() == 2 && x[0].known() == Some(1));
             if !valid {
-                return Err(InferError::Bad(format!("input must be [C] or [1, C], got rank {}", x.len())));
+                return Err(InferError::Bad(format!(
+                    "input must be [C] or [1, C], got rank {}",
+                    x.len()
+                )));
             }
             let mut out = x.clone();
             let last = out.len() - 1;
@@ -96,7 +110,12 @@ pub(super) fn infer(op: &Op, cx: &mut InferCx) -> Option<InferResult> {
             Ok(vec![match x.as_deref() {
                 Some([_]) => Out::tensor(DType::F32, vec![Dim::from(k)]),
                 Some([n, _]) => Out::tensor(DType::F32, vec![n.clone(), Dim::from(k)]),
-                Some(s) => return Err(InferError::Bad(format!("input must have rank 1 or 2, got {}", s.len()))),
+                Some(s) => {
+                    return Err(InferError::Bad(format!(
+                        "input must have rank 1 or 2, got {}",
+                        s.len()
+                    )))
+                }
                 None => Out::unranked(DType::F32),
             }])
         })(),
@@ -109,9 +128,14 @@ pub(super) fn infer(op: &Op, cx: &mut InferCx) -> Option<InferResult> {
 fn random(dtype: i64, shape: &[i64]) -> InferResult {
     let dt = dtype_code(dtype)?;
     if shape.iter().any(|&d| d < 0) {
-        return Err(InferError::Bad(format!("shape must be non-negative, got {shape:?}")));
+        return Err(InferError::Bad(format!(
+            "shape must be non-negative, got {shape:?}"
+        )));
     }
-    Ok(vec![Out::tensor(dt, shape.iter().map(|&d| Dim::from(d)).collect())])
+    Ok(vec![Out::tensor(
+        dt,
+        shape.iter().map(|&d| Dim::from(d)).collect(),
+    )])
 }
 
 fn random_like(cx: &InferCx, dtype: Option<i64>) -> InferResult {
@@ -147,14 +171,20 @@ fn window(cx: &mut InferCx, output_datatype: i64) -> InferResult {
 /// DFT (opset 20): `axis` is input 2 (default -2), `dft_length` input 1.
 fn dft(cx: &mut InferCx, inverse: bool, onesided: bool) -> InferResult {
     let dt = cx.dtype(0)?;
-    let Some(x) = cx.tensor(0)?.shape.clone() else { return Ok(vec![Out::unranked(dt)]) };
+    let Some(x) = cx.tensor(0)?.shape.clone() else {
+        return Ok(vec![Out::unranked(dt)]);
+    };
     let r = x.len();
     if r < 2 {
-        return Err(InferError::Bad(format!("input must have rank >= 2, got {r}")));
+        return Err(InferError::Bad(format!(
+            "input must have rank >= 2, got {r}"
+        )));
     }
     if let Some(l) = x[r - 1].known() {
         if l != 1 && l != 2 {
-            return Err(InferError::Bad(format!("last dim must be 1 (real) or 2 (complex), got {l}")));
+            return Err(InferError::Bad(format!(
+                "last dim must be 1 (real) or 2 (complex), got {l}"
+            )));
         }
     }
     let irfft = onesided && inverse;
@@ -176,7 +206,9 @@ fn dft(cx: &mut InferCx, inverse: bool, onesided: bool) -> InferResult {
     let ri = r as i64;
     let a = if axis < 0 { axis + ri } else { axis };
     if a < 0 || a > ri - 2 {
-        return Err(InferError::Bad(format!("axis {axis} is out of range for rank {r} (the last dim is not a signal axis)")));
+        return Err(InferError::Bad(format!(
+            "axis {axis} is out of range for rank {r} (the last dim is not a signal axis)"
+        )));
     }
     let a = a as usize;
     let len = if cx.has(1) {
@@ -188,7 +220,9 @@ fn dft(cx: &mut InferCx, inverse: bool, onesided: bool) -> InferResult {
     };
     let mut out = x.clone();
     out[a] = if onesided && !inverse {
-        floor_div(&len, 2).map(|h| &h + &Dim::from(1i64)).unwrap_or_else(|| cx.fresh("dft"))
+        floor_div(&len, 2)
+            .map(|h| &h + &Dim::from(1i64))
+            .unwrap_or_else(|| cx.fresh("dft"))
     } else {
         len
     };
@@ -201,13 +235,23 @@ fn stft(cx: &mut InferCx, onesided: bool) -> InferResult {
     let dt = cx.dtype(0)?;
     let x = match cx.tensor(0)?.shape.clone() {
         Some(x) if x.len() == 3 => x,
-        Some(x) => return Err(InferError::Bad(format!("signal must have rank 3, got {}", x.len()))),
+        Some(x) => {
+            return Err(InferError::Bad(format!(
+                "signal must have rank 3, got {}",
+                x.len()
+            )))
+        }
         None => vec![cx.fresh("stft"), cx.fresh("stft"), cx.fresh("stft")],
     };
     let window_len = if cx.has(2) {
         match cx.shape(2) {
             Ok([w]) => Some(w.clone()),
-            Ok(s) => return Err(InferError::Bad(format!("window must have rank 1, got {}", s.len()))),
+            Ok(s) => {
+                return Err(InferError::Bad(format!(
+                    "window must have rank 1, got {}",
+                    s.len()
+                )))
+            }
             Err(_) => None,
         }
     } else {
@@ -220,25 +264,39 @@ fn stft(cx: &mut InferCx, onesided: bool) -> InferResult {
     } else {
         Some(x[1].clone())
     };
-    if let (Some(f), Some(w)) = (frame_len.as_ref().and_then(|d| d.known()), window_len.as_ref().and_then(|d| d.known())) {
+    if let (Some(f), Some(w)) = (
+        frame_len.as_ref().and_then(|d| d.known()),
+        window_len.as_ref().and_then(|d| d.known()),
+    ) {
         if f != w {
-            return Err(InferError::Bad(format!("window has length {w}, frame_length is {f}")));
+            return Err(InferError::Bad(format!(
+                "window has length {w}, frame_length is {f}"
+            )));
         }
     }
     let step = scalar_dim(cx, 1).and_then(|d| d.known());
     let frames = match (&frame_len, step) {
-        (Some(f), Some(s)) if s > 0 => {
-            floor_div(&(&x[1] - f), s).map(|q| &q + &Dim::from(1i64)).unwrap_or_else(|| cx.fresh("frames"))
+        (Some(f), Some(s)) if s > 0 => floor_div(&(&x[1] - f), s)
+            .map(|q| &q + &Dim::from(1i64))
+            .unwrap_or_else(|| cx.fresh("frames")),
+        (_, Some(s)) if s <= 0 => {
+            return Err(InferError::Bad(format!(
+                "frame_step must be positive, got {s}"
+            )))
         }
-        (_, Some(s)) if s <= 0 => return Err(InferError::Bad(format!("frame_step must be positive, got {s}"))),
         _ => cx.fresh("frames"),
     };
     let bins = match &frame_len {
-        Some(f) if onesided => floor_div(f, 2).map(|h| &h + &Dim::from(1i64)).unwrap_or_else(|| cx.fresh("bins")),
+        Some(f) if onesided => floor_div(f, 2)
+            .map(|h| &h + &Dim::from(1i64))
+            .unwrap_or_else(|| cx.fresh("bins")),
         Some(f) => f.clone(),
         None => cx.fresh("bins"),
     };
-    Ok(vec![Out::tensor(dt, vec![x[0].clone(), frames, bins, Dim::from(2i64)])])
+    Ok(vec![Out::tensor(
+        dt,
+        vec![x[0].clone(), frames, bins, Dim::from(2i64)],
+    )])
 }
 
 /// NegativeLogLikelihoodLoss (`log_prob` false) and SoftmaxCrossEntropyLoss: input
@@ -248,13 +306,20 @@ fn loss(cx: &mut InferCx, reduction: &str, log_prob: bool) -> InferResult {
     let x = cx.tensor(0)?.shape.clone();
     if let Some(x) = &x {
         if x.len() < 2 {
-            return Err(InferError::Bad(format!("input must have rank >= 2 (N, C, …), got {}", x.len())));
+            return Err(InferError::Bad(format!(
+                "input must have rank >= 2 (N, C, …), got {}",
+                x.len()
+            )));
         }
     }
     let target = cx.tensor(1).ok().and_then(|t| t.shape.clone());
     if let (Some(x), Some(t)) = (&x, &target) {
         if t.len() + 1 != x.len() {
-            return Err(InferError::Bad(format!("target has rank {}, input rank {}", t.len(), x.len())));
+            return Err(InferError::Bad(format!(
+                "target has rank {}, input rank {}",
+                t.len(),
+                x.len()
+            )));
         }
     }
     let loss = match reduction {
@@ -297,13 +362,21 @@ mod tests {
         Type::tensor(
             dt,
             dims.iter()
-                .map(|s| s.parse::<i64>().map(Dim::from).unwrap_or_else(|_| Dim::sym(s)))
+                .map(|s| {
+                    s.parse::<i64>()
+                        .map(Dim::from)
+                        .unwrap_or_else(|_| Dim::sym(s))
+                })
                 .collect(),
         )
     }
 
     fn show(g: &Graph, v: ValueId) -> String {
-        g.value(v).ty.as_ref().map(|t| t.to_string()).unwrap_or_else(|| "?".into())
+        g.value(v)
+            .ty
+            .as_ref()
+            .map(|t| t.to_string())
+            .unwrap_or_else(|| "?".into())
     }
 
     /// Adds a node and returns its outputs.
@@ -318,30 +391,77 @@ mod tests {
     fn random_ops() {
         let mut g = Graph::new("t");
         let x = g.add_input("x", Some(ty(DType::F16, &["B", "4"])));
-        let b = node(&mut g, Op::Bernoulli(Bernoulli { dtype: None, seed: None }), vec![Some(x)], 1);
-        let b2 = node(&mut g, Op::Bernoulli(Bernoulli { dtype: Some(9), seed: None }), vec![Some(x)], 1);
-        let m = node(&mut g, Op::Multinomial(Multinomial { dtype: 7, sample_size: 5, seed: None }), vec![Some(x)], 1);
+        let b = node(
+            &mut g,
+            Op::Bernoulli(Bernoulli {
+                dtype: None,
+                seed: None,
+            }),
+            vec![Some(x)],
+            1,
+        );
+        let b2 = node(
+            &mut g,
+            Op::Bernoulli(Bernoulli {
+                dtype: Some(9),
+                seed: None,
+            }),
+            vec![Some(x)],
+            1,
+        );
+        let m = node(
+            &mut g,
+            Op::Multinomial(Multinomial {
+                dtype: 7,
+                sample_size: 5,
+                seed: None,
+            }),
+            vec![Some(x)],
+            1,
+        );
         let rn = node(
             &mut g,
-            Op::RandomNormal(RandomNormal { dtype: 11, mean: 0.0, scale: 1.0, seed: None, shape: vec![2, 3] }),
+            Op::RandomNormal(RandomNormal {
+                dtype: 11,
+                mean: 0.0,
+                scale: 1.0,
+                seed: None,
+                shape: vec![2, 3],
+            }),
             vec![],
             1,
         );
         let ru = node(
             &mut g,
-            Op::RandomUniform(RandomUniform { dtype: 1, high: 1.0, low: 0.0, seed: None, shape: vec![] }),
+            Op::RandomUniform(RandomUniform {
+                dtype: 1,
+                high: 1.0,
+                low: 0.0,
+                seed: None,
+                shape: vec![],
+            }),
             vec![],
             1,
         );
         let rnl = node(
             &mut g,
-            Op::RandomNormalLike(RandomNormalLike { dtype: None, mean: 0.0, scale: 1.0, seed: None }),
+            Op::RandomNormalLike(RandomNormalLike {
+                dtype: None,
+                mean: 0.0,
+                scale: 1.0,
+                seed: None,
+            }),
             vec![Some(x)],
             1,
         );
         let rul = node(
             &mut g,
-            Op::RandomUniformLike(RandomUniformLike { dtype: Some(1), high: 1.0, low: 0.0, seed: None }),
+            Op::RandomUniformLike(RandomUniformLike {
+                dtype: Some(1),
+                high: 1.0,
+                low: 0.0,
+                seed: None,
+            }),
             vec![Some(x)],
             1,
         );
@@ -360,9 +480,33 @@ mod tests {
         let mut g = Graph::new("t");
         let ten = g.add_const("ten", Tensor::scalar(10i64));
         let n = g.add_input("n", Some(ty(DType::I64, &[])));
-        let w1 = node(&mut g, Op::HannWindow(HannWindow { output_datatype: 1, periodic: true }), vec![Some(ten)], 1);
-        let w2 = node(&mut g, Op::HammingWindow(HammingWindow { output_datatype: 10, periodic: false }), vec![Some(ten)], 1);
-        let w3 = node(&mut g, Op::BlackmanWindow(BlackmanWindow { output_datatype: 1, periodic: true }), vec![Some(n)], 1);
+        let w1 = node(
+            &mut g,
+            Op::HannWindow(HannWindow {
+                output_datatype: 1,
+                periodic: true,
+            }),
+            vec![Some(ten)],
+            1,
+        );
+        let w2 = node(
+            &mut g,
+            Op::HammingWindow(HammingWindow {
+                output_datatype: 10,
+                periodic: false,
+            }),
+            vec![Some(ten)],
+            1,
+        );
+        let w3 = node(
+            &mut g,
+            Op::BlackmanWindow(BlackmanWindow {
+                output_datatype: 1,
+                periodic: true,
+            }),
+            vec![Some(n)],
+            1,
+        );
         let bins = g.add_const("bins", Tensor::scalar(8i32));
         let rate = g.add_const("rate", Tensor::scalar(8000i32));
         let lo = g.add_const("lo", Tensor::scalar(0f32));
@@ -391,7 +535,12 @@ mod tests {
         let dft = |inverse, onesided| Op::DFT(DFT { inverse, onesided });
         let a = node(&mut g, dft(false, false), vec![Some(x)], 1);
         let b = node(&mut g, dft(false, true), vec![Some(c), None, Some(one)], 1);
-        let d = node(&mut g, dft(false, false), vec![Some(c), Some(l8), Some(one)], 1);
+        let d = node(
+            &mut g,
+            dft(false, false),
+            vec![Some(c), Some(l8), Some(one)],
+            1,
+        );
         let e = node(&mut g, dft(true, true), vec![Some(c)], 1);
         let f = node(&mut g, dft(true, false), vec![Some(c), None, None], 1);
         infer_graph(&mut g).unwrap();
@@ -407,7 +556,10 @@ mod tests {
         let x = g.add_input("x", Some(ty(DType::F32, &["B", "S", "1"])));
         let bad = g.add_const("bad", Tensor::scalar(-1i64));
         node(&mut g, dft(false, false), vec![Some(x), None, Some(bad)], 1);
-        assert!(infer_graph(&mut g).unwrap_err().to_string().contains("out of range"));
+        assert!(infer_graph(&mut g)
+            .unwrap_err()
+            .to_string()
+            .contains("out of range"));
     }
 
     #[test]
@@ -417,8 +569,18 @@ mod tests {
         let step = g.add_const("step", Tensor::scalar(8i64));
         let flen = g.add_const("flen", Tensor::scalar(16i64));
         let win = g.add_input("win", Some(ty(DType::F32, &["16"])));
-        let a = node(&mut g, Op::STFT(STFT { onesided: true }), vec![Some(x), Some(step), None, Some(flen)], 1);
-        let b = node(&mut g, Op::STFT(STFT { onesided: false }), vec![Some(x), Some(step), Some(win)], 1);
+        let a = node(
+            &mut g,
+            Op::STFT(STFT { onesided: true }),
+            vec![Some(x), Some(step), None, Some(flen)],
+            1,
+        );
+        let b = node(
+            &mut g,
+            Op::STFT(STFT { onesided: false }),
+            vec![Some(x), Some(step), Some(win)],
+            1,
+        );
         infer_graph(&mut g).unwrap();
         // frames = floor((128 - 16) / 8) + 1 = 15; bins = 16/2 + 1 = 9.
         assert_eq!(show(&g, a[0]), "f32[1,15,9,2]");
@@ -432,8 +594,20 @@ mod tests {
         let s1 = g.add_input("s1", Some(ty(DType::String, &["1", "4"])));
         let u = g.add_input("u", Some(ty(DType::String, &["3"])));
         let img = g.add_input("img", Some(ty(DType::U8, &["N"])));
-        let rm = node(&mut g, Op::RegexFullMatch(RegexFullMatch { pattern: Some("a.*".into()) }), vec![Some(s)], 1);
-        let sc = node(&mut g, Op::StringConcat(StringConcat {}), vec![Some(s), Some(u)], 1);
+        let rm = node(
+            &mut g,
+            Op::RegexFullMatch(RegexFullMatch {
+                pattern: Some("a.*".into()),
+            }),
+            vec![Some(s)],
+            1,
+        );
+        let sc = node(
+            &mut g,
+            Op::StringConcat(StringConcat {}),
+            vec![Some(s), Some(u)],
+            1,
+        );
         let sn = node(
             &mut g,
             Op::StringNormalizer(StringNormalizer {
@@ -456,8 +630,23 @@ mod tests {
             vec![Some(u)],
             1,
         );
-        let ss = node(&mut g, Op::StringSplit(StringSplit { delimiter: None, maxsplit: None }), vec![Some(s)], 2);
-        let im = node(&mut g, Op::ImageDecoder(ImageDecoder { pixel_format: "Grayscale".into() }), vec![Some(img)], 1);
+        let ss = node(
+            &mut g,
+            Op::StringSplit(StringSplit {
+                delimiter: None,
+                maxsplit: None,
+            }),
+            vec![Some(s)],
+            2,
+        );
+        let im = node(
+            &mut g,
+            Op::ImageDecoder(ImageDecoder {
+                pixel_format: "Grayscale".into(),
+            }),
+            vec![Some(img)],
+            1,
+        );
         infer_graph(&mut g).unwrap();
         assert_eq!(show(&g, rm[0]), "bool[B,3]");
         assert_eq!(show(&g, sc[0]), "string[B,3]");
@@ -513,8 +702,18 @@ mod tests {
         let mut g = Graph::new("t");
         let x = g.add_input("x", Some(ty(DType::F32, &["N", "C", "D"])));
         let t = g.add_input("t", Some(ty(DType::I64, &["N", "D"])));
-        let nll = |r: &str| Op::NegativeLogLikelihoodLoss(NegativeLogLikelihoodLoss { ignore_index: None, reduction: r.into() });
-        let sce = |r: &str| Op::SoftmaxCrossEntropyLoss(SoftmaxCrossEntropyLoss { ignore_index: Some(0), reduction: r.into() });
+        let nll = |r: &str| {
+            Op::NegativeLogLikelihoodLoss(NegativeLogLikelihoodLoss {
+                ignore_index: None,
+                reduction: r.into(),
+            })
+        };
+        let sce = |r: &str| {
+            Op::SoftmaxCrossEntropyLoss(SoftmaxCrossEntropyLoss {
+                ignore_index: Some(0),
+                reduction: r.into(),
+            })
+        };
         let a = node(&mut g, nll("none"), vec![Some(x), Some(t)], 1);
         let b = node(&mut g, nll("mean"), vec![Some(x), Some(t)], 1);
         let c = node(&mut g, sce("sum"), vec![Some(x), Some(t)], 2);
@@ -530,7 +729,10 @@ mod tests {
         let x = g.add_input("x", Some(ty(DType::F32, &["N", "C"])));
         let t = g.add_input("t", Some(ty(DType::I64, &["N", "C"])));
         node(&mut g, nll("none"), vec![Some(x), Some(t)], 1);
-        assert!(infer_graph(&mut g).unwrap_err().to_string().contains("rank"));
+        assert!(infer_graph(&mut g)
+            .unwrap_err()
+            .to_string()
+            .contains("rank"));
     }
 
     /// Builds op `domain`/`op_type` with placeholder values for its required attributes
@@ -572,7 +774,9 @@ mod tests {
     /// Every default-domain op of the catalog is answered by some inference family.
     #[test]
     fn every_default_domain_op_is_claimed() {
-        use crate::infer::{control, elementwise, linalg, nn, reduce, sequence, shape_ops, InferCx};
+        use crate::infer::{
+            control, elementwise, linalg, nn, reduce, sequence, shape_ops, InferCx,
+        };
         type Family = fn(&Op, &mut InferCx) -> Option<crate::infer::InferResult>;
         let families: [(&str, Family); 8] = [
             ("elementwise", elementwise::infer),
@@ -593,7 +797,9 @@ mod tests {
             let op = construct(domain, op_type);
             // A node whose inputs are all present with unknown types.
             let mut g = Graph::new("t");
-            let ins: Vec<Option<ValueId>> = (0..9).map(|i| Some(g.add_input(format!("i{i}"), None))).collect();
+            let ins: Vec<Option<ValueId>> = (0..9)
+                .map(|i| Some(g.add_input(format!("i{i}"), None)))
+                .collect();
             let n = g.add_node("n", op.clone(), ins, &["a", "b", "c", "d", "e"]);
             let node = g.node(n);
             let mut claimed_by = Vec::new();
@@ -616,7 +822,13 @@ mod tests {
                 _ => multi.push(format!("{op_type}: {}", claimed_by.join(", "))),
             }
         }
-        assert!(multi.is_empty(), "ops claimed by more than one family: {multi:?}");
-        assert!(unclaimed.is_empty(), "ops no inference family claims: {unclaimed:?}");
+        assert!(
+            multi.is_empty(),
+            "ops claimed by more than one family: {multi:?}"
+        );
+        assert!(
+            unclaimed.is_empty(),
+            "ops no inference family claims: {unclaimed:?}"
+        );
     }
 }

@@ -57,11 +57,17 @@ pub struct Out {
 
 impl Out {
     pub fn tensor(dtype: DType, shape: Vec<Dim>) -> Out {
-        Out { ty: Type::tensor(dtype, shape), sym: None }
+        Out {
+            ty: Type::tensor(dtype, shape),
+            sym: None,
+        }
     }
 
     pub fn unranked(dtype: DType) -> Out {
-        Out { ty: Type::tensor_unranked(dtype), sym: None }
+        Out {
+            ty: Type::tensor_unranked(dtype),
+            sym: None,
+        }
     }
 
     pub fn of(ty: Type) -> Out {
@@ -70,8 +76,15 @@ impl Out {
 
     /// A 1-D (or, with `scalar`, 0-D) i64 tensor whose elements are the dims `v`.
     pub fn sym_i64(v: Vec<Dim>, scalar: bool) -> Out {
-        let shape = if scalar { vec![] } else { vec![Dim::from(v.len())] };
-        Out { ty: Type::tensor(DType::I64, shape), sym: Some(v) }
+        let shape = if scalar {
+            vec![]
+        } else {
+            vec![Dim::from(v.len())]
+        };
+        Out {
+            ty: Type::tensor(DType::I64, shape),
+            sym: Some(v),
+        }
     }
 }
 
@@ -110,7 +123,9 @@ impl<'a> InferCx<'a> {
         match self.ty(i) {
             None => Err(InferError::Unknown),
             Some(Type::Tensor(t)) => Ok(t),
-            Some(t) => Err(InferError::Bad(format!("input {i} must be a tensor, got {t}"))),
+            Some(t) => Err(InferError::Bad(format!(
+                "input {i} must be a tensor, got {t}"
+            ))),
         }
     }
 
@@ -154,7 +169,13 @@ impl<'a> InferCx<'a> {
 
     /// Output types of subgraph `k` of this node (its outputs must have been inferred).
     pub fn subgraph_outputs(&self, k: usize) -> Result<Vec<Type>, InferError> {
-        let g = self.node.op.subgraphs().get(k).copied().ok_or("missing subgraph")?;
+        let g = self
+            .node
+            .op
+            .subgraphs()
+            .get(k)
+            .copied()
+            .ok_or("missing subgraph")?;
         g.outputs
             .iter()
             .map(|&o| g.value(o).ty.clone().ok_or(InferError::Unknown))
@@ -201,11 +222,16 @@ pub fn infer_op(op: &Op, cx: &mut InferCx) -> InferResult {
 /// Combines the model's declared type with the inferred one. Known facts must agree;
 /// inferred facts win, except that a declared name beats an invented symbol.
 pub fn merge_types(declared: Option<&Type>, inferred: Type) -> Result<Type, String> {
-    let Some(d) = declared else { return Ok(inferred) };
+    let Some(d) = declared else {
+        return Ok(inferred);
+    };
     match (d, inferred) {
         (Type::Tensor(a), Type::Tensor(b)) => {
             if a.dtype != b.dtype {
-                return Err(format!("inferred element type {} but the model declares {}", b.dtype, a.dtype));
+                return Err(format!(
+                    "inferred element type {} but the model declares {}",
+                    b.dtype, a.dtype
+                ));
             }
             let shape = match (&a.shape, b.shape) {
                 (None, s) => s,
@@ -235,10 +261,17 @@ pub fn merge_types(declared: Option<&Type>, inferred: Type) -> Result<Type, Stri
                     Some(out)
                 }
             };
-            Ok(Type::Tensor(TensorType { dtype: a.dtype, shape }))
+            Ok(Type::Tensor(TensorType {
+                dtype: a.dtype,
+                shape,
+            }))
         }
-        (Type::Sequence(a), Type::Sequence(b)) => Ok(Type::Sequence(Box::new(merge_types(Some(a), *b)?))),
-        (Type::Optional(a), Type::Optional(b)) => Ok(Type::Optional(Box::new(merge_types(Some(a), *b)?))),
+        (Type::Sequence(a), Type::Sequence(b)) => {
+            Ok(Type::Sequence(Box::new(merge_types(Some(a), *b)?)))
+        }
+        (Type::Optional(a), Type::Optional(b)) => {
+            Ok(Type::Optional(Box::new(merge_types(Some(a), *b)?)))
+        }
         (a, b) if a.elem_dtype().is_none() || b.elem_dtype().is_none() => Ok(b),
         (a, b) => Err(format!("inferred {b} but the model declares {a}")),
     }
@@ -260,7 +293,9 @@ pub fn infer_graph(g: &mut Graph) -> Result<InferStats, IrError> {
 
 /// Like [`infer_graph`], also returning the symbolic contents found for small integer
 /// values of the main graph (what `Shape → Gather → Concat` chains compute).
-pub fn infer_graph_symbols(g: &mut Graph) -> Result<(InferStats, HashMap<ValueId, Vec<Dim>>), IrError> {
+pub fn infer_graph_symbols(
+    g: &mut Graph,
+) -> Result<(InferStats, HashMap<ValueId, Vec<Dim>>), IrError> {
     infer_graph_with(g, &HashMap::new())
 }
 
@@ -293,8 +328,16 @@ fn infer_graph_with(
             .iter()
             .map(|i| i.and_then(|v| g.value(v).ty.clone()))
             .collect();
-        let consts: Vec<Option<&Tensor>> = node.inputs.iter().map(|i| i.and_then(|v| g.const_value(v))).collect();
-        let isyms: Vec<Option<Vec<Dim>>> = node.inputs.iter().map(|i| i.and_then(|v| syms.get(&v).cloned())).collect();
+        let consts: Vec<Option<&Tensor>> = node
+            .inputs
+            .iter()
+            .map(|i| i.and_then(|v| g.const_value(v)))
+            .collect();
+        let isyms: Vec<Option<Vec<Dim>>> = node
+            .inputs
+            .iter()
+            .map(|i| i.and_then(|v| syms.get(&v).cloned()))
+            .collect();
         let mut counter = 0u32;
         let node_name = node.name.clone();
         let base = g.num_values();
@@ -302,11 +345,21 @@ fn infer_graph_with(
             counter += 1;
             Dim::sym(&format!("{FRESH_PREFIX}{hint}_{base}_{counter}"))
         };
-        let mut cx = InferCx { node, inputs, consts, syms: isyms, fresh: &mut fresh };
+        let mut cx = InferCx {
+            node,
+            inputs,
+            consts,
+            syms: isyms,
+            fresh: &mut fresh,
+        };
         let result = infer_op(&node.op, &mut cx);
         let op_type = node.op.op_type().to_string();
         let outputs = node.outputs.clone();
-        let err = |msg: String| IrError::Infer { node: node_name.clone(), op: op_type.clone(), msg };
+        let err = |msg: String| IrError::Infer {
+            node: node_name.clone(),
+            op: op_type.clone(),
+            msg,
+        };
         match result {
             Ok(outs) => {
                 for (k, &o) in outputs.iter().enumerate() {
@@ -328,7 +381,10 @@ fn infer_graph_with(
             Err(InferError::Unknown) => stats.fallbacks += 1,
         }
     }
-    stats.untyped += g.value_ids().filter(|&v| g.value(v).ty.is_none() && is_live_value(g, v)).count();
+    stats.untyped += g
+        .value_ids()
+        .filter(|&v| g.value(v).ty.is_none() && is_live_value(g, v))
+        .count();
     Ok((stats, syms))
 }
 
@@ -350,8 +406,12 @@ fn infer_subgraphs(
         return Ok(());
     }
     let outer_types: Vec<Option<Type>> = g.value_ids().map(|v| g.value(v).ty.clone()).collect();
-    let input_types: Vec<Option<Type>> =
-        g.node(n).inputs.iter().map(|i| i.and_then(|v| g.value(v).ty.clone())).collect();
+    let input_types: Vec<Option<Type>> = g
+        .node(n)
+        .inputs
+        .iter()
+        .map(|i| i.and_then(|v| g.value(v).ty.clone()))
+        .collect();
     let node = g.node_mut(n);
     let formals = control::formal_types(&node.op, &input_types);
     for (k, sg) in node.op.subgraphs_mut().into_iter().enumerate() {
@@ -365,7 +425,8 @@ fn infer_subgraphs(
         if let Some(f) = formals.get(k) {
             for (&i, t) in sg.inputs.clone().iter().zip(f) {
                 if let Some(t) = t {
-                    let merged = merge_types(sg.value(i).ty.as_ref(), t.clone()).unwrap_or_else(|_| t.clone());
+                    let merged = merge_types(sg.value(i).ty.as_ref(), t.clone())
+                        .unwrap_or_else(|_| t.clone());
                     // A loop-carried value may change shape across iterations: keep the
                     // declared (looser) type when the formal one contradicts it.
                     sg.value_mut(i).ty = Some(match sg.value(i).ty.as_ref() {
@@ -389,4 +450,3 @@ pub fn check_types(g: &Graph) -> Result<(), IrError> {
     infer_graph(&mut copy)?;
     Ok(())
 }
-

@@ -32,7 +32,10 @@ pub(super) fn infer(op: &Op, cx: &mut InferCx) -> Option<InferResult> {
         Hardmax(o) => along_axis(cx, o.axis),
         LpNormalization(o) => {
             if o.p != 1 && o.p != 2 {
-                Err(InferError::Bad(format!("LpNormalization p must be 1 or 2, got {}", o.p)))
+                Err(InferError::Bad(format!(
+                    "LpNormalization p must be 1 or 2, got {}",
+                    o.p
+                )))
             } else {
                 along_axis(cx, o.axis)
             }
@@ -131,7 +134,11 @@ fn reduce(cx: &mut InferCx, kind: Kind, keepdims: bool, noop: bool) -> InferResu
             if keepdims {
                 let mut out = Vec::with_capacity(rank);
                 for d in &shape {
-                    out.push(if d.known() == Some(1) { d.clone() } else { cx.fresh("reduce") });
+                    out.push(if d.known() == Some(1) {
+                        d.clone()
+                    } else {
+                        cx.fresh("reduce")
+                    });
                 }
                 return Ok(vec![Out::tensor(dt, out)]);
             }
@@ -140,7 +147,11 @@ fn reduce(cx: &mut InferCx, kind: Kind, keepdims: bool, noop: bool) -> InferResu
                     let out = (0..rank - n).map(|_| cx.fresh("reduce")).collect();
                     Out::tensor(dt, out)
                 }
-                Some(n) => return Err(InferError::Bad(format!("{n} axes to reduce but the input has rank {rank}"))),
+                Some(n) => {
+                    return Err(InferError::Bad(format!(
+                        "{n} axes to reduce but the input has rank {rank}"
+                    )))
+                }
                 None => Out::unranked(dt),
             }]);
         }
@@ -162,8 +173,14 @@ fn reduce(cx: &mut InferCx, kind: Kind, keepdims: bool, noop: bool) -> InferResu
                 Kind::Prod => Some(product(s)),
                 Kind::Max | Kind::Min => {
                     let k: Option<Vec<i64>> = s.iter().map(|d| d.known()).collect();
-                    k.and_then(|k| if kind == Kind::Max { k.into_iter().max() } else { k.into_iter().min() })
-                        .map(Dim::from)
+                    k.and_then(|k| {
+                        if kind == Kind::Max {
+                            k.into_iter().max()
+                        } else {
+                            k.into_iter().min()
+                        }
+                    })
+                    .map(Dim::from)
                 }
                 Kind::Other => None,
             };
@@ -175,7 +192,9 @@ fn reduce(cx: &mut InferCx, kind: Kind, keepdims: bool, noop: bool) -> InferResu
 
 fn arg_reduce(cx: &InferCx, axis: i64, keepdims: bool) -> InferResult {
     let t = cx.tensor(0)?;
-    let Some(s) = &t.shape else { return Ok(vec![Out::unranked(DType::I64)]) };
+    let Some(s) = &t.shape else {
+        return Ok(vec![Out::unranked(DType::I64)]);
+    };
     let a = norm_axis(axis, s.len())?;
     if s.is_empty() {
         return Err("ArgMax/ArgMin need an input of rank >= 1".into());
@@ -201,7 +220,9 @@ fn topk(cx: &mut InferCx, axis: i64) -> InferResult {
     let k = match cx.sym(1) {
         Some([k]) => Some(k.clone()),
         Some(_) => return Err("TopK: K must have exactly one element".into()),
-        None => cx.const_ints(1).and_then(|v| (v.len() == 1).then(|| Dim::from(v[0]))),
+        None => cx
+            .const_ints(1)
+            .and_then(|v| (v.len() == 1).then(|| Dim::from(v[0]))),
     };
     let Some(mut out) = shape else {
         return Ok(vec![Out::unranked(dt), Out::unranked(DType::I64)]);
@@ -218,7 +239,9 @@ fn topk(cx: &mut InferCx, axis: i64) -> InferResult {
                 }
                 if let Some(n) = out[a].known() {
                     if kv > n {
-                        return Err(InferError::Bad(format!("TopK: K = {kv} exceeds the axis size {n}")));
+                        return Err(InferError::Bad(format!(
+                            "TopK: K = {kv} exceeds the axis size {n}"
+                        )));
                     }
                 }
             }
@@ -227,7 +250,10 @@ fn topk(cx: &mut InferCx, axis: i64) -> InferResult {
         None => cx.fresh("topk"),
     };
     out[a] = k;
-    Ok(vec![Out::tensor(dt, out.clone()), Out::tensor(DType::I64, out)])
+    Ok(vec![
+        Out::tensor(dt, out.clone()),
+        Out::tensor(DType::I64, out),
+    ])
 }
 
 fn cumulative(cx: &InferCx, prod: bool, exclusive: bool, reverse: bool) -> InferResult {
@@ -284,7 +310,11 @@ pub(super) fn stash_dtype(code: i64) -> Result<DType, InferError> {
 /// Shape of the saved statistics of a normalization over the axes `axis..rank`:
 /// the input's shape with those dims set to 1.
 pub(super) fn stats_shape(shape: &[Dim], axis: usize) -> Vec<Dim> {
-    shape.iter().enumerate().map(|(i, d)| if i < axis { d.clone() } else { Dim::from(1i64) }).collect()
+    shape
+        .iter()
+        .enumerate()
+        .map(|(i, d)| if i < axis { d.clone() } else { Dim::from(1i64) })
+        .collect()
 }
 
 /// `LayerNormalization` (Y, Mean, InvStdDev) and its relatives with `mean` outputs.
@@ -307,7 +337,10 @@ pub(super) fn layer_norm(cx: &InferCx, axis: i64, stash_type: i64, with_mean: bo
         check_trailing(cx, 2, s, a, "B")?;
     }
     let stats = stats_shape(s, a);
-    let mut outs = vec![Out::tensor(t.dtype, s.clone()), Out::tensor(u, stats.clone())];
+    let mut outs = vec![
+        Out::tensor(t.dtype, s.clone()),
+        Out::tensor(u, stats.clone()),
+    ];
     if with_mean {
         outs.push(Out::tensor(u, stats));
     }
@@ -316,7 +349,13 @@ pub(super) fn layer_norm(cx: &InferCx, axis: i64, stash_type: i64, with_mean: bo
 
 /// Checks that input `i` (a scale or bias) is unidirectionally broadcastable to the
 /// normalized dims `shape[axis..]`.
-fn check_trailing(cx: &InferCx, i: usize, shape: &[Dim], axis: usize, what: &str) -> Result<(), InferError> {
+fn check_trailing(
+    cx: &InferCx,
+    i: usize,
+    shape: &[Dim],
+    axis: usize,
+    what: &str,
+) -> Result<(), InferError> {
     let Ok(p) = cx.shape(i) else { return Ok(()) };
     let norm = &shape[axis..];
     if p.len() > norm.len() {
@@ -330,7 +369,9 @@ fn check_trailing(cx: &InferCx, i: usize, shape: &[Dim], axis: usize, what: &str
     for (j, d) in p.iter().enumerate() {
         if let (Some(x), Some(y)) = (d.known(), norm[off + j].known()) {
             if x != y && x != 1 {
-                return Err(InferError::Bad(format!("{what} dim {x} does not match the normalized dim {y}")));
+                return Err(InferError::Bad(format!(
+                    "{what} dim {x} does not match the normalized dim {y}"
+                )));
             }
         }
     }
@@ -341,7 +382,9 @@ fn rms_norm(cx: &InferCx, axis: i64) -> InferResult {
     let t = cx.tensor(0)?;
     // Y has the scale's element type (V); fall back to X's when it is not known.
     let dt = cx.dtype(1).unwrap_or(t.dtype);
-    let Some(s) = &t.shape else { return Ok(vec![Out::unranked(dt)]) };
+    let Some(s) = &t.shape else {
+        return Ok(vec![Out::unranked(dt)]);
+    };
     let a = norm_axis(axis, s.len())?;
     if s.is_empty() {
         return Err("RMSNormalization needs an input of rank >= 1".into());
@@ -357,11 +400,15 @@ fn group_norm(cx: &InferCx, num_groups: i64) -> InferResult {
             return Err("GroupNormalization needs an input of rank >= 2 (N, C, ...)".into());
         }
         if num_groups <= 0 {
-            return Err(InferError::Bad(format!("num_groups must be positive, got {num_groups}")));
+            return Err(InferError::Bad(format!(
+                "num_groups must be positive, got {num_groups}"
+            )));
         }
         if let Some(c) = s[1].known() {
             if c % num_groups != 0 {
-                return Err(InferError::Bad(format!("{c} channels do not divide into {num_groups} groups")));
+                return Err(InferError::Bad(format!(
+                    "{c} channels do not divide into {num_groups} groups"
+                )));
             }
         }
     }
@@ -380,7 +427,13 @@ mod tests {
     fn ty(dt: DType, dims: &[&str]) -> Option<Type> {
         Some(Type::tensor(
             dt,
-            dims.iter().map(|d| d.parse::<i64>().map(Dim::from).unwrap_or_else(|_| Dim::sym(d))).collect(),
+            dims.iter()
+                .map(|d| {
+                    d.parse::<i64>()
+                        .map(Dim::from)
+                        .unwrap_or_else(|_| Dim::sym(d))
+                })
+                .collect(),
         ))
     }
 
@@ -393,7 +446,12 @@ mod tests {
     }
 
     /// Runs inference on a one-node graph and returns the output types as strings.
-    fn run(g: &mut Graph, op: Op, inputs: Vec<Option<ValueId>>, nout: usize) -> Result<Vec<String>, String> {
+    fn run(
+        g: &mut Graph,
+        op: Op,
+        inputs: Vec<Option<ValueId>>,
+        nout: usize,
+    ) -> Result<Vec<String>, String> {
         let names: Vec<String> = (0..nout).map(|i| format!("out{i}")).collect();
         let refs: Vec<&str> = names.iter().map(|s| s.as_str()).collect();
         let n = g.add_node("n", op, inputs, &refs);
@@ -402,12 +460,21 @@ mod tests {
             .outputs
             .clone()
             .into_iter()
-            .map(|o| g.value(o).ty.as_ref().map(|t| t.to_string()).unwrap_or_else(|| "?".into()))
+            .map(|o| {
+                g.value(o)
+                    .ty
+                    .as_ref()
+                    .map(|t| t.to_string())
+                    .unwrap_or_else(|| "?".into())
+            })
             .collect())
     }
 
     fn red(keepdims: bool, noop: bool) -> Op {
-        Op::ReduceMean(ReduceMean { keepdims, noop_with_empty_axes: noop })
+        Op::ReduceMean(ReduceMean {
+            keepdims,
+            noop_with_empty_axes: noop,
+        })
     }
 
     #[test]
@@ -415,12 +482,18 @@ mod tests {
         let mut g = Graph::new("g");
         let x = f32in(&mut g, "x", &["batch", "seq", "768"]);
         let a = i64s(&mut g, "a", &[-1]);
-        assert_eq!(run(&mut g, red(true, false), vec![Some(x), Some(a)], 1).unwrap(), ["f32[batch,seq,1]"]);
+        assert_eq!(
+            run(&mut g, red(true, false), vec![Some(x), Some(a)], 1).unwrap(),
+            ["f32[batch,seq,1]"]
+        );
 
         let mut g = Graph::new("g");
         let x = f32in(&mut g, "x", &["batch", "seq", "768"]);
         let a = i64s(&mut g, "a", &[0, 2]);
-        assert_eq!(run(&mut g, red(false, false), vec![Some(x), Some(a)], 1).unwrap(), ["f32[seq]"]);
+        assert_eq!(
+            run(&mut g, red(false, false), vec![Some(x), Some(a)], 1).unwrap(),
+            ["f32[seq]"]
+        );
     }
 
     #[test]
@@ -428,21 +501,36 @@ mod tests {
         // All axes reduced by default.
         let mut g = Graph::new("g");
         let x = f32in(&mut g, "x", &["2", "3"]);
-        assert_eq!(run(&mut g, red(true, false), vec![Some(x)], 1).unwrap(), ["f32[1,1]"]);
+        assert_eq!(
+            run(&mut g, red(true, false), vec![Some(x)], 1).unwrap(),
+            ["f32[1,1]"]
+        );
         let mut g = Graph::new("g");
         let x = f32in(&mut g, "x", &["2", "3"]);
-        let op = Op::ReduceL1(ReduceL1 { keepdims: false, noop_with_empty_axes: false });
+        let op = Op::ReduceL1(ReduceL1 {
+            keepdims: false,
+            noop_with_empty_axes: false,
+        });
         assert_eq!(run(&mut g, op, vec![Some(x)], 1).unwrap(), ["f32[]"]);
         // Empty axes with noop: identity.
         let mut g = Graph::new("g");
         let x = f32in(&mut g, "x", &["2", "n"]);
         let a = i64s(&mut g, "a", &[]);
-        let op = Op::ReduceL2(ReduceL2 { keepdims: true, noop_with_empty_axes: true });
-        assert_eq!(run(&mut g, op, vec![Some(x), Some(a)], 1).unwrap(), ["f32[2,n]"]);
+        let op = Op::ReduceL2(ReduceL2 {
+            keepdims: true,
+            noop_with_empty_axes: true,
+        });
+        assert_eq!(
+            run(&mut g, op, vec![Some(x), Some(a)], 1).unwrap(),
+            ["f32[2,n]"]
+        );
         // Unknown rank, full reduction without keepdims: a scalar.
         let mut g = Graph::new("g");
         let x = g.add_input("x", Some(Type::tensor_unranked(DType::F32)));
-        let op = Op::ReduceLogSumExp(ReduceLogSumExp { keepdims: false, noop_with_empty_axes: false });
+        let op = Op::ReduceLogSumExp(ReduceLogSumExp {
+            keepdims: false,
+            noop_with_empty_axes: false,
+        });
         assert_eq!(run(&mut g, op, vec![Some(x)], 1).unwrap(), ["f32[]"]);
     }
 
@@ -452,20 +540,37 @@ mod tests {
         let x = f32in(&mut g, "x", &["b", "1", "4"]);
         let a = g.add_input("a", ty(DType::I64, &["n"]));
         let r = run(&mut g, red(true, false), vec![Some(x), Some(a)], 1).unwrap();
-        assert!(r[0].starts_with("f32[unk__") && r[0].contains(",1,unk__"), "{}", r[0]);
+        assert!(
+            r[0].starts_with("f32[unk__") && r[0].contains(",1,unk__"),
+            "{}",
+            r[0]
+        );
         // Two axes, not kept: rank 1.
         let mut g = Graph::new("g");
         let x = f32in(&mut g, "x", &["b", "1", "4"]);
         let a = g.add_input("a", ty(DType::I64, &["2"]));
-        let op = Op::ReduceMax(ReduceMax { keepdims: false, noop_with_empty_axes: false });
+        let op = Op::ReduceMax(ReduceMax {
+            keepdims: false,
+            noop_with_empty_axes: false,
+        });
         let r = run(&mut g, op, vec![Some(x), Some(a)], 1).unwrap();
-        assert!(r[0].starts_with("f32[unk__") && !r[0].contains(','), "{}", r[0]);
+        assert!(
+            r[0].starts_with("f32[unk__") && !r[0].contains(','),
+            "{}",
+            r[0]
+        );
         // Unknown count, not kept: unranked.
         let mut g = Graph::new("g");
         let x = f32in(&mut g, "x", &["b", "1", "4"]);
         let a = g.add_input("a", ty(DType::I64, &["n"]));
-        let op = Op::ReduceMin(ReduceMin { keepdims: false, noop_with_empty_axes: false });
-        assert_eq!(run(&mut g, op, vec![Some(x), Some(a)], 1).unwrap(), ["f32[*]"]);
+        let op = Op::ReduceMin(ReduceMin {
+            keepdims: false,
+            noop_with_empty_axes: false,
+        });
+        assert_eq!(
+            run(&mut g, op, vec![Some(x), Some(a)], 1).unwrap(),
+            ["f32[*]"]
+        );
     }
 
     #[test]
@@ -477,14 +582,23 @@ mod tests {
         let mut g = Graph::new("g");
         let x = f32in(&mut g, "x", &["2", "3"]);
         let a = i64s(&mut g, "a", &[1, -1]);
-        assert!(run(&mut g, red(true, false), vec![Some(x), Some(a)], 1).unwrap_err().contains("repeated"));
+        assert!(run(&mut g, red(true, false), vec![Some(x), Some(a)], 1)
+            .unwrap_err()
+            .contains("repeated"));
     }
 
     /// Infers `op` directly, with symbolic contents for its inputs.
-    fn infer_with_syms(op: Op, inputs: Vec<Type>, syms: Vec<Option<Vec<Dim>>>) -> Vec<crate::infer::Out> {
+    fn infer_with_syms(
+        op: Op,
+        inputs: Vec<Type>,
+        syms: Vec<Option<Vec<Dim>>>,
+    ) -> Vec<crate::infer::Out> {
         let mut g = Graph::new("g");
-        let ins: Vec<Option<ValueId>> =
-            inputs.iter().enumerate().map(|(i, t)| Some(g.add_input(format!("i{i}"), Some(t.clone())))).collect();
+        let ins: Vec<Option<ValueId>> = inputs
+            .iter()
+            .enumerate()
+            .map(|(i, t)| Some(g.add_input(format!("i{i}"), Some(t.clone()))))
+            .collect();
         let n = g.add_node("n", op.clone(), ins, &["y"]);
         let mut fresh = |h: &str| Dim::sym(&format!("unk__{h}"));
         let mut cx = crate::infer::InferCx {
@@ -501,49 +615,98 @@ mod tests {
     fn reductions_of_shape_tensors_are_symbolic() {
         let s = vec![Dim::sym("batch"), Dim::sym("seq"), Dim::from(4i64)];
         let t = Type::tensor(DType::I64, vec![Dim::from(3i64)]);
-        let prod = Op::ReduceProd(ReduceProd { keepdims: false, noop_with_empty_axes: false });
+        let prod = Op::ReduceProd(ReduceProd {
+            keepdims: false,
+            noop_with_empty_axes: false,
+        });
         let o = infer_with_syms(prod, vec![t.clone()], vec![Some(s.clone())]);
         assert_eq!(o[0].ty.to_string(), "i64[]");
         assert_eq!(o[0].sym.as_ref().unwrap()[0].to_string(), "4*batch*seq");
-        let sum = Op::ReduceSum(ReduceSum { keepdims: true, noop_with_empty_axes: false });
+        let sum = Op::ReduceSum(ReduceSum {
+            keepdims: true,
+            noop_with_empty_axes: false,
+        });
         let o = infer_with_syms(sum, vec![t.clone()], vec![Some(s.clone())]);
         assert_eq!(o[0].ty.to_string(), "i64[1]");
         assert_eq!(o[0].sym.as_ref().unwrap()[0].to_string(), "batch+seq+4");
-        let max = Op::ReduceMax(ReduceMax { keepdims: false, noop_with_empty_axes: false });
+        let max = Op::ReduceMax(ReduceMax {
+            keepdims: false,
+            noop_with_empty_axes: false,
+        });
         let o = infer_with_syms(max, vec![t.clone()], vec![Some(s.clone())]);
         assert!(o[0].sym.is_none());
         let o = infer_with_syms(
-            Op::ReduceMax(ReduceMax { keepdims: false, noop_with_empty_axes: false }),
+            Op::ReduceMax(ReduceMax {
+                keepdims: false,
+                noop_with_empty_axes: false,
+            }),
             vec![t.clone()],
-            vec![Some(vec![Dim::from(2i64), Dim::from(7i64), Dim::from(3i64)])],
+            vec![Some(vec![
+                Dim::from(2i64),
+                Dim::from(7i64),
+                Dim::from(3i64),
+            ])],
         );
         assert_eq!(o[0].sym, Some(vec![Dim::from(7i64)]));
-        let cs = Op::CumSum(CumSum { exclusive: true, reverse: false });
+        let cs = Op::CumSum(CumSum {
+            exclusive: true,
+            reverse: false,
+        });
         let o = infer_with_syms(
             cs,
             vec![t.clone(), Type::tensor(DType::I64, vec![])],
             vec![Some(s.clone()), Some(vec![Dim::from(0i64)])],
         );
-        let v: Vec<String> = o[0].sym.as_ref().unwrap().iter().map(|d| d.to_string()).collect();
+        let v: Vec<String> = o[0]
+            .sym
+            .as_ref()
+            .unwrap()
+            .iter()
+            .map(|d| d.to_string())
+            .collect();
         assert_eq!(v, ["0", "batch", "batch+seq"]);
-        let cp = Op::CumProd(CumProd { exclusive: false, reverse: true });
-        let o =
-            infer_with_syms(cp, vec![t, Type::tensor(DType::I64, vec![])], vec![Some(s), Some(vec![Dim::from(0i64)])]);
-        let v: Vec<String> = o[0].sym.as_ref().unwrap().iter().map(|d| d.to_string()).collect();
+        let cp = Op::CumProd(CumProd {
+            exclusive: false,
+            reverse: true,
+        });
+        let o = infer_with_syms(
+            cp,
+            vec![t, Type::tensor(DType::I64, vec![])],
+            vec![Some(s), Some(vec![Dim::from(0i64)])],
+        );
+        let v: Vec<String> = o[0]
+            .sym
+            .as_ref()
+            .unwrap()
+            .iter()
+            .map(|d| d.to_string())
+            .collect();
         assert_eq!(v, ["4*batch*seq", "4*seq", "4"]);
     }
 
     #[test]
     fn sum_square_log_sum_and_l1_keep_dims() {
         for op in [
-            Op::ReduceSumSquare(ReduceSumSquare { keepdims: true, noop_with_empty_axes: false }),
-            Op::ReduceLogSum(ReduceLogSum { keepdims: true, noop_with_empty_axes: false }),
-            Op::ReduceSum(ReduceSum { keepdims: true, noop_with_empty_axes: false }),
+            Op::ReduceSumSquare(ReduceSumSquare {
+                keepdims: true,
+                noop_with_empty_axes: false,
+            }),
+            Op::ReduceLogSum(ReduceLogSum {
+                keepdims: true,
+                noop_with_empty_axes: false,
+            }),
+            Op::ReduceSum(ReduceSum {
+                keepdims: true,
+                noop_with_empty_axes: false,
+            }),
         ] {
             let mut g = Graph::new("g");
             let x = f32in(&mut g, "x", &["3", "4", "5"]);
             let a = i64s(&mut g, "a", &[1]);
-            assert_eq!(run(&mut g, op, vec![Some(x), Some(a)], 1).unwrap(), ["f32[3,1,5]"]);
+            assert_eq!(
+                run(&mut g, op, vec![Some(x), Some(a)], 1).unwrap(),
+                ["f32[3,1,5]"]
+            );
         }
     }
 
@@ -551,25 +714,46 @@ mod tests {
     fn argmax_and_argmin() {
         let mut g = Graph::new("g");
         let x = f32in(&mut g, "x", &["2", "3", "4"]);
-        let op = Op::ArgMax(ArgMax { axis: 1, keepdims: true, select_last_index: false });
+        let op = Op::ArgMax(ArgMax {
+            axis: 1,
+            keepdims: true,
+            select_last_index: false,
+        });
         assert_eq!(run(&mut g, op, vec![Some(x)], 1).unwrap(), ["i64[2,1,4]"]);
         let mut g = Graph::new("g");
         let x = f32in(&mut g, "x", &["2", "3", "4"]);
-        let op = Op::ArgMin(ArgMin { axis: -1, keepdims: false, select_last_index: true });
+        let op = Op::ArgMin(ArgMin {
+            axis: -1,
+            keepdims: false,
+            select_last_index: true,
+        });
         assert_eq!(run(&mut g, op, vec![Some(x)], 1).unwrap(), ["i64[2,3]"]);
         let mut g = Graph::new("g");
         let x = f32in(&mut g, "x", &["2", "3"]);
-        let op = Op::ArgMin(ArgMin { axis: 2, keepdims: false, select_last_index: true });
+        let op = Op::ArgMin(ArgMin {
+            axis: 2,
+            keepdims: false,
+            select_last_index: true,
+        });
         assert!(run(&mut g, op, vec![Some(x)], 1).is_err());
     }
 
     #[test]
     fn topk_k_constant_symbolic_or_fresh() {
-        let op = || Op::TopK(TopK { axis: 1, largest: true, sorted: true });
+        let op = || {
+            Op::TopK(TopK {
+                axis: 1,
+                largest: true,
+                sorted: true,
+            })
+        };
         let mut g = Graph::new("g");
         let x = f32in(&mut g, "x", &["3", "4"]);
         let k = i64s(&mut g, "k", &[3]);
-        assert_eq!(run(&mut g, op(), vec![Some(x), Some(k)], 2).unwrap(), ["f32[3,3]", "i64[3,3]"]);
+        assert_eq!(
+            run(&mut g, op(), vec![Some(x), Some(k)], 2).unwrap(),
+            ["f32[3,3]", "i64[3,3]"]
+        );
         // K from a graph input: a fresh symbol shared by both outputs.
         let mut g = Graph::new("g");
         let x = f32in(&mut g, "x", &["3", "4"]);
@@ -589,12 +773,21 @@ mod tests {
         let mut g = Graph::new("g");
         let x = f32in(&mut g, "x", &["2", "3"]);
         let a = g.add_const("a", Tensor::scalar(1i64));
-        let op = Op::CumSum(CumSum { exclusive: false, reverse: false });
-        assert_eq!(run(&mut g, op, vec![Some(x), Some(a)], 1).unwrap(), ["f32[2,3]"]);
+        let op = Op::CumSum(CumSum {
+            exclusive: false,
+            reverse: false,
+        });
+        assert_eq!(
+            run(&mut g, op, vec![Some(x), Some(a)], 1).unwrap(),
+            ["f32[2,3]"]
+        );
         let mut g = Graph::new("g");
         let x = f32in(&mut g, "x", &["2", "3"]);
         let a = g.add_const("a", Tensor::scalar(2i64));
-        let op = Op::CumProd(CumProd { exclusive: true, reverse: true });
+        let op = Op::CumProd(CumProd {
+            exclusive: true,
+            reverse: true,
+        });
         assert!(run(&mut g, op, vec![Some(x), Some(a)], 1).is_err());
     }
 
@@ -608,7 +801,10 @@ mod tests {
         ] {
             let mut g = Graph::new("g");
             let x = f32in(&mut g, "x", &["batch", "10"]);
-            assert_eq!(run(&mut g, op, vec![Some(x)], 1).unwrap(), ["f32[batch,10]"]);
+            assert_eq!(
+                run(&mut g, op, vec![Some(x)], 1).unwrap(),
+                ["f32[batch,10]"]
+            );
         }
         let mut g = Graph::new("g");
         let x = f32in(&mut g, "x", &["batch", "10"]);
@@ -619,7 +815,9 @@ mod tests {
     fn mean_variance_normalization() {
         let mut g = Graph::new("g");
         let x = f32in(&mut g, "x", &["1", "3", "4", "4"]);
-        let op = Op::MeanVarianceNormalization(MeanVarianceNormalization { axes: vec![0, 2, 3] });
+        let op = Op::MeanVarianceNormalization(MeanVarianceNormalization {
+            axes: vec![0, 2, 3],
+        });
         assert_eq!(run(&mut g, op, vec![Some(x)], 1).unwrap(), ["f32[1,3,4,4]"]);
     }
 
@@ -628,7 +826,11 @@ mod tests {
         let mut g = Graph::new("g");
         let x = g.add_input("x", ty(DType::F16, &["batch", "seq", "768"]));
         let s = g.add_input("s", ty(DType::F16, &["768"]));
-        let op = Op::LayerNormalization(LayerNormalization { axis: -1, epsilon: 1e-5, stash_type: 1 });
+        let op = Op::LayerNormalization(LayerNormalization {
+            axis: -1,
+            epsilon: 1e-5,
+            stash_type: 1,
+        });
         assert_eq!(
             run(&mut g, op, vec![Some(x), Some(s)], 3).unwrap(),
             ["f16[batch,seq,768]", "f32[batch,seq,1]", "f32[batch,seq,1]"]
@@ -637,13 +839,24 @@ mod tests {
         let x = f32in(&mut g, "x", &["2", "3", "4", "5"]);
         let s = f32in(&mut g, "s", &["4", "5"]);
         let b = f32in(&mut g, "b", &["4", "5"]);
-        let op = Op::LayerNormalization(LayerNormalization { axis: 2, epsilon: 1e-5, stash_type: 1 });
-        assert_eq!(run(&mut g, op, vec![Some(x), Some(s), Some(b)], 2).unwrap(), ["f32[2,3,4,5]", "f32[2,3,1,1]"]);
+        let op = Op::LayerNormalization(LayerNormalization {
+            axis: 2,
+            epsilon: 1e-5,
+            stash_type: 1,
+        });
+        assert_eq!(
+            run(&mut g, op, vec![Some(x), Some(s), Some(b)], 2).unwrap(),
+            ["f32[2,3,4,5]", "f32[2,3,1,1]"]
+        );
         // Scale of the wrong size.
         let mut g = Graph::new("g");
         let x = f32in(&mut g, "x", &["2", "8"]);
         let s = f32in(&mut g, "s", &["4"]);
-        let op = Op::LayerNormalization(LayerNormalization { axis: -1, epsilon: 1e-5, stash_type: 1 });
+        let op = Op::LayerNormalization(LayerNormalization {
+            axis: -1,
+            epsilon: 1e-5,
+            stash_type: 1,
+        });
         assert!(run(&mut g, op, vec![Some(x), Some(s)], 1).is_err());
     }
 
@@ -652,19 +865,37 @@ mod tests {
         let mut g = Graph::new("g");
         let x = f32in(&mut g, "x", &["b", "s", "64"]);
         let s = g.add_input("s", ty(DType::F16, &["64"]));
-        let op = Op::RMSNormalization(RMSNormalization { axis: -1, epsilon: 1e-5, stash_type: 1 });
-        assert_eq!(run(&mut g, op, vec![Some(x), Some(s)], 1).unwrap(), ["f16[b,s,64]"]);
+        let op = Op::RMSNormalization(RMSNormalization {
+            axis: -1,
+            epsilon: 1e-5,
+            stash_type: 1,
+        });
+        assert_eq!(
+            run(&mut g, op, vec![Some(x), Some(s)], 1).unwrap(),
+            ["f16[b,s,64]"]
+        );
         let mut g = Graph::new("g");
         let x = f32in(&mut g, "x", &["n", "6", "8", "8"]);
         let s = f32in(&mut g, "s", &["6"]);
         let b = f32in(&mut g, "b", &["6"]);
-        let op = Op::GroupNormalization(GroupNormalization { epsilon: 1e-5, num_groups: 3, stash_type: 1 });
-        assert_eq!(run(&mut g, op, vec![Some(x), Some(s), Some(b)], 1).unwrap(), ["f32[n,6,8,8]"]);
+        let op = Op::GroupNormalization(GroupNormalization {
+            epsilon: 1e-5,
+            num_groups: 3,
+            stash_type: 1,
+        });
+        assert_eq!(
+            run(&mut g, op, vec![Some(x), Some(s), Some(b)], 1).unwrap(),
+            ["f32[n,6,8,8]"]
+        );
         let mut g = Graph::new("g");
         let x = f32in(&mut g, "x", &["n", "6", "8", "8"]);
         let s = f32in(&mut g, "s", &["6"]);
         let b = f32in(&mut g, "b", &["6"]);
-        let op = Op::GroupNormalization(GroupNormalization { epsilon: 1e-5, num_groups: 4, stash_type: 1 });
+        let op = Op::GroupNormalization(GroupNormalization {
+            epsilon: 1e-5,
+            num_groups: 4,
+            stash_type: 1,
+        });
         assert!(run(&mut g, op, vec![Some(x), Some(s), Some(b)], 1).is_err());
     }
 }

@@ -81,7 +81,8 @@ fn dims_of(cx: &InferCx, i: usize) -> Option<Vec<Dim>> {
     if let Some(s) = cx.sym(i) {
         return Some(s.to_vec());
     }
-    cx.const_ints(i).map(|v| v.into_iter().map(Dim::from).collect())
+    cx.const_ints(i)
+        .map(|v| v.into_iter().map(Dim::from).collect())
 }
 
 /// Elements of integer input `i` when they are all known numbers.
@@ -179,7 +180,9 @@ fn reshape(cx: &mut InferCx, allowzero: bool) -> InferResult {
     let Some(target) = dims_of(cx, 1) else {
         // Only the output rank may be known.
         return Ok(vec![match static_len(cx, 1) {
-            Some(n) if cx.shape(1).is_ok_and(|s| s.len() == 1) => Out::tensor(dt, fresh_dims(cx, n, "reshape")),
+            Some(n) if cx.shape(1).is_ok_and(|s| s.len() == 1) => {
+                Out::tensor(dt, fresh_dims(cx, n, "reshape"))
+            }
             _ => Out::unranked(dt),
         }]);
     };
@@ -199,7 +202,12 @@ fn reshape(cx: &mut InferCx, allowzero: bool) -> InferResult {
             Some(0) if !allowzero => match &in_shape {
                 Some(s) => match s.get(i) {
                     Some(d) => out.push(d.clone()),
-                    None => return bad(format!("shape[{i}] = 0 copies a dim the rank-{} input lacks", s.len())),
+                    None => {
+                        return bad(format!(
+                            "shape[{i}] = 0 copies a dim the rank-{} input lacks",
+                            s.len()
+                        ))
+                    }
                 },
                 None => out.push(cx.fresh("reshape")),
             },
@@ -217,7 +225,9 @@ fn reshape(cx: &mut InferCx, allowzero: bool) -> InferResult {
             Some(tot) => match (tot.known(), others.known()) {
                 (Some(a), Some(b)) if b != 0 => {
                     if a % b != 0 {
-                        return bad(format!("cannot reshape {a} elements into a multiple of {b}"));
+                        return bad(format!(
+                            "cannot reshape {a} elements into a multiple of {b}"
+                        ));
                     }
                     Dim::from(a / b)
                 }
@@ -229,13 +239,17 @@ fn reshape(cx: &mut InferCx, allowzero: bool) -> InferResult {
             },
             None => cx.fresh("reshape"),
         };
-    } else if let (Some(a), Some(b)) = (total.as_ref().and_then(Dim::known), product(&out).known()) {
+    } else if let (Some(a), Some(b)) = (total.as_ref().and_then(Dim::known), product(&out).known())
+    {
         if a != b {
             return bad(format!("cannot reshape {a} elements into {b}"));
         }
     }
     let sym = pass_sym(cx, 0, &out);
-    Ok(vec![Out { ty: Type::tensor(dt, out), sym }])
+    Ok(vec![Out {
+        ty: Type::tensor(dt, out),
+        sym,
+    }])
 }
 
 fn flatten(cx: &mut InferCx, axis: i64) -> InferResult {
@@ -249,12 +263,17 @@ fn flatten(cx: &mut InferCx, axis: i64) -> InferResult {
         return bad(format!("axis {axis} is out of range for rank {r}"));
     }
     let a = a as usize;
-    Ok(vec![Out::tensor(dt, vec![product(&s[..a]), product(&s[a..])])])
+    Ok(vec![Out::tensor(
+        dt,
+        vec![product(&s[..a]), product(&s[a..])],
+    )])
 }
 
 fn squeeze(cx: &mut InferCx) -> InferResult {
     let (dt, s) = input(cx, 0)?;
-    let Some(s) = s else { return Ok(vec![Out::unranked(dt)]) };
+    let Some(s) = s else {
+        return Ok(vec![Out::unranked(dt)]);
+    };
     let r = s.len();
     let out: Vec<Dim> = if cx.has(1) {
         match ints_of(cx, 1) {
@@ -265,7 +284,11 @@ fn squeeze(cx: &mut InferCx) -> InferResult {
                         return bad(format!("cannot squeeze axis {a} of size {v}"));
                     }
                 }
-                s.iter().enumerate().filter(|(i, _)| !axes.contains(i)).map(|(_, d)| d.clone()).collect()
+                s.iter()
+                    .enumerate()
+                    .filter(|(i, _)| !axes.contains(i))
+                    .map(|(_, d)| d.clone())
+                    .collect()
             }
             None => match static_len(cx, 1) {
                 Some(k) if k <= r => fresh_dims(cx, r - k, "squeeze"),
@@ -281,19 +304,30 @@ fn squeeze(cx: &mut InferCx) -> InferResult {
         s.iter().filter(|d| d.known() != Some(1)).cloned().collect()
     };
     let sym = pass_sym(cx, 0, &out);
-    Ok(vec![Out { ty: Type::tensor(dt, out), sym }])
+    Ok(vec![Out {
+        ty: Type::tensor(dt, out),
+        sym,
+    }])
 }
 
 fn unsqueeze(cx: &mut InferCx) -> InferResult {
     let (dt, s) = input(cx, 0)?;
-    let Some(s) = s else { return Ok(vec![Out::unranked(dt)]) };
+    let Some(s) = s else {
+        return Ok(vec![Out::unranked(dt)]);
+    };
     let out = match ints_of(cx, 1) {
         Some(axes) => {
             let rank = s.len() + axes.len();
             let axes = norm_axes(&axes, rank)?;
             let mut it = s.iter();
             (0..rank)
-                .map(|j| if axes.contains(&j) { Dim::from(1i64) } else { it.next().cloned().unwrap_or(Dim::from(1i64)) })
+                .map(|j| {
+                    if axes.contains(&j) {
+                        Dim::from(1i64)
+                    } else {
+                        it.next().cloned().unwrap_or(Dim::from(1i64))
+                    }
+                })
                 .collect::<Vec<_>>()
         }
         None => match static_len(cx, 1) {
@@ -302,12 +336,17 @@ fn unsqueeze(cx: &mut InferCx) -> InferResult {
         },
     };
     let sym = pass_sym(cx, 0, &out);
-    Ok(vec![Out { ty: Type::tensor(dt, out), sym }])
+    Ok(vec![Out {
+        ty: Type::tensor(dt, out),
+        sym,
+    }])
 }
 
 fn transpose(cx: &mut InferCx, perm: Option<&[i64]>) -> InferResult {
     let (dt, s) = input(cx, 0)?;
-    let Some(s) = s else { return Ok(vec![Out::unranked(dt)]) };
+    let Some(s) = s else {
+        return Ok(vec![Out::unranked(dt)]);
+    };
     let r = s.len();
     let perm: Vec<usize> = match perm {
         Some(p) => {
@@ -320,12 +359,17 @@ fn transpose(cx: &mut InferCx, perm: Option<&[i64]>) -> InferResult {
     };
     let out: Vec<Dim> = perm.iter().map(|&p| s[p].clone()).collect();
     let sym = pass_sym(cx, 0, &out);
-    Ok(vec![Out { ty: Type::tensor(dt, out), sym }])
+    Ok(vec![Out {
+        ty: Type::tensor(dt, out),
+        sym,
+    }])
 }
 
 fn depth_to_space(cx: &mut InferCx, b: i64) -> InferResult {
     let (dt, s) = input(cx, 0)?;
-    let Some(s) = s else { return Ok(vec![Out::unranked(dt)]) };
+    let Some(s) = s else {
+        return Ok(vec![Out::unranked(dt)]);
+    };
     if s.len() != 4 {
         return bad(format!("input must be 4-D, got rank {}", s.len()));
     }
@@ -335,16 +379,23 @@ fn depth_to_space(cx: &mut InferCx, b: i64) -> InferResult {
     let bb = Dim::from(b * b);
     let c = match s[1].div_exact(&bb) {
         Some(c) => c,
-        None if s[1].is_known() => return bad(format!("channels {} are not divisible by {b}*{b}", s[1])),
+        None if s[1].is_known() => {
+            return bad(format!("channels {} are not divisible by {b}*{b}", s[1]))
+        }
         None => cx.fresh("depth_to_space"),
     };
     let b = Dim::from(b);
-    Ok(vec![Out::tensor(dt, vec![s[0].clone(), c, &s[2] * &b, &s[3] * &b])])
+    Ok(vec![Out::tensor(
+        dt,
+        vec![s[0].clone(), c, &s[2] * &b, &s[3] * &b],
+    )])
 }
 
 fn space_to_depth(cx: &mut InferCx, b: i64) -> InferResult {
     let (dt, s) = input(cx, 0)?;
-    let Some(s) = s else { return Ok(vec![Out::unranked(dt)]) };
+    let Some(s) = s else {
+        return Ok(vec![Out::unranked(dt)]);
+    };
     if s.len() != 4 {
         return bad(format!("input must be 4-D, got rank {}", s.len()));
     }
@@ -360,7 +411,15 @@ fn space_to_depth(cx: &mut InferCx, b: i64) -> InferResult {
             None => cx.fresh("space_to_depth"),
         });
     }
-    Ok(vec![Out::tensor(dt, vec![s[0].clone(), &s[1] * &Dim::from(b * b), spatial[0].clone(), spatial[1].clone()])])
+    Ok(vec![Out::tensor(
+        dt,
+        vec![
+            s[0].clone(),
+            &s[1] * &Dim::from(b * b),
+            spatial[0].clone(),
+            spatial[1].clone(),
+        ],
+    )])
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -379,7 +438,9 @@ fn concat(cx: &mut InferCx, axis: i64) -> InferResult {
             Some(Type::Tensor(t)) => {
                 match dt {
                     None => dt = Some(t.dtype),
-                    Some(d) if d != t.dtype => return bad(format!("inputs mix {d} and {}", t.dtype)),
+                    Some(d) if d != t.dtype => {
+                        return bad(format!("inputs mix {d} and {}", t.dtype))
+                    }
                     _ => {}
                 }
                 match &t.shape {
@@ -396,7 +457,9 @@ fn concat(cx: &mut InferCx, axis: i64) -> InferResult {
         }
     }
     let dt = dt.ok_or(InferError::Unknown)?;
-    let Some(first) = shapes.first() else { return Ok(vec![Out::unranked(dt)]) };
+    let Some(first) = shapes.first() else {
+        return Ok(vec![Out::unranked(dt)]);
+    };
     let r = first.len();
     if r == 0 {
         return bad("cannot concatenate scalars");
@@ -408,7 +471,11 @@ fn concat(cx: &mut InferCx, axis: i64) -> InferResult {
     let mut out = first.clone();
     for s in &shapes[1..] {
         for j in 0..r {
-            out[j] = if j == a { &out[j] + &s[j] } else { unify(&out[j], &s[j], "non-axis dims")? };
+            out[j] = if j == a {
+                &out[j] + &s[j]
+            } else {
+                unify(&out[j], &s[j], "non-axis dims")?
+            };
         }
     }
     if partial {
@@ -416,7 +483,10 @@ fn concat(cx: &mut InferCx, axis: i64) -> InferResult {
     }
     let mut o = Out::tensor(dt, out);
     if !partial && r == 1 && dt.is_int() {
-        o.sym = syms.into_iter().collect::<Option<Vec<_>>>().map(|v| v.concat());
+        o.sym = syms
+            .into_iter()
+            .collect::<Option<Vec<_>>>()
+            .map(|v| v.concat());
     }
     Ok(vec![o])
 }
@@ -430,7 +500,11 @@ fn equal_split(cx: &mut InferCx, d: &Dim, n: usize) -> Vec<Dim> {
         return (0..ni)
             .map(|k| {
                 let start = (k * div).min(v);
-                let end = if k == ni - 1 { v } else { ((k + 1) * div).min(v) };
+                let end = if k == ni - 1 {
+                    v
+                } else {
+                    ((k + 1) * div).min(v)
+                };
                 Dim::from((end - start).max(0))
             })
             .collect();
@@ -444,7 +518,9 @@ fn equal_split(cx: &mut InferCx, d: &Dim, n: usize) -> Vec<Dim> {
 fn split(cx: &mut InferCx, axis: i64, num_outputs: Option<i64>) -> InferResult {
     let (dt, s) = input(cx, 0)?;
     let n_out = cx.node.outputs.len();
-    let Some(s) = s else { return Ok(vec![Out::unranked(dt); n_out]) };
+    let Some(s) = s else {
+        return Ok(vec![Out::unranked(dt); n_out]);
+    };
     if s.is_empty() {
         return bad("cannot split a scalar");
     }
@@ -474,7 +550,9 @@ fn split(cx: &mut InferCx, axis: i64, num_outputs: Option<i64>) -> InferResult {
         let n = match num_outputs {
             Some(k) if k < 1 => return bad(format!("num_outputs {k} must be positive")),
             Some(k) if k as usize != n_out => {
-                return bad(format!("num_outputs is {k} but the node has {n_out} outputs"))
+                return bad(format!(
+                    "num_outputs is {k} but the node has {n_out} outputs"
+                ))
             }
             _ => n_out,
         };
@@ -483,7 +561,11 @@ fn split(cx: &mut InferCx, axis: i64, num_outputs: Option<i64>) -> InferResult {
         }
         equal_split(cx, &d, n)
     };
-    let whole_sym = if s.len() == 1 { cx.sym(0).map(|v| v.to_vec()) } else { None };
+    let whole_sym = if s.len() == 1 {
+        cx.sym(0).map(|v| v.to_vec())
+    } else {
+        None
+    };
     let mut pos = 0usize;
     let mut outs = Vec::with_capacity(n_out);
     for size in sizes {
@@ -518,7 +600,11 @@ fn slice_range(d: i64, start: i64, end: i64, step: i64) -> (i64, i64, i64) {
     } else {
         (s.max(0).min(d - 1), e.max(-1).min(d - 1))
     };
-    let n = if step > 0 { ceil_div(e - s, step) } else { ceil_div(s - e, -step) };
+    let n = if step > 0 {
+        ceil_div(e - s, step)
+    } else {
+        ceil_div(s - e, -step)
+    };
     (s, n.max(0), step)
 }
 
@@ -573,14 +659,20 @@ fn slice_len(d: &Dim, start: &Dim, end: &Dim, step: i64) -> Option<Dim> {
 
 fn slice(cx: &mut InferCx) -> InferResult {
     let (dt, s) = input(cx, 0)?;
-    let Some(s) = s else { return Ok(vec![Out::unranked(dt)]) };
+    let Some(s) = s else {
+        return Ok(vec![Out::unranked(dt)]);
+    };
     let r = s.len();
     if r == 0 {
         return bad("cannot slice a scalar");
     }
     let starts = dims_of(cx, 1);
     let ends = dims_of(cx, 2);
-    let n = starts.as_ref().map(|v| v.len()).or(ends.as_ref().map(|v| v.len())).or_else(|| static_len(cx, 1));
+    let n = starts
+        .as_ref()
+        .map(|v| v.len())
+        .or(ends.as_ref().map(|v| v.len()))
+        .or_else(|| static_len(cx, 1));
     let axes: Option<Vec<usize>> = if cx.has(3) {
         match ints_of(cx, 3) {
             Some(a) => Some(norm_axes(&a, r)?),
@@ -597,7 +689,11 @@ fn slice(cx: &mut InferCx) -> InferResult {
             return bad(format!("slice axes {ax:?} out of range for rank {r}"));
         }
     }
-    let steps: Option<Vec<i64>> = if cx.has(4) { ints_of(cx, 4) } else { n.map(|n| vec![1; n]) };
+    let steps: Option<Vec<i64>> = if cx.has(4) {
+        ints_of(cx, 4)
+    } else {
+        n.map(|n| vec![1; n])
+    };
     for (name, len) in [
         ("starts", starts.as_ref().map(|v| v.len())),
         ("ends", ends.as_ref().map(|v| v.len())),
@@ -628,7 +724,11 @@ fn slice(cx: &mut InferCx) -> InferResult {
             if let (Some(data), [0]) = (cx.sym(0), ax.as_slice()) {
                 if let (Some(b), Some(e)) = (st[0].known(), en[0].known()) {
                     let (first, len, step) = slice_range(data.len() as i64, b, e, sp[0]);
-                    sym = Some((0..len).map(|k| data[(first + k * step) as usize].clone()).collect());
+                    sym = Some(
+                        (0..len)
+                            .map(|k| data[(first + k * step) as usize].clone())
+                            .collect(),
+                    );
                 }
             }
         }
@@ -639,7 +739,10 @@ fn slice(cx: &mut InferCx) -> InferResult {
         }
         _ => out = fresh_dims(cx, r, "slice"),
     }
-    Ok(vec![Out { ty: Type::tensor(dt, out), sym }])
+    Ok(vec![Out {
+        ty: Type::tensor(dt, out),
+        sym,
+    }])
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -677,16 +780,24 @@ fn expand(cx: &mut InferCx) -> InferResult {
         // A one-element tensor broadcast to a 1-D shape.
         if let (Some(v), [d]) = (cx.sym(0), out.as_slice()) {
             if v.len() == 1 {
-                sym = d.known().filter(|&n| n >= 0 && n as usize <= MAX_SYM).map(|n| vec![v[0].clone(); n as usize]);
+                sym = d
+                    .known()
+                    .filter(|&n| n >= 0 && n as usize <= MAX_SYM)
+                    .map(|n| vec![v[0].clone(); n as usize]);
             }
         }
     }
-    Ok(vec![Out { ty: Type::tensor(dt, out), sym }])
+    Ok(vec![Out {
+        ty: Type::tensor(dt, out),
+        sym,
+    }])
 }
 
 fn tile(cx: &mut InferCx) -> InferResult {
     let (dt, s) = input(cx, 0)?;
-    let Some(s) = s else { return Ok(vec![Out::unranked(dt)]) };
+    let Some(s) = s else {
+        return Ok(vec![Out::unranked(dt)]);
+    };
     let r = s.len();
     let (out, sym) = match dims_of(cx, 1) {
         Some(rep) => {
@@ -697,7 +808,13 @@ fn tile(cx: &mut InferCx) -> InferResult {
             let out: Vec<Dim> = s.iter().zip(&rep).map(|(d, k)| d * k).collect();
             let sym = match (cx.sym(0), rep.first().and_then(Dim::known)) {
                 (Some(v), Some(k)) if r == 1 && v.len().saturating_mul(k as usize) <= MAX_SYM => {
-                    Some(v.iter().cycle().take(v.len() * k as usize).cloned().collect())
+                    Some(
+                        v.iter()
+                            .cycle()
+                            .take(v.len() * k as usize)
+                            .cloned()
+                            .collect(),
+                    )
                 }
                 _ => None,
             };
@@ -710,12 +827,17 @@ fn tile(cx: &mut InferCx) -> InferResult {
             (fresh_dims(cx, r, "tile"), None)
         }
     };
-    Ok(vec![Out { ty: Type::tensor(dt, out), sym }])
+    Ok(vec![Out {
+        ty: Type::tensor(dt, out),
+        sym,
+    }])
 }
 
 fn pad(cx: &mut InferCx) -> InferResult {
     let (dt, s) = input(cx, 0)?;
-    let Some(s) = s else { return Ok(vec![Out::unranked(dt)]) };
+    let Some(s) = s else {
+        return Ok(vec![Out::unranked(dt)]);
+    };
     let r = s.len();
     let axes: Option<Vec<usize>> = if cx.has(3) {
         match ints_of(cx, 3) {
@@ -757,7 +879,9 @@ fn pad(cx: &mut InferCx) -> InferResult {
 
 fn center_crop_pad(cx: &mut InferCx, axes: Option<&[i64]>) -> InferResult {
     let (dt, s) = input(cx, 0)?;
-    let Some(s) = s else { return Ok(vec![Out::unranked(dt)]) };
+    let Some(s) = s else {
+        return Ok(vec![Out::unranked(dt)]);
+    };
     let r = s.len();
     let axes = match axes {
         Some(a) => norm_axes(a, r)?,
@@ -767,7 +891,11 @@ fn center_crop_pad(cx: &mut InferCx, axes: Option<&[i64]>) -> InferResult {
     match dims_of(cx, 1) {
         Some(t) => {
             if t.len() != axes.len() {
-                return bad(format!("shape has {} entries for {} axes", t.len(), axes.len()));
+                return bad(format!(
+                    "shape has {} entries for {} axes",
+                    t.len(),
+                    axes.len()
+                ));
             }
             check_nonneg(&t, "the target shape")?;
             for (d, &a) in t.into_iter().zip(&axes) {
@@ -789,7 +917,9 @@ fn center_crop_pad(cx: &mut InferCx, axes: Option<&[i64]>) -> InferResult {
 fn gather(cx: &mut InferCx, axis: i64) -> InferResult {
     let (dt, s) = input(cx, 0)?;
     let (_, q) = input(cx, 1)?;
-    let (Some(s), Some(q)) = (s, q) else { return Ok(vec![Out::unranked(dt)]) };
+    let (Some(s), Some(q)) = (s, q) else {
+        return Ok(vec![Out::unranked(dt)]);
+    };
     if s.is_empty() {
         return bad("cannot gather from a scalar");
     }
@@ -811,7 +941,10 @@ fn gather(cx: &mut InferCx, axis: i64) -> InferResult {
             sym = Some(v);
         }
     }
-    Ok(vec![Out { ty: Type::tensor(dt, out), sym }])
+    Ok(vec![Out {
+        ty: Type::tensor(dt, out),
+        sym,
+    }])
 }
 
 fn gather_elements(cx: &mut InferCx, axis: i64) -> InferResult {
@@ -824,7 +957,11 @@ fn gather_elements(cx: &mut InferCx, axis: i64) -> InferResult {
         }
     }
     match (s, q) {
-        (Some(s), Some(q)) if s.len() != q.len() => bad(format!("data has rank {} but indices rank {}", s.len(), q.len())),
+        (Some(s), Some(q)) if s.len() != q.len() => bad(format!(
+            "data has rank {} but indices rank {}",
+            s.len(),
+            q.len()
+        )),
         (_, Some(q)) => Ok(vec![Out::tensor(dt, q)]),
         (Some(s), None) => Ok(vec![Out::tensor(dt, fresh_dims(cx, s.len(), "gather"))]),
         (None, None) => Ok(vec![Out::unranked(dt)]),
@@ -834,21 +971,30 @@ fn gather_elements(cx: &mut InferCx, axis: i64) -> InferResult {
 fn gather_nd(cx: &mut InferCx, b: i64) -> InferResult {
     let (dt, s) = input(cx, 0)?;
     let (_, q) = input(cx, 1)?;
-    let (Some(s), Some(q)) = (s, q) else { return Ok(vec![Out::unranked(dt)]) };
+    let (Some(s), Some(q)) = (s, q) else {
+        return Ok(vec![Out::unranked(dt)]);
+    };
     let (r, m) = (s.len(), q.len());
     if r == 0 || m == 0 {
         return bad("data and indices must have rank >= 1");
     }
     if b < 0 || b as usize >= r.min(m) {
-        return bad(format!("batch_dims {b} must be less than both ranks ({r}, {m})"));
+        return bad(format!(
+            "batch_dims {b} must be less than both ranks ({r}, {m})"
+        ));
     }
     let b = b as usize;
     for i in 0..b {
         unify(&s[i], &q[i], "batch dims")?;
     }
-    let Some(last) = q[m - 1].known() else { return Ok(vec![Out::unranked(dt)]) };
+    let Some(last) = q[m - 1].known() else {
+        return Ok(vec![Out::unranked(dt)]);
+    };
     if last < 1 || last as usize > r - b {
-        return bad(format!("indices.shape[-1] = {last} must be in 1..={}", r - b));
+        return bad(format!(
+            "indices.shape[-1] = {last} must be in 1..={}",
+            r - b
+        ));
     }
     let mut out = q[..m - 1].to_vec();
     out.extend(s[b + last as usize..].iter().cloned());
@@ -865,7 +1011,11 @@ fn scatter_elements(cx: &mut InferCx, axis: i64) -> InferResult {
         for i in [1, 2] {
             if let Ok(q) = cx.shape(i) {
                 if q.len() != s.len() {
-                    return bad(format!("data has rank {} but input {i} rank {}", s.len(), q.len()));
+                    return bad(format!(
+                        "data has rank {} but input {i} rank {}",
+                        s.len(),
+                        q.len()
+                    ));
                 }
             }
         }
@@ -881,7 +1031,10 @@ fn scatter_nd(cx: &mut InferCx) -> InferResult {
     if let (Some(s), Ok(q)) = (&s, cx.shape(1)) {
         if let Some(last) = q.last().and_then(Dim::known) {
             if last < 1 || last as usize > s.len() {
-                return bad(format!("indices.shape[-1] = {last} must be in 1..={}", s.len()));
+                return bad(format!(
+                    "indices.shape[-1] = {last} must be in 1..={}",
+                    s.len()
+                ));
             }
         }
     }
@@ -897,7 +1050,11 @@ fn tensor_scatter(cx: &mut InferCx, axis: i64) -> InferResult {
         let a = norm_axis(axis, s.len())?;
         if let Ok(u) = cx.shape(1) {
             if u.len() != s.len() {
-                return bad(format!("update has rank {} but the cache rank {}", u.len(), s.len()));
+                return bad(format!(
+                    "update has rank {} but the cache rank {}",
+                    u.len(),
+                    s.len()
+                ));
             }
             for (j, (x, y)) in s.iter().zip(u).enumerate() {
                 if j != a {
@@ -954,19 +1111,28 @@ fn constant_of_shape(cx: &mut InferCx, value: Option<&Tensor>) -> InferResult {
     check_nonneg(&shape, "the shape")?;
     let mut sym = None;
     if dt.is_int() && shape.len() <= 1 {
-        let v = value.and_then(|t| t.to_i64_vec()).and_then(|v| v.first().copied()).unwrap_or(0);
+        let v = value
+            .and_then(|t| t.to_i64_vec())
+            .and_then(|v| v.first().copied())
+            .unwrap_or(0);
         let n = shape.first().map_or(Some(1), Dim::known);
         if let Some(n) = n.filter(|&n| n as usize <= MAX_SYM) {
             sym = Some(vec![Dim::from(v); n as usize]);
         }
     }
-    Ok(vec![Out { ty: Type::tensor(dt, shape), sym }])
+    Ok(vec![Out {
+        ty: Type::tensor(dt, shape),
+        sym,
+    }])
 }
 
 fn constant(c: &crate::op::Constant) -> InferResult {
     let mut outs: Vec<Out> = Vec::new();
     if let Some(t) = c.value.as_ref().or(c.sparse_value.as_ref()) {
-        outs.push(Out { ty: Type::tensor(t.dtype(), shape_of(t.shape())), sym: tensor_sym(t) });
+        outs.push(Out {
+            ty: Type::tensor(t.dtype(), shape_of(t.shape())),
+            sym: tensor_sym(t),
+        });
     }
     if c.sparse_value.is_some() && c.value.is_some() {
         outs.push(Out::unranked(DType::F32));
@@ -1016,11 +1182,18 @@ fn range(cx: &mut InferCx) -> InferResult {
     }
     // Scalars by the spec; runtimes also take one-element tensors (expanded functions pass them).
     for i in 0..3 {
-        if cx.shape(i).is_ok_and(|s| s.iter().any(|d| d.known().is_some_and(|v| v != 1))) {
+        if cx
+            .shape(i)
+            .is_ok_and(|s| s.iter().any(|d| d.known().is_some_and(|v| v != 1)))
+        {
             return bad(format!("input {i} must be a scalar"));
         }
     }
-    let scalar = |cx: &InferCx, i: usize| dims_of(cx, i).filter(|v| v.len() == 1).map(|mut v| v.remove(0));
+    let scalar = |cx: &InferCx, i: usize| {
+        dims_of(cx, i)
+            .filter(|v| v.len() == 1)
+            .map(|mut v| v.remove(0))
+    };
     let (start, limit, delta) = (scalar(&*cx, 0), scalar(&*cx, 1), scalar(&*cx, 2));
     let mut len = None;
     if dt.is_int() {
@@ -1034,7 +1207,11 @@ fn range(cx: &mut InferCx) -> InferResult {
                 None => diff.div_exact(&Dim::from(k.abs())),
             };
         }
-    } else if let (Some(s), Some(l), Some(k)) = (const_scalar_f64(cx, 0), const_scalar_f64(cx, 1), const_scalar_f64(cx, 2)) {
+    } else if let (Some(s), Some(l), Some(k)) = (
+        const_scalar_f64(cx, 0),
+        const_scalar_f64(cx, 1),
+        const_scalar_f64(cx, 2),
+    ) {
         if k == 0.0 {
             return bad("delta cannot be 0");
         }
@@ -1050,18 +1227,27 @@ fn range(cx: &mut InferCx) -> InferResult {
         None => cx.fresh("range"),
     };
     let mut sym = None;
-    if let (Some(n), Some(s), Some(k)) = (len.known(), start.as_ref(), delta.as_ref().and_then(Dim::known)) {
+    if let (Some(n), Some(s), Some(k)) = (
+        len.known(),
+        start.as_ref(),
+        delta.as_ref().and_then(Dim::known),
+    ) {
         if dt.is_int() && n as usize <= MAX_SYM {
             sym = Some((0..n).map(|i| s + &Dim::from(i * k)).collect());
         }
     }
-    Ok(vec![Out { ty: Type::tensor(dt, vec![len]), sym }])
+    Ok(vec![Out {
+        ty: Type::tensor(dt, vec![len]),
+        sym,
+    }])
 }
 
 fn one_hot(cx: &mut InferCx, axis: i64) -> InferResult {
     let dt = cx.dtype(2)?;
     let q = cx.tensor(0)?.shape.clone();
-    let Some(q) = q else { return Ok(vec![Out::unranked(dt)]) };
+    let Some(q) = q else {
+        return Ok(vec![Out::unranked(dt)]);
+    };
     let r = q.len() as i64 + 1;
     let a = if axis < 0 { axis + r } else { axis };
     if !(0..r).contains(&a) {
@@ -1252,7 +1438,9 @@ mod tests {
     }
 
     fn node(g: &mut Graph, op: Op, inputs: Vec<Option<ValueId>>, n_out: usize) -> Vec<ValueId> {
-        let names: Vec<String> = (0..n_out).map(|k| format!("{}_{}_{k}", op.op_type(), g.num_values())).collect();
+        let names: Vec<String> = (0..n_out)
+            .map(|k| format!("{}_{}_{k}", op.op_type(), g.num_values()))
+            .collect();
         let refs: Vec<&str> = names.iter().map(|s| s.as_str()).collect();
         let n = g.add_node(format!("n{}", g.num_nodes()), op, inputs, &refs);
         g.node(n).outputs.clone()
@@ -1263,7 +1451,11 @@ mod tests {
     }
 
     fn ty(g: &Graph, v: ValueId) -> String {
-        g.value(v).ty.as_ref().map(|t| t.to_string()).unwrap_or_else(|| "?".into())
+        g.value(v)
+            .ty
+            .as_ref()
+            .map(|t| t.to_string())
+            .unwrap_or_else(|| "?".into())
     }
 
     /// Runs inference; the returned string is the type of `v` (symbols kiln invents print as
@@ -1280,7 +1472,9 @@ mod tests {
             out.push_str(&rest[..i]);
             out.push('?');
             rest = &rest[i..];
-            let end = rest.find(|c: char| !(c.is_alphanumeric() || c == '_')).unwrap_or(rest.len());
+            let end = rest
+                .find(|c: char| !(c.is_alphanumeric() || c == '_'))
+                .unwrap_or(rest.len());
             rest = &rest[end..];
         }
         out.push_str(rest);
@@ -1298,7 +1492,10 @@ mod tests {
         Op::Reshape(op::Reshape { allowzero: false })
     }
     fn shape() -> Op {
-        Op::Shape(op::Shape { start: 0, end: None })
+        Op::Shape(op::Shape {
+            start: 0,
+            end: None,
+        })
     }
     fn gather(axis: i64) -> Op {
         Op::Gather(op::Gather { axis })
@@ -1360,7 +1557,11 @@ mod tests {
         let mut g = Graph::new("t");
         let x = inp(&mut g, "x", DType::F32, "0,3,4");
         let t = ints(&mut g, "t", &[3, 4, 0]);
-        let y = node1(&mut g, Op::Reshape(op::Reshape { allowzero: true }), vec![Some(x), Some(t)]);
+        let y = node1(
+            &mut g,
+            Op::Reshape(op::Reshape { allowzero: true }),
+            vec![Some(x), Some(t)],
+        );
         assert_eq!(infer(&mut g, y), "f32[3,4,0]");
     }
 
@@ -1403,8 +1604,18 @@ mod tests {
     fn transpose_flatten_depth_space() {
         let mut g = Graph::new("t");
         let x = inp(&mut g, "x", DType::F16, "batch,seq,12,64");
-        let y = node1(&mut g, Op::Transpose(op::Transpose { perm: Some(vec![0, 2, 1, 3]) }), vec![Some(x)]);
-        let z = node1(&mut g, Op::Transpose(op::Transpose { perm: None }), vec![Some(x)]);
+        let y = node1(
+            &mut g,
+            Op::Transpose(op::Transpose {
+                perm: Some(vec![0, 2, 1, 3]),
+            }),
+            vec![Some(x)],
+        );
+        let z = node1(
+            &mut g,
+            Op::Transpose(op::Transpose { perm: None }),
+            vec![Some(x)],
+        );
         let f = node1(&mut g, Op::Flatten(op::Flatten { axis: 2 }), vec![Some(x)]);
         let f0 = node1(&mut g, Op::Flatten(op::Flatten { axis: 0 }), vec![Some(x)]);
         let fneg = node1(&mut g, Op::Flatten(op::Flatten { axis: -1 }), vec![Some(x)]);
@@ -1417,20 +1628,47 @@ mod tests {
 
         let mut g = Graph::new("t");
         let x = inp(&mut g, "x", DType::F32, "n,8,h,3");
-        let d2s = node1(&mut g, Op::DepthToSpace(op::DepthToSpace { blocksize: 2, mode: "DCR".into() }), vec![Some(x)]);
-        let s2d = node1(&mut g, Op::SpaceToDepth(op::SpaceToDepth { blocksize: 3, mode: "DCR".into() }), vec![Some(x)]);
+        let d2s = node1(
+            &mut g,
+            Op::DepthToSpace(op::DepthToSpace {
+                blocksize: 2,
+                mode: "DCR".into(),
+            }),
+            vec![Some(x)],
+        );
+        let s2d = node1(
+            &mut g,
+            Op::SpaceToDepth(op::SpaceToDepth {
+                blocksize: 3,
+                mode: "DCR".into(),
+            }),
+            vec![Some(x)],
+        );
         infer_graph(&mut g).unwrap();
         assert_eq!(ty(&g, d2s), "f32[n,2,2*h,6]");
         assert_eq!(normalize(&ty(&g, s2d)), "f32[n,72,?,1]");
 
         let mut g = Graph::new("t");
         let x = inp(&mut g, "x", DType::F32, "1,6,2,2");
-        node1(&mut g, Op::DepthToSpace(op::DepthToSpace { blocksize: 2, mode: "CRD".into() }), vec![Some(x)]);
+        node1(
+            &mut g,
+            Op::DepthToSpace(op::DepthToSpace {
+                blocksize: 2,
+                mode: "CRD".into(),
+            }),
+            vec![Some(x)],
+        );
         assert!(fails(g).contains("not divisible"));
 
         let mut g = Graph::new("t");
         let x = inp(&mut g, "x", DType::F32, "2,3");
-        node1(&mut g, Op::Transpose(op::Transpose { perm: Some(vec![0, 0]) }), vec![Some(x)]);
+        node1(
+            &mut g,
+            Op::Transpose(op::Transpose {
+                perm: Some(vec![0, 0]),
+            }),
+            vec![Some(x)],
+        );
         assert!(fails(g).contains("repeated"));
     }
 
@@ -1466,7 +1704,15 @@ mod tests {
     fn split_forms() {
         let mut g = Graph::new("t");
         let x = inp(&mut g, "x", DType::F32, "batch,seq,2304");
-        let outs = node(&mut g, Op::Split(op::Split { axis: -1, num_outputs: Some(3) }), vec![Some(x)], 3);
+        let outs = node(
+            &mut g,
+            Op::Split(op::Split {
+                axis: -1,
+                num_outputs: Some(3),
+            }),
+            vec![Some(x)],
+            3,
+        );
         infer_graph(&mut g).unwrap();
         for o in &outs {
             assert_eq!(ty(&g, *o), "f32[batch,seq,768]");
@@ -1475,7 +1721,15 @@ mod tests {
         // Uneven num_outputs split (opset 18): 7 into 3 is 3, 3, 1.
         let mut g = Graph::new("t");
         let x = inp(&mut g, "x", DType::F32, "7");
-        let outs = node(&mut g, Op::Split(op::Split { axis: 0, num_outputs: Some(3) }), vec![Some(x)], 3);
+        let outs = node(
+            &mut g,
+            Op::Split(op::Split {
+                axis: 0,
+                num_outputs: Some(3),
+            }),
+            vec![Some(x)],
+            3,
+        );
         infer_graph(&mut g).unwrap();
         let got: Vec<String> = outs.iter().map(|o| ty(&g, *o)).collect();
         assert_eq!(got, ["f32[3]", "f32[3]", "f32[1]"]);
@@ -1484,19 +1738,57 @@ mod tests {
         let mut g = Graph::new("t");
         let x = inp(&mut g, "x", DType::F32, "2,6");
         let sp = ints(&mut g, "sp", &[2, 4]);
-        let a = node(&mut g, Op::Split(op::Split { axis: 1, num_outputs: None }), vec![Some(x), Some(sp)], 2);
-        let b = node(&mut g, Op::Split(op::Split { axis: 1, num_outputs: None }), vec![Some(x)], 2);
-        let c = node(&mut g, Op::Split(op::Split { axis: 1, num_outputs: None }), vec![Some(x)], 4);
+        let a = node(
+            &mut g,
+            Op::Split(op::Split {
+                axis: 1,
+                num_outputs: None,
+            }),
+            vec![Some(x), Some(sp)],
+            2,
+        );
+        let b = node(
+            &mut g,
+            Op::Split(op::Split {
+                axis: 1,
+                num_outputs: None,
+            }),
+            vec![Some(x)],
+            2,
+        );
+        let c = node(
+            &mut g,
+            Op::Split(op::Split {
+                axis: 1,
+                num_outputs: None,
+            }),
+            vec![Some(x)],
+            4,
+        );
         infer_graph(&mut g).unwrap();
-        assert_eq!((ty(&g, a[0]), ty(&g, a[1])), ("f32[2,2]".into(), "f32[2,4]".into()));
-        assert_eq!((ty(&g, b[0]), ty(&g, b[1])), ("f32[2,3]".into(), "f32[2,3]".into()));
+        assert_eq!(
+            (ty(&g, a[0]), ty(&g, a[1])),
+            ("f32[2,2]".into(), "f32[2,4]".into())
+        );
+        assert_eq!(
+            (ty(&g, b[0]), ty(&g, b[1])),
+            ("f32[2,3]".into(), "f32[2,3]".into())
+        );
         let got: Vec<String> = c.iter().map(|o| ty(&g, *o)).collect();
         assert_eq!(got, ["f32[2,2]", "f32[2,2]", "f32[2,2]", "f32[2,0]"]);
 
         let mut g = Graph::new("t");
         let x = inp(&mut g, "x", DType::F32, "2,6");
         let sp = ints(&mut g, "sp", &[2, 3]);
-        node(&mut g, Op::Split(op::Split { axis: 1, num_outputs: None }), vec![Some(x), Some(sp)], 2);
+        node(
+            &mut g,
+            Op::Split(op::Split {
+                axis: 1,
+                num_outputs: None,
+            }),
+            vec![Some(x), Some(sp)],
+            2,
+        );
         assert!(fails(g).contains("sum to 5"));
     }
 
@@ -1506,7 +1798,15 @@ mod tests {
         let x = inp(&mut g, "x", DType::F32, "batch,seq,768");
         let sh = node1(&mut g, shape(), vec![Some(x)]);
         let sp = ints(&mut g, "sp", &[2, 1]);
-        let parts = node(&mut g, Op::Split(op::Split { axis: 0, num_outputs: None }), vec![Some(sh), Some(sp)], 2);
+        let parts = node(
+            &mut g,
+            Op::Split(op::Split {
+                axis: 0,
+                num_outputs: None,
+            }),
+            vec![Some(sh), Some(sp)],
+            2,
+        );
         let last = ints(&mut g, "last", &[-1]);
         let t = node1(&mut g, concat(0), vec![Some(parts[0]), Some(last)]);
         let y = node1(&mut g, reshape(), vec![Some(x), Some(t)]);
@@ -1521,12 +1821,24 @@ mod tests {
         let sh = node1(&mut g, shape(), vec![Some(x)]);
         let b1 = slice_op(&mut g, sh, &[0], &[1], None, None);
         let ax = ints(&mut g, "ax", &[0]);
-        let b = node1(&mut g, Op::Squeeze(op::Squeeze {}), vec![Some(b1), Some(ax)]);
+        let b = node1(
+            &mut g,
+            Op::Squeeze(op::Squeeze {}),
+            vec![Some(b1), Some(ax)],
+        );
         let b_again = node1(&mut g, unsqueeze(), vec![Some(b), Some(ax)]);
         let reps = ints(&mut g, "reps", &[2]);
-        let bb = node1(&mut g, Op::Tile(op::Tile {}), vec![Some(b_again), Some(reps)]);
+        let bb = node1(
+            &mut g,
+            Op::Tile(op::Tile {}),
+            vec![Some(b_again), Some(reps)],
+        );
         let three = ints(&mut g, "three", &[3]);
-        let bbb = node1(&mut g, Op::Expand(op::Expand {}), vec![Some(b_again), Some(three)]);
+        let bbb = node1(
+            &mut g,
+            Op::Expand(op::Expand {}),
+            vec![Some(b_again), Some(three)],
+        );
         let z = inp(&mut g, "z", DType::F32, "batch,batch");
         let y1 = node1(&mut g, reshape(), vec![Some(z), Some(bb)]);
         let w = inp(&mut g, "w", DType::F32, "batch,batch,batch");
@@ -1537,12 +1849,23 @@ mod tests {
         assert_eq!(ty(&g, y2), "f32[batch,batch,batch]");
     }
 
-    fn slice_op(g: &mut Graph, x: ValueId, s: &[i64], e: &[i64], axes: Option<&[i64]>, steps: Option<&[i64]>) -> ValueId {
+    fn slice_op(
+        g: &mut Graph,
+        x: ValueId,
+        s: &[i64],
+        e: &[i64],
+        axes: Option<&[i64]>,
+        steps: Option<&[i64]>,
+    ) -> ValueId {
         let s = ints(g, &format!("s{}", g.num_values()), s);
         let e = ints(g, &format!("e{}", g.num_values()), e);
         let a = axes.map(|a| ints(g, &format!("a{}", g.num_values()), a));
         let st = steps.map(|a| ints(g, &format!("st{}", g.num_values()), a));
-        node1(g, Op::Slice(op::Slice {}), vec![Some(x), Some(s), Some(e), a, st])
+        node1(
+            g,
+            Op::Slice(op::Slice {}),
+            vec![Some(x), Some(s), Some(e), a, st],
+        )
     }
 
     #[test]
@@ -1551,7 +1874,14 @@ mod tests {
         let x = inp(&mut g, "x", DType::F32, "20,10,5");
         let a = slice_op(&mut g, x, &[0, 0], &[3, 10], Some(&[0, 1]), Some(&[1, 1]));
         let b = slice_op(&mut g, x, &[1], &[1000], Some(&[1]), None);
-        let c = slice_op(&mut g, x, &[20, 10, 4], &[0, 0, 1], None, Some(&[-1, -3, -1]));
+        let c = slice_op(
+            &mut g,
+            x,
+            &[20, 10, 4],
+            &[0, 0, 1],
+            None,
+            Some(&[-1, -3, -1]),
+        );
         let d = slice_op(&mut g, x, &[-1], &[i64::MIN], Some(&[0]), Some(&[-1]));
         let e = slice_op(&mut g, x, &[0, 0, 3], &[20, 10, 4], None, None);
         let f = slice_op(&mut g, x, &[1000], &[1000], Some(&[1]), None);
@@ -1597,7 +1927,11 @@ mod tests {
         let s1 = slice_op(&mut g, sh, &[1], &[2], None, None);
         let zero = ints(&mut g, "zero", &[0]);
         let one = ints(&mut g, "one", &[1]);
-        let y = node1(&mut g, Op::Slice(op::Slice {}), vec![Some(pos), Some(zero), Some(s1), Some(one), None]);
+        let y = node1(
+            &mut g,
+            Op::Slice(op::Slice {}),
+            vec![Some(pos), Some(zero), Some(s1), Some(one), None],
+        );
         assert_eq!(infer(&mut g, y), "i64[1,seq]");
         assert_eq!(ty(&g, s1), "i64[1]");
 
@@ -1607,7 +1941,11 @@ mod tests {
         let s = inp(&mut g, "s", DType::I64, "1");
         let e = ints(&mut g, "e", &[3]);
         let ax = ints(&mut g, "ax", &[1]);
-        let y = node1(&mut g, Op::Slice(op::Slice {}), vec![Some(x), Some(s), Some(e), Some(ax), None]);
+        let y = node1(
+            &mut g,
+            Op::Slice(op::Slice {}),
+            vec![Some(x), Some(s), Some(e), Some(ax), None],
+        );
         assert_eq!(infer(&mut g, y), "f32[4,?]");
     }
 
@@ -1689,7 +2027,11 @@ mod tests {
         let x = inp(&mut g, "x", DType::F32, "batch,seq,768");
         let i = scalar_i64(&mut g, "i", -1);
         let last = node1(&mut g, gather(1), vec![Some(x), Some(i)]);
-        let ge = node1(&mut g, Op::GatherElements(op::GatherElements { axis: 1 }), vec![Some(emb), Some(ids)]);
+        let ge = node1(
+            &mut g,
+            Op::GatherElements(op::GatherElements { axis: 1 }),
+            vec![Some(emb), Some(ids)],
+        );
         infer_graph(&mut g).unwrap();
         assert_eq!(ty(&g, y), "f32[batch,seq,768]");
         assert_eq!(ty(&g, last), "f32[batch,768]");
@@ -1701,9 +2043,21 @@ mod tests {
         let i1 = inp(&mut g, "i1", DType::I64, "2,1");
         let i2 = inp(&mut g, "i2", DType::I64, "2,1,1");
         let i3 = inp(&mut g, "i3", DType::I64, "2,2");
-        let a = node1(&mut g, Op::GatherND(op::GatherND { batch_dims: 1 }), vec![Some(d), Some(i1)]);
-        let b = node1(&mut g, Op::GatherND(op::GatherND { batch_dims: 0 }), vec![Some(d), Some(i2)]);
-        let c = node1(&mut g, Op::GatherND(op::GatherND { batch_dims: 0 }), vec![Some(d), Some(i3)]);
+        let a = node1(
+            &mut g,
+            Op::GatherND(op::GatherND { batch_dims: 1 }),
+            vec![Some(d), Some(i1)],
+        );
+        let b = node1(
+            &mut g,
+            Op::GatherND(op::GatherND { batch_dims: 0 }),
+            vec![Some(d), Some(i2)],
+        );
+        let c = node1(
+            &mut g,
+            Op::GatherND(op::GatherND { batch_dims: 0 }),
+            vec![Some(d), Some(i3)],
+        );
         infer_graph(&mut g).unwrap();
         assert_eq!(ty(&g, a), "f32[2,2]");
         assert_eq!(ty(&g, b), "f32[2,1,2,2]");
@@ -1712,7 +2066,11 @@ mod tests {
         let mut g = Graph::new("t");
         let d = inp(&mut g, "d", DType::F32, "2,2");
         let i = inp(&mut g, "i", DType::I64, "1,3");
-        node1(&mut g, Op::GatherND(op::GatherND { batch_dims: 0 }), vec![Some(d), Some(i)]);
+        node1(
+            &mut g,
+            Op::GatherND(op::GatherND { batch_dims: 0 }),
+            vec![Some(d), Some(i)],
+        );
         assert!(fails(g).contains("indices.shape[-1] = 3"));
 
         let mut g = Graph::new("t");
@@ -1730,7 +2088,11 @@ mod tests {
         let sh = node1(&mut g, shape(), vec![Some(x)]);
         let i = ints(&mut g, "i", &[1, 0, -1]);
         let y = node1(&mut g, gather(0), vec![Some(sh), Some(i)]);
-        let c = node1(&mut g, Op::ConstantOfShape(op::ConstantOfShape { value: None }), vec![Some(y)]);
+        let c = node1(
+            &mut g,
+            Op::ConstantOfShape(op::ConstantOfShape { value: None }),
+            vec![Some(y)],
+        );
         assert_eq!(infer(&mut g, c), "f32[seq,batch,seq]");
 
         let mut g = Graph::new("t");
@@ -1747,14 +2109,38 @@ mod tests {
         let d = inp(&mut g, "d", DType::F32, "n,3");
         let i = inp(&mut g, "i", DType::I64, "1,2");
         let u = inp(&mut g, "u", DType::F32, "1,2");
-        let a = node1(&mut g, Op::ScatterElements(op::ScatterElements { axis: 1, reduction: "none".into() }), vec![Some(d), Some(i), Some(u)]);
-        let b = node1(&mut g, Op::Scatter(op::Scatter { axis: 0 }), vec![Some(d), Some(i), Some(u)]);
+        let a = node1(
+            &mut g,
+            Op::ScatterElements(op::ScatterElements {
+                axis: 1,
+                reduction: "none".into(),
+            }),
+            vec![Some(d), Some(i), Some(u)],
+        );
+        let b = node1(
+            &mut g,
+            Op::Scatter(op::Scatter { axis: 0 }),
+            vec![Some(d), Some(i), Some(u)],
+        );
         let ind = inp(&mut g, "ind", DType::I64, "2,1");
         let upd = inp(&mut g, "upd", DType::F32, "2,3");
-        let c = node1(&mut g, Op::ScatterND(op::ScatterND { reduction: "add".into() }), vec![Some(d), Some(ind), Some(upd)]);
+        let c = node1(
+            &mut g,
+            Op::ScatterND(op::ScatterND {
+                reduction: "add".into(),
+            }),
+            vec![Some(d), Some(ind), Some(upd)],
+        );
         let cache = inp(&mut g, "cache", DType::F16, "batch,8,max,64");
         let new = inp(&mut g, "new", DType::F16, "batch,8,seq,64");
-        let e = node1(&mut g, Op::TensorScatter(op::TensorScatter { axis: -2, mode: "linear".into() }), vec![Some(cache), Some(new), None]);
+        let e = node1(
+            &mut g,
+            Op::TensorScatter(op::TensorScatter {
+                axis: -2,
+                mode: "linear".into(),
+            }),
+            vec![Some(cache), Some(new), None],
+        );
         infer_graph(&mut g).unwrap();
         assert_eq!(ty(&g, a), "f32[n,3]");
         assert_eq!(ty(&g, b), "f32[n,3]");
@@ -1767,14 +2153,38 @@ mod tests {
         let mut g = Graph::new("t");
         let x = inp(&mut g, "x", DType::F32, "n,3,h,w");
         let p = ints(&mut g, "p", &[0, 0, 1, 2, 0, 0, 1, -1]);
-        let y = node1(&mut g, Op::Pad(op::Pad { mode: "constant".into() }), vec![Some(x), Some(p)]);
+        let y = node1(
+            &mut g,
+            Op::Pad(op::Pad {
+                mode: "constant".into(),
+            }),
+            vec![Some(x), Some(p)],
+        );
         let p2 = ints(&mut g, "p2", &[1, 2, 3, 4]);
         let ax = ints(&mut g, "ax", &[-1, 1]);
-        let z = node1(&mut g, Op::Pad(op::Pad { mode: "reflect".into() }), vec![Some(x), Some(p2), None, Some(ax)]);
+        let z = node1(
+            &mut g,
+            Op::Pad(op::Pad {
+                mode: "reflect".into(),
+            }),
+            vec![Some(x), Some(p2), None, Some(ax)],
+        );
         let unk = inp(&mut g, "unk", DType::I64, "8");
-        let u = node1(&mut g, Op::Pad(op::Pad { mode: "edge".into() }), vec![Some(x), Some(unk)]);
+        let u = node1(
+            &mut g,
+            Op::Pad(op::Pad {
+                mode: "edge".into(),
+            }),
+            vec![Some(x), Some(unk)],
+        );
         let shp = ints(&mut g, "shp", &[10, 7]);
-        let c = node1(&mut g, Op::CenterCropPad(op::CenterCropPad { axes: Some(vec![-2, -1]) }), vec![Some(x), Some(shp)]);
+        let c = node1(
+            &mut g,
+            Op::CenterCropPad(op::CenterCropPad {
+                axes: Some(vec![-2, -1]),
+            }),
+            vec![Some(x), Some(shp)],
+        );
         infer_graph(&mut g).unwrap();
         assert_eq!(ty(&g, y), "f32[n,3,h+2,w+1]");
         assert_eq!(ty(&g, z), "f32[n,9,h,w+4]");
@@ -1784,7 +2194,13 @@ mod tests {
         let mut g = Graph::new("t");
         let x = inp(&mut g, "x", DType::F32, "2,3");
         let p = ints(&mut g, "p", &[0, 0, -3, 0]);
-        node1(&mut g, Op::Pad(op::Pad { mode: "constant".into() }), vec![Some(x), Some(p)]);
+        node1(
+            &mut g,
+            Op::Pad(op::Pad {
+                mode: "constant".into(),
+            }),
+            vec![Some(x), Some(p)],
+        );
         assert!(fails(g).contains("negative"));
     }
 
@@ -1792,11 +2208,29 @@ mod tests {
     fn shape_size_constant_of_shape() {
         let mut g = Graph::new("t");
         let x = inp(&mut g, "x", DType::F32, "batch,seq,768");
-        let sh = node1(&mut g, Op::Shape(op::Shape { start: -2, end: None }), vec![Some(x)]);
-        let sh2 = node1(&mut g, Op::Shape(op::Shape { start: 1, end: Some(-5) }), vec![Some(x)]);
+        let sh = node1(
+            &mut g,
+            Op::Shape(op::Shape {
+                start: -2,
+                end: None,
+            }),
+            vec![Some(x)],
+        );
+        let sh2 = node1(
+            &mut g,
+            Op::Shape(op::Shape {
+                start: 1,
+                end: Some(-5),
+            }),
+            vec![Some(x)],
+        );
         let sz = node1(&mut g, Op::Size(op::Size {}), vec![Some(x)]);
         let one = Tensor::from_vec(vec![1], vec![1i64]).unwrap();
-        let c = node1(&mut g, Op::ConstantOfShape(op::ConstantOfShape { value: Some(one) }), vec![Some(sh)]);
+        let c = node1(
+            &mut g,
+            Op::ConstantOfShape(op::ConstantOfShape { value: Some(one) }),
+            vec![Some(sh)],
+        );
         let ax = ints(&mut g, "ax", &[0]);
         let un = node1(&mut g, unsqueeze(), vec![Some(sz), Some(ax)]);
         let flat = node1(&mut g, reshape(), vec![Some(x), Some(un)]);
@@ -1812,7 +2246,11 @@ mod tests {
         let x = inp(&mut g, "x", DType::F32, "a,b");
         let two = ints(&mut g, "two", &[2]);
         let one = Tensor::from_vec(vec![1], vec![1i64]).unwrap();
-        let ones = node1(&mut g, Op::ConstantOfShape(op::ConstantOfShape { value: Some(one) }), vec![Some(two)]);
+        let ones = node1(
+            &mut g,
+            Op::ConstantOfShape(op::ConstantOfShape { value: Some(one) }),
+            vec![Some(two)],
+        );
         let y = node1(&mut g, Op::Expand(op::Expand {}), vec![Some(x), Some(ones)]);
         assert_eq!(infer(&mut g, y), "f32[a,b]");
         assert_eq!(ty(&g, ones), "i64[2]");
@@ -1824,11 +2262,19 @@ mod tests {
         let s = scalar_i64(&mut g, "s", 10);
         let l = scalar_i64(&mut g, "l", 4);
         let d = scalar_i64(&mut g, "d", -2);
-        let a = node1(&mut g, Op::Range(op::Range { stash_type: 1 }), vec![Some(s), Some(l), Some(d)]);
+        let a = node1(
+            &mut g,
+            Op::Range(op::Range { stash_type: 1 }),
+            vec![Some(s), Some(l), Some(d)],
+        );
         let fs = g.add_const("fs", Tensor::scalar(1.0f32));
         let fl = g.add_const("fl", Tensor::scalar(5.5f32));
         let fd = g.add_const("fd", Tensor::scalar(1.5f32));
-        let b = node1(&mut g, Op::Range(op::Range { stash_type: 1 }), vec![Some(fs), Some(fl), Some(fd)]);
+        let b = node1(
+            &mut g,
+            Op::Range(op::Range { stash_type: 1 }),
+            vec![Some(fs), Some(fl), Some(fd)],
+        );
         // Range(0, seq, 1) is seq long; Range(past, past+seq, 1) too.
         let x = inp(&mut g, "x", DType::F32, "batch,past,seq");
         let sh = node1(&mut g, shape(), vec![Some(x)]);
@@ -1838,11 +2284,23 @@ mod tests {
         let seq = node1(&mut g, gather(0), vec![Some(sh), Some(i2)]);
         let zero = scalar_i64(&mut g, "zero", 0);
         let one = scalar_i64(&mut g, "one", 1);
-        let c = node1(&mut g, Op::Range(op::Range { stash_type: 1 }), vec![Some(zero), Some(seq), Some(one)]);
+        let c = node1(
+            &mut g,
+            Op::Range(op::Range { stash_type: 1 }),
+            vec![Some(zero), Some(seq), Some(one)],
+        );
         let total = node1(&mut g, Op::Add(op::Add {}), vec![Some(past), Some(seq)]);
-        let e = node1(&mut g, Op::Range(op::Range { stash_type: 1 }), vec![Some(past), Some(total), Some(one)]);
+        let e = node1(
+            &mut g,
+            Op::Range(op::Range { stash_type: 1 }),
+            vec![Some(past), Some(total), Some(one)],
+        );
         let unk = g.add_input("unk", Some(Type::tensor(DType::I64, vec![])));
-        let f = node1(&mut g, Op::Range(op::Range { stash_type: 1 }), vec![Some(zero), Some(unk), Some(one)]);
+        let f = node1(
+            &mut g,
+            Op::Range(op::Range { stash_type: 1 }),
+            vec![Some(zero), Some(unk), Some(one)],
+        );
         infer_graph(&mut g).unwrap();
         assert_eq!(ty(&g, a), "i64[3]");
         assert_eq!(ty(&g, b), "f32[3]");
@@ -1858,7 +2316,11 @@ mod tests {
         let zero = scalar_i64(&mut g, "zero", 0);
         let three = scalar_i64(&mut g, "three", 3);
         let one = scalar_i64(&mut g, "one", 1);
-        let r = node1(&mut g, Op::Range(op::Range { stash_type: 1 }), vec![Some(zero), Some(three), Some(one)]);
+        let r = node1(
+            &mut g,
+            Op::Range(op::Range { stash_type: 1 }),
+            vec![Some(zero), Some(three), Some(one)],
+        );
         let x = inp(&mut g, "x", DType::F32, "n");
         let y = node1(&mut g, unsqueeze(), vec![Some(x), Some(r)]);
         assert_eq!(infer(&mut g, y), "f32[1,1,1,n]");
@@ -1870,17 +2332,56 @@ mod tests {
         let idx = inp(&mut g, "idx", DType::I64, "batch,seq");
         let depth = g.add_const("depth", Tensor::scalar(10.0f32));
         let vals = inp(&mut g, "vals", DType::F16, "2");
-        let a = node1(&mut g, Op::OneHot(op::OneHot { axis: -1 }), vec![Some(idx), Some(depth), Some(vals)]);
-        let b = node1(&mut g, Op::OneHot(op::OneHot { axis: 1 }), vec![Some(idx), Some(depth), Some(vals)]);
+        let a = node1(
+            &mut g,
+            Op::OneHot(op::OneHot { axis: -1 }),
+            vec![Some(idx), Some(depth), Some(vals)],
+        );
+        let b = node1(
+            &mut g,
+            Op::OneHot(op::OneHot { axis: 1 }),
+            vec![Some(idx), Some(depth), Some(vals)],
+        );
         let nz = node1(&mut g, Op::NonZero(op::NonZero {}), vec![Some(idx)]);
         let x = inp(&mut g, "x", DType::F32, "3,2");
-        let cond = g.add_const("cond", Tensor::from_bools(vec![3], &[false, true, true]).unwrap());
-        let c0 = node1(&mut g, Op::Compress(op::Compress { axis: Some(0) }), vec![Some(x), Some(cond)]);
-        let cn = node1(&mut g, Op::Compress(op::Compress { axis: None }), vec![Some(x), Some(cond)]);
+        let cond = g.add_const(
+            "cond",
+            Tensor::from_bools(vec![3], &[false, true, true]).unwrap(),
+        );
+        let c0 = node1(
+            &mut g,
+            Op::Compress(op::Compress { axis: Some(0) }),
+            vec![Some(x), Some(cond)],
+        );
+        let cn = node1(
+            &mut g,
+            Op::Compress(op::Compress { axis: None }),
+            vec![Some(x), Some(cond)],
+        );
         let dyn_cond = inp(&mut g, "dc", DType::Bool, "2");
-        let cd = node1(&mut g, Op::Compress(op::Compress { axis: Some(-1) }), vec![Some(x), Some(dyn_cond)]);
-        let u = node(&mut g, Op::Unique(op::Unique { axis: None, sorted: true }), vec![Some(x)], 4);
-        let ua = node(&mut g, Op::Unique(op::Unique { axis: Some(1), sorted: false }), vec![Some(x)], 3);
+        let cd = node1(
+            &mut g,
+            Op::Compress(op::Compress { axis: Some(-1) }),
+            vec![Some(x), Some(dyn_cond)],
+        );
+        let u = node(
+            &mut g,
+            Op::Unique(op::Unique {
+                axis: None,
+                sorted: true,
+            }),
+            vec![Some(x)],
+            4,
+        );
+        let ua = node(
+            &mut g,
+            Op::Unique(op::Unique {
+                axis: Some(1),
+                sorted: false,
+            }),
+            vec![Some(x)],
+            3,
+        );
         infer_graph(&mut g).unwrap();
         assert_eq!(ty(&g, a), "f16[batch,seq,10]");
         assert_eq!(ty(&g, b), "f16[batch,10,seq]");
@@ -1891,10 +2392,13 @@ mod tests {
         let got: Vec<String> = u.iter().map(|v| normalize(&ty(&g, *v))).collect();
         assert_eq!(got, ["f32[?]", "i64[?]", "i64[6]", "i64[?]"]);
         // The unique count is one symbol shared by Y, indices and counts.
-        assert_eq!(g.value(u[0]).ty, g.value(u[3]).ty.as_ref().map(|t| match t {
-            Type::Tensor(t) => Type::tensor(DType::F32, t.shape.clone().unwrap()),
-            t => t.clone(),
-        }));
+        assert_eq!(
+            g.value(u[0]).ty,
+            g.value(u[3]).ty.as_ref().map(|t| match t {
+                Type::Tensor(t) => Type::tensor(DType::F32, t.shape.clone().unwrap()),
+                t => t.clone(),
+            })
+        );
         let got: Vec<String> = ua.iter().map(|v| normalize(&ty(&g, *v))).collect();
         assert_eq!(got, ["f32[3,?]", "i64[?]", "i64[2]"]);
     }
@@ -1905,14 +2409,40 @@ mod tests {
         let x = inp(&mut g, "x", DType::F32, "b,4,4");
         let t = node1(&mut g, Op::Trilu(op::Trilu { upper: false }), vec![Some(x)]);
         let m = inp(&mut g, "m", DType::I32, "n,k");
-        let e = node1(&mut g, Op::EyeLike(op::EyeLike { dtype: Some(1), k: 1 }), vec![Some(m)]);
-        let e2 = node1(&mut g, Op::EyeLike(op::EyeLike { dtype: None, k: 0 }), vec![Some(m)]);
+        let e = node1(
+            &mut g,
+            Op::EyeLike(op::EyeLike {
+                dtype: Some(1),
+                k: 1,
+            }),
+            vec![Some(m)],
+        );
+        let e2 = node1(
+            &mut g,
+            Op::EyeLike(op::EyeLike { dtype: None, k: 0 }),
+            vec![Some(m)],
+        );
         let seq = inp(&mut g, "seq", DType::F32, "4,b,3");
         let lens = inp(&mut g, "lens", DType::I64, "b");
-        let r = node1(&mut g, Op::ReverseSequence(op::ReverseSequence { batch_axis: 1, time_axis: 0 }), vec![Some(seq), Some(lens)]);
-        let bc = node1(&mut g, Op::BitCast(op::BitCast { to: DType::I32 }), vec![Some(x)]);
+        let r = node1(
+            &mut g,
+            Op::ReverseSequence(op::ReverseSequence {
+                batch_axis: 1,
+                time_axis: 0,
+            }),
+            vec![Some(seq), Some(lens)],
+        );
+        let bc = node1(
+            &mut g,
+            Op::BitCast(op::BitCast { to: DType::I32 }),
+            vec![Some(x)],
+        );
         let bb = inp(&mut g, "bb", DType::Bool, "3");
-        let bc2 = node1(&mut g, Op::BitCast(op::BitCast { to: DType::U8 }), vec![Some(bb)]);
+        let bc2 = node1(
+            &mut g,
+            Op::BitCast(op::BitCast { to: DType::U8 }),
+            vec![Some(bb)],
+        );
         infer_graph(&mut g).unwrap();
         assert_eq!(ty(&g, t), "f32[b,4,4]");
         assert_eq!(ty(&g, e), "f32[n,k]");
@@ -1923,7 +2453,11 @@ mod tests {
 
         let mut g = Graph::new("t");
         let x = inp(&mut g, "x", DType::F32, "4");
-        node1(&mut g, Op::BitCast(op::BitCast { to: DType::F64 }), vec![Some(x)]);
+        node1(
+            &mut g,
+            Op::BitCast(op::BitCast { to: DType::F64 }),
+            vec![Some(x)],
+        );
         assert!(fails(g).contains("same bit width"));
 
         let mut g = Graph::new("t");
@@ -1952,12 +2486,47 @@ mod tests {
     #[test]
     fn constants() {
         let mut g = Graph::new("t");
-        let a = node1(&mut g, constant(op::Constant { value_ints: Some(vec![0, -1, 64]), ..empty_constant() }), vec![]);
-        let b = node1(&mut g, constant(op::Constant { value_float: Some(1.0), ..empty_constant() }), vec![]);
-        let c = node1(&mut g, constant(op::Constant { value_strings: Some(vec!["a".into(), "b".into()]), ..empty_constant() }), vec![]);
+        let a = node1(
+            &mut g,
+            constant(op::Constant {
+                value_ints: Some(vec![0, -1, 64]),
+                ..empty_constant()
+            }),
+            vec![],
+        );
+        let b = node1(
+            &mut g,
+            constant(op::Constant {
+                value_float: Some(1.0),
+                ..empty_constant()
+            }),
+            vec![],
+        );
+        let c = node1(
+            &mut g,
+            constant(op::Constant {
+                value_strings: Some(vec!["a".into(), "b".into()]),
+                ..empty_constant()
+            }),
+            vec![],
+        );
         let t = Tensor::from_vec(vec![2, 3], vec![0i32; 6]).unwrap();
-        let d = node1(&mut g, constant(op::Constant { value: Some(t), ..empty_constant() }), vec![]);
-        let e = node1(&mut g, constant(op::Constant { value_int: Some(7), ..empty_constant() }), vec![]);
+        let d = node1(
+            &mut g,
+            constant(op::Constant {
+                value: Some(t),
+                ..empty_constant()
+            }),
+            vec![],
+        );
+        let e = node1(
+            &mut g,
+            constant(op::Constant {
+                value_int: Some(7),
+                ..empty_constant()
+            }),
+            vec![],
+        );
         let x = inp(&mut g, "x", DType::F32, "batch,seq,768");
         let y = node1(&mut g, reshape(), vec![Some(x), Some(a)]);
         infer_graph(&mut g).unwrap();
@@ -1978,7 +2547,11 @@ mod tests {
         let mut g = Graph::new("t");
         let x = g.add_input("x", Some(Type::tensor_unranked(DType::F32)));
         let sh = node1(&mut g, shape(), vec![Some(x)]);
-        let t = node1(&mut g, Op::Transpose(op::Transpose { perm: None }), vec![Some(x)]);
+        let t = node1(
+            &mut g,
+            Op::Transpose(op::Transpose { perm: None }),
+            vec![Some(x)],
+        );
         let f = node1(&mut g, Op::Flatten(op::Flatten { axis: 1 }), vec![Some(x)]);
         let nz = node1(&mut g, Op::NonZero(op::NonZero {}), vec![Some(x)]);
         let sz = node1(&mut g, Op::Size(op::Size {}), vec![Some(x)]);

@@ -32,8 +32,20 @@ pub trait HasGraphs {
 macro_rules! no_graphs {
     ($($t:ty),*) => { $(impl HasGraphs for $t {})* };
 }
-no_graphs!(i64, bool, f32, String, Vec<i64>, Vec<f32>, Vec<String>, crate::tensor::Tensor,
-    Vec<crate::tensor::Tensor>, crate::shape::Type, Vec<crate::shape::Type>, crate::dtype::DType);
+no_graphs!(
+    i64,
+    bool,
+    f32,
+    String,
+    Vec<i64>,
+    Vec<f32>,
+    Vec<String>,
+    crate::tensor::Tensor,
+    Vec<crate::tensor::Tensor>,
+    crate::shape::Type,
+    Vec<crate::shape::Type>,
+    crate::dtype::DType
+);
 
 impl HasGraphs for Graph {
     fn graphs(&self) -> Vec<&Graph> {

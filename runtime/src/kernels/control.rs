@@ -33,7 +33,11 @@ impl SubPlan {
 
 fn scalar_bool(t: &Tensor, what: &str) -> Result<bool, KernelError> {
     if t.len() != 1 || t.dtype() != DType::Bool {
-        return Err(KernelError::Invalid(format!("{what} must be one bool, got {}{:?}", t.dtype(), t.shape())));
+        return Err(KernelError::Invalid(format!(
+            "{what} must be one bool, got {}{:?}",
+            t.dtype(),
+            t.shape()
+        )));
     }
     Ok(t.bytes()[0] != 0)
 }
@@ -66,7 +70,11 @@ impl Kernel for LoopKernel {
         let explicit = &inputs[..self.n_explicit.min(inputs.len())];
         let captured = &inputs[self.n_explicit.min(inputs.len())..];
         let max_trips = match explicit.first().copied().flatten() {
-            Some(Value::Tensor(t)) if !t.is_empty() => Some(t.to_i64_vec().and_then(|v| v.first().copied()).ok_or("Loop M must be an integer")?),
+            Some(Value::Tensor(t)) if !t.is_empty() => Some(
+                t.to_i64_vec()
+                    .and_then(|v| v.first().copied())
+                    .ok_or("Loop M must be an integer")?,
+            ),
             _ => None,
         };
         let mut cond = match explicit.get(1).copied().flatten() {
@@ -78,7 +86,10 @@ impl Kernel for LoopKernel {
         let mut scans: Vec<Vec<Value>> = Vec::new();
         let mut i: i64 = 0;
         while cond && max_trips.is_none_or(|m| i < m) {
-            let mut formals = vec![Some(Value::Tensor(Tensor::scalar(i))), Some(Value::Tensor(Tensor::from_bools(vec![], &[cond])?))];
+            let mut formals = vec![
+                Some(Value::Tensor(Tensor::scalar(i))),
+                Some(Value::Tensor(Tensor::from_bools(vec![], &[cond])?)),
+            ];
             formals.extend(carried.iter().cloned());
             let outs = self.body.run(formals, captured, cx)?;
             if outs.len() < 1 + n {
@@ -104,7 +115,10 @@ impl Kernel for LoopKernel {
             .map(|v| v.ok_or_else(|| KernelError::Invalid("Loop carried value is missing".into())))
             .collect::<Result<_, _>>()?;
         for s in scans {
-            let ts: Vec<Tensor> = s.into_iter().map(|v| v.into_tensor().ok_or("Loop scan outputs must be tensors")).collect::<Result<_, _>>()?;
+            let ts: Vec<Tensor> = s
+                .into_iter()
+                .map(|v| v.into_tensor().ok_or("Loop scan outputs must be tensors"))
+                .collect::<Result<_, _>>()?;
             out.push(Value::Tensor(stack(&ts, 0)?));
         }
         Ok(out)
@@ -126,13 +140,17 @@ impl Kernel for ScanKernel {
         let explicit = &inputs[..self.n_explicit.min(inputs.len())];
         let captured = &inputs[self.n_explicit.min(inputs.len())..];
         let m = self.num_scan_inputs;
-        let n = explicit.len().checked_sub(m).ok_or("Scan has fewer inputs than num_scan_inputs")?;
+        let n = explicit
+            .len()
+            .checked_sub(m)
+            .ok_or("Scan has fewer inputs than num_scan_inputs")?;
         let mut state: Vec<Option<Value>> = explicit[..n].iter().map(|v| v.cloned()).collect();
         let mut seqs = Vec::with_capacity(m);
         let mut len = None;
         for j in 0..m {
             let t = tensor_input(explicit, n + j)?;
-            let axis = super::util::norm_axis(self.input_axes.get(j).copied().unwrap_or(0), t.rank())?;
+            let axis =
+                super::util::norm_axis(self.input_axes.get(j).copied().unwrap_or(0), t.rank())?;
             let l = t.shape()[axis];
             if len.is_some_and(|x| x != l) {
                 return Err("Scan inputs have different sequence lengths".into());
@@ -145,7 +163,11 @@ impl Kernel for ScanKernel {
         for step in 0..len {
             let mut formals = state.clone();
             for (j, (t, axis)) in seqs.iter().enumerate() {
-                let i = if self.input_reverse.get(j).copied().unwrap_or(false) { len - 1 - step } else { step };
+                let i = if self.input_reverse.get(j).copied().unwrap_or(false) {
+                    len - 1 - step
+                } else {
+                    step
+                };
                 formals.push(Some(Value::Tensor(take(t, *axis, i)?)));
             }
             let outs = self.body.run(formals, captured, cx)?;
@@ -196,7 +218,9 @@ impl Kernel for SequenceMapKernel {
             for v in explicit {
                 formals.push(match v {
                     Some(Value::Sequence(s)) => Some(Value::Tensor(
-                        s.get(i).cloned().ok_or("SequenceMap sequences have different lengths")?,
+                        s.get(i)
+                            .cloned()
+                            .ok_or("SequenceMap sequences have different lengths")?,
                     )),
                     Some(v) => Some((*v).clone()),
                     None => None,
@@ -207,7 +231,10 @@ impl Kernel for SequenceMapKernel {
                 results = vec![Vec::new(); outs.len()];
             }
             for (k, v) in outs.into_iter().enumerate() {
-                results[k].push(v.into_tensor().ok_or("SequenceMap body outputs must be tensors")?);
+                results[k].push(
+                    v.into_tensor()
+                        .ok_or("SequenceMap body outputs must be tensors")?,
+                );
             }
         }
         Ok(results.into_iter().map(Value::Sequence).collect())
@@ -231,7 +258,10 @@ pub fn take(t: &Tensor, axis: usize, i: usize) -> Result<Tensor, KernelError> {
     }
     let es = t.dtype().bits() / 8;
     if es == 0 {
-        return Err(KernelError::Unsupported(format!("slicing {} tensors", t.dtype())));
+        return Err(KernelError::Unsupported(format!(
+            "slicing {} tensors",
+            t.dtype()
+        )));
     }
     let b = t.bytes();
     let mut v = Vec::with_capacity(outer * inner * es);
@@ -248,7 +278,10 @@ pub fn stack(ts: &[Tensor], axis: usize) -> Result<Tensor, KernelError> {
         return Ok(Tensor::zeros(DType::F32, vec![0])?);
     };
     let shape = first.shape();
-    if ts.iter().any(|t| t.shape() != shape || t.dtype() != first.dtype()) {
+    if ts
+        .iter()
+        .any(|t| t.shape() != shape || t.dtype() != first.dtype())
+    {
         return Err("values to stack differ in type or shape".into());
     }
     let outer: usize = shape[..axis].iter().product();
@@ -267,7 +300,10 @@ pub fn stack(ts: &[Tensor], axis: usize) -> Result<Tensor, KernelError> {
     }
     let es = first.dtype().bits() / 8;
     if es == 0 {
-        return Err(KernelError::Unsupported(format!("stacking {} tensors", first.dtype())));
+        return Err(KernelError::Unsupported(format!(
+            "stacking {} tensors",
+            first.dtype()
+        )));
     }
     let mut v = Vec::with_capacity(outer * inner * ts.len() * es);
     for o in 0..outer {

@@ -16,19 +16,45 @@ macro_rules! with_dtype {
 /// The Rust element type of a (fixed-size, byte-aligned) dtype name.
 #[macro_export]
 macro_rules! dtype_rust {
-    (F32) => { f32 };
-    (F64) => { f64 };
-    (F16) => { half::f16 };
-    (BF16) => { half::bf16 };
-    (I8) => { i8 };
-    (I16) => { i16 };
-    (I32) => { i32 };
-    (I64) => { i64 };
-    (U8) => { u8 };
-    (U16) => { u16 };
-    (U32) => { u32 };
-    (U64) => { u64 };
-    (Bool) => { u8 };
+    (F32) => {
+        f32
+    };
+    (F64) => {
+        f64
+    };
+    (F16) => {
+        half::f16
+    };
+    (BF16) => {
+        half::bf16
+    };
+    (I8) => {
+        i8
+    };
+    (I16) => {
+        i16
+    };
+    (I32) => {
+        i32
+    };
+    (I64) => {
+        i64
+    };
+    (U8) => {
+        u8
+    };
+    (U16) => {
+        u16
+    };
+    (U32) => {
+        u32
+    };
+    (U64) => {
+        u64
+    };
+    (Bool) => {
+        u8
+    };
 }
 
 /// Every numeric dtype with a native Rust type.

@@ -15,6 +15,7 @@ mod elementwise;
 mod linalg;
 mod misc;
 mod nn;
+mod nn_core;
 mod reduce;
 mod sequence;
 mod shape_ops;
@@ -22,12 +23,13 @@ pub mod util;
 
 /// Builds the kernel for `op`. Errors with `Unsupported` when kiln has none.
 pub fn build(op: &Op, cx: &BuildCx) -> Result<Box<dyn Kernel>, KernelError> {
-    let families: [fn(&Op, &BuildCx) -> Option<Result<Box<dyn Kernel>, KernelError>>; 7] = [
+    let families: [fn(&Op, &BuildCx) -> Option<Result<Box<dyn Kernel>, KernelError>>; 8] = [
         elementwise::build,
         shape_ops::build,
         reduce::build,
         linalg::build,
         nn::build,
+        nn_core::build,
         sequence::build,
         misc::build,
     ];
@@ -36,7 +38,10 @@ pub fn build(op: &Op, cx: &BuildCx) -> Result<Box<dyn Kernel>, KernelError> {
             return k;
         }
     }
-    Err(KernelError::Unsupported(format!("no kernel for {}", describe(op))))
+    Err(KernelError::Unsupported(format!(
+        "no kernel for {}",
+        describe(op)
+    )))
 }
 
 fn describe(op: &Op) -> String {

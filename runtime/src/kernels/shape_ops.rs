@@ -43,7 +43,12 @@ pub(crate) trait Lane: Clone + Default + Send + Sync + 'static {
     fn view(t: &Tensor) -> KResult<Cow<'_, [Self]>>;
     /// A new tensor of `dtype` and `shape` whose elements `fill` writes (they start zeroed,
     /// or as empty strings).
-    fn make(cx: &mut RunCx, dtype: DType, shape: Vec<usize>, fill: impl FnOnce(&mut [Self])) -> KResult<Tensor>;
+    fn make(
+        cx: &mut RunCx,
+        dtype: DType,
+        shape: Vec<usize>,
+        fill: impl FnOnce(&mut [Self]),
+    ) -> KResult<Tensor>;
 }
 
 macro_rules! pod_lane {
@@ -73,9 +78,16 @@ impl Lane for Vec<u8> {
             .map(Cow::Borrowed)
             .ok_or_else(|| KernelError::Invalid(format!("{} tensor viewed as strings", t.dtype())))
     }
-    fn make(_cx: &mut RunCx, dtype: DType, shape: Vec<usize>, fill: impl FnOnce(&mut [Self])) -> KResult<Tensor> {
+    fn make(
+        _cx: &mut RunCx,
+        dtype: DType,
+        shape: Vec<usize>,
+        fill: impl FnOnce(&mut [Self]),
+    ) -> KResult<Tensor> {
         if dtype != DType::String {
-            return Err(KernelError::Invalid(format!("{dtype} tensor made of strings")));
+            return Err(KernelError::Invalid(format!(
+                "{dtype} tensor made of strings"
+            )));
         }
         let n = kiln_ir::tensor::checked_numel(&shape)?;
         let mut v = vec![Vec::new(); n];
@@ -123,7 +135,9 @@ macro_rules! with_lane {
                 type $T = u128;
                 $body
             }
-            _ => Err($crate::error::KernelError::Unsupported(format!("{dt} tensors in this op"))),
+            _ => Err($crate::error::KernelError::Unsupported(format!(
+                "{dt} tensors in this op"
+            ))),
         }
     }};
 }
@@ -132,7 +146,9 @@ pub(crate) use with_lane;
 /// A lane holding the value of the first element of `t` (which must have `T`'s dtype).
 fn first_lane<T: Lane>(t: &Tensor) -> KResult<T> {
     let v = T::view(t)?;
-    v.first().cloned().ok_or_else(|| KernelError::Invalid("expected a one-element tensor, got an empty one".into()))
+    v.first().cloned().ok_or_else(|| {
+        KernelError::Invalid("expected a one-element tensor, got an empty one".into())
+    })
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -140,13 +156,20 @@ fn first_lane<T: Lane>(t: &Tensor) -> KResult<T> {
 
 /// Row-major strides of `shape` as signed integers.
 fn istrides(shape: &[usize]) -> Vec<isize> {
-    super::util::strides(shape).into_iter().map(|s| s as isize).collect()
+    super::util::strides(shape)
+        .into_iter()
+        .map(|s| s as isize)
+        .collect()
 }
 
 /// Integer elements of `t` (any integer dtype).
 fn ints(t: &Tensor, what: &str) -> KResult<Vec<i64>> {
-    t.to_i64_vec()
-        .ok_or_else(|| KernelError::Invalid(format!("{what} must be an integer tensor, got {}", t.dtype())))
+    t.to_i64_vec().ok_or_else(|| {
+        KernelError::Invalid(format!(
+            "{what} must be an integer tensor, got {}",
+            t.dtype()
+        ))
+    })
 }
 
 /// Normalizes `axes` (possibly negative) for `rank`, rejecting duplicates.
@@ -155,7 +178,9 @@ fn norm_axes(axes: &[i64], rank: usize) -> KResult<Vec<usize>> {
     for &a in axes {
         let n = super::util::norm_axis(a, rank)?;
         if out.contains(&n) {
-            return Err(KernelError::Invalid(format!("axis {a} appears twice in {axes:?}")));
+            return Err(KernelError::Invalid(format!(
+                "axis {a} appears twice in {axes:?}"
+            )));
         }
         out.push(n);
     }
@@ -173,7 +198,9 @@ fn wrap_index(i: i64, d: usize, what: &str) -> KResult<usize> {
     let di = d as i64;
     let j = if i < 0 { i + di } else { i };
     if j < 0 || j >= di {
-        return Err(KernelError::Invalid(format!("{what} {i} is out of range for a dim of {d}")));
+        return Err(KernelError::Invalid(format!(
+            "{what} {i} is out of range for a dim of {d}"
+        )));
     }
     Ok(j as usize)
 }

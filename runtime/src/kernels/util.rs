@@ -7,7 +7,9 @@ pub fn norm_axis(axis: i64, rank: usize) -> Result<usize, KernelError> {
     let r = rank as i64;
     let a = if axis < 0 { axis + r } else { axis };
     if a < 0 || a >= r.max(1) {
-        return Err(KernelError::Invalid(format!("axis {axis} is out of range for rank {rank}")));
+        return Err(KernelError::Invalid(format!(
+            "axis {axis} is out of range for rank {rank}"
+        )));
     }
     Ok(a as usize)
 }
@@ -32,7 +34,9 @@ pub fn broadcast_shapes(shapes: &[&[usize]]) -> Result<Vec<usize>, KernelError> 
             if *o == 1 {
                 *o = d;
             } else if d != 1 && d != *o {
-                return Err(KernelError::Invalid(format!("shapes {shapes:?} do not broadcast")));
+                return Err(KernelError::Invalid(format!(
+                    "shapes {shapes:?} do not broadcast"
+                )));
             }
         }
     }
@@ -44,13 +48,23 @@ pub fn broadcast_strides(shape: &[usize], out: &[usize]) -> Vec<usize> {
     let own = strides(shape);
     let off = out.len() - shape.len();
     (0..out.len())
-        .map(|i| if i < off || shape[i - off] == 1 { 0 } else { own[i - off] })
+        .map(|i| {
+            if i < off || shape[i - off] == 1 {
+                0
+            } else {
+                own[i - off]
+            }
+        })
         .collect()
 }
 
 /// For each element of a tensor of shape `out` (row-major), the offsets into each input
 /// given its broadcast strides. Calls `f(out_index, offsets)`.
-pub fn for_each_broadcast(out: &[usize], strides: &[Vec<usize>], mut f: impl FnMut(usize, &[usize])) {
+pub fn for_each_broadcast(
+    out: &[usize],
+    strides: &[Vec<usize>],
+    mut f: impl FnMut(usize, &[usize]),
+) {
     let n: usize = out.iter().product();
     if n == 0 {
         return;
@@ -109,9 +123,13 @@ mod tests {
 
     #[test]
     fn broadcast_matches_numpy_rules() {
-        assert_eq!(broadcast_shapes(&[&[2, 1, 3], &[4, 1]]).unwrap(), vec![2, 4, 3]);
+        assert_eq!(
+            broadcast_shapes(&[&[2, 1, 3], &[4, 1]]).unwrap(),
+            vec![2, 4, 3]
+        );
         assert!(broadcast_shapes(&[&[2, 3], &[4]]).is_err());
-        let (s, v) = broadcast_binary(&[1, 2, 3], &[3], &[10, 20], &[2, 1], |a: i32, b: i32| a + b).unwrap();
+        let (s, v) =
+            broadcast_binary(&[1, 2, 3], &[3], &[10, 20], &[2, 1], |a: i32, b: i32| a + b).unwrap();
         assert_eq!(s, vec![2, 3]);
         assert_eq!(v, vec![11, 12, 13, 21, 22, 23]);
     }

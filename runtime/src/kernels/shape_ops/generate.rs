@@ -10,25 +10,37 @@ use crate::value::Value;
 
 pub(super) fn build(op: &Op, _cx: &BuildCx) -> Option<KResult<Box<dyn Kernel>>> {
     let k: Box<dyn Kernel> = match op {
-        Op::Shape(o) => Box::new(Shape { start: o.start, end: o.end }),
+        Op::Shape(o) => Box::new(Shape {
+            start: o.start,
+            end: o.end,
+        }),
         Op::Size(_) => Box::new(Size),
         Op::ConstantOfShape(o) => {
             let value = match &o.value {
                 Some(v) if v.len() != 1 => {
-                    return Some(Err(KernelError::Invalid(format!("ConstantOfShape: value has {} elements", v.len()))))
+                    return Some(Err(KernelError::Invalid(format!(
+                        "ConstantOfShape: value has {} elements",
+                        v.len()
+                    ))))
                 }
                 Some(v) => v.clone(),
                 None => Tensor::scalar(0f32),
             };
             Box::new(ConstantOfShape { value })
         }
-        Op::Range(o) => Box::new(Range { stash_f64: o.stash_type == DType::F64.onnx_code() as i64 }),
+        Op::Range(o) => Box::new(Range {
+            stash_f64: o.stash_type == DType::F64.onnx_code() as i64,
+        }),
         Op::EyeLike(o) => {
             let dtype = match o.dtype {
                 None => None,
                 Some(code) => match i32::try_from(code).ok().and_then(DType::from_onnx) {
                     Some(d) => Some(d),
-                    None => return Some(Err(KernelError::Invalid(format!("EyeLike: unknown dtype code {code}")))),
+                    None => {
+                        return Some(Err(KernelError::Invalid(format!(
+                            "EyeLike: unknown dtype code {code}"
+                        ))))
+                    }
                 },
             };
             Box::new(EyeLike { dtype, k: o.k })
@@ -103,7 +115,10 @@ struct Range {
 /// The single number of a Range input.
 fn range_scalar<'a>(t: &'a Tensor, what: &str) -> KResult<&'a Tensor> {
     if t.len() != 1 {
-        return Err(KernelError::Invalid(format!("Range: {what} must be a scalar, got {:?}", t.shape())));
+        return Err(KernelError::Invalid(format!(
+            "Range: {what} must be a scalar, got {:?}",
+            t.shape()
+        )));
     }
     Ok(t)
 }
@@ -127,7 +142,11 @@ impl Kernel for Range {
         let d = range_scalar(tensor_input(inputs, 2)?, "delta")?;
         let dt = s.dtype();
         if l.dtype() != dt || d.dtype() != dt {
-            return Err(KernelError::Invalid(format!("Range: inputs mix {dt}, {} and {}", l.dtype(), d.dtype())));
+            return Err(KernelError::Invalid(format!(
+                "Range: inputs mix {dt}, {} and {}",
+                l.dtype(),
+                d.dtype()
+            )));
         }
         let t = if dt.is_int() {
             let v = |t: &Tensor| -> KResult<i128> { Ok(ints(t, "Range input")?[0] as i128) };
@@ -135,7 +154,12 @@ impl Kernel for Range {
             if d == 0 {
                 return Err("Range: delta cannot be 0".into());
             }
-            let n = if d > 0 { (l - s + d - 1).div_euclid(d) } else { (s - l - d - 1).div_euclid(-d) }.max(0);
+            let n = if d > 0 {
+                (l - s + d - 1).div_euclid(d)
+            } else {
+                (s - l - d - 1).div_euclid(-d)
+            }
+            .max(0);
             let n = usize::try_from(n).map_err(|_| "Range: too many elements")?;
             crate::with_int!(dt, T => cx.tensor::<T>(vec![n], |o| {
                 for (i, o) in o.iter_mut().enumerate() {
@@ -143,15 +167,27 @@ impl Kernel for Range {
                 }
             }), else return Err(KernelError::Unsupported(format!("Range on {dt}"))))?
         } else {
-            let f = |t: &Tensor| t.to_f64_vec().map(|v| v[0]).ok_or_else(|| KernelError::Unsupported(format!("Range on {dt}")));
+            let f = |t: &Tensor| {
+                t.to_f64_vec()
+                    .map(|v| v[0])
+                    .ok_or_else(|| KernelError::Unsupported(format!("Range on {dt}")))
+            };
             let (s, l, d) = (f(s)?, f(l)?, f(d)?);
             let n = float_count(s, l, d)?;
             match dt {
                 DType::F32 => {
                     let (s, d) = (s as f32, d as f32);
-                    cx.tensor::<f32>(vec![n], |o| o.iter_mut().enumerate().for_each(|(i, o)| *o = s + i as f32 * d))?
+                    cx.tensor::<f32>(vec![n], |o| {
+                        o.iter_mut()
+                            .enumerate()
+                            .for_each(|(i, o)| *o = s + i as f32 * d)
+                    })?
                 }
-                DType::F64 => cx.tensor::<f64>(vec![n], |o| o.iter_mut().enumerate().for_each(|(i, o)| *o = s + i as f64 * d))?,
+                DType::F64 => cx.tensor::<f64>(vec![n], |o| {
+                    o.iter_mut()
+                        .enumerate()
+                        .for_each(|(i, o)| *o = s + i as f64 * d)
+                })?,
                 DType::F16 | DType::BF16 => {
                     let val = |i: usize| -> f64 {
                         if self.stash_f64 {
@@ -161,9 +197,17 @@ impl Kernel for Range {
                         }
                     };
                     if dt == DType::F16 {
-                        cx.tensor::<half::f16>(vec![n], |o| o.iter_mut().enumerate().for_each(|(i, o)| *o = half::f16::from_f64(val(i))))?
+                        cx.tensor::<half::f16>(vec![n], |o| {
+                            o.iter_mut()
+                                .enumerate()
+                                .for_each(|(i, o)| *o = half::f16::from_f64(val(i)))
+                        })?
                     } else {
-                        cx.tensor::<half::bf16>(vec![n], |o| o.iter_mut().enumerate().for_each(|(i, o)| *o = half::bf16::from_f64(val(i))))?
+                        cx.tensor::<half::bf16>(vec![n], |o| {
+                            o.iter_mut()
+                                .enumerate()
+                                .for_each(|(i, o)| *o = half::bf16::from_f64(val(i)))
+                        })?
                     }
                 }
                 _ => return Err(KernelError::Unsupported(format!("Range on {dt}"))),
@@ -198,7 +242,10 @@ impl Kernel for EyeLike {
     fn run(&self, inputs: &[Option<&Value>], cx: &mut RunCx) -> KResult<Vec<Value>> {
         let x = tensor_input(inputs, 0)?;
         let &[rows, cols] = x.shape() else {
-            return Err(KernelError::Invalid(format!("EyeLike needs a 2-D input, got {:?}", x.shape())));
+            return Err(KernelError::Invalid(format!(
+                "EyeLike needs a 2-D input, got {:?}",
+                x.shape()
+            )));
         };
         let dt = self.dtype.unwrap_or(x.dtype());
         let one_t = Tensor::from_bytes(dt, vec![], &one_bytes(dt)?)?;
@@ -243,7 +290,10 @@ fn constant_value(o: &kiln_ir::op::Constant) -> KResult<Tensor> {
         return Ok(Tensor::from_strings(vec![], vec![v.as_bytes().to_vec()])?);
     }
     if let Some(v) = &o.value_strings {
-        return Ok(Tensor::from_strings(vec![v.len()], v.iter().map(|s| s.as_bytes().to_vec()).collect())?);
+        return Ok(Tensor::from_strings(
+            vec![v.len()],
+            v.iter().map(|s| s.as_bytes().to_vec()).collect(),
+        )?);
     }
     Err("Constant has no value attribute".into())
 }
@@ -263,12 +313,23 @@ impl Kernel for BitCast {
         let x = tensor_input(inputs, 0)?;
         let from = x.dtype();
         if from == DType::String || self.to == DType::String || from.bits() != self.to.bits() {
-            return Err(KernelError::Invalid(format!("BitCast from {from} to {}", self.to)));
+            return Err(KernelError::Invalid(format!(
+                "BitCast from {from} to {}",
+                self.to
+            )));
         }
         match x.data() {
-            TensorData::Bytes { storage, offset, len } => {
-                one(Tensor::from_storage(self.to, x.shape().to_vec(), storage.clone(), *offset, *len)?)
-            }
+            TensorData::Bytes {
+                storage,
+                offset,
+                len,
+            } => one(Tensor::from_storage(
+                self.to,
+                x.shape().to_vec(),
+                storage.clone(),
+                *offset,
+                *len,
+            )?),
             TensorData::Strings(_) => Err("BitCast of strings".into()),
         }
     }

@@ -16,10 +16,18 @@ pub(super) fn build(op: &Op, cx: &BuildCx) -> Option<KResult<Box<dyn Kernel>>> {
     let k: Box<dyn Kernel> = match op {
         Op::Gather(o) => Box::new(Gather { axis: o.axis }),
         Op::GatherElements(o) => Box::new(GatherElements { axis: o.axis }),
-        Op::GatherND(o) => Box::new(GatherND { batch_dims: o.batch_dims }),
-        Op::Scatter(o) => Box::new(ScatterElements { axis: o.axis, reduction: Reduction::None }),
+        Op::GatherND(o) => Box::new(GatherND {
+            batch_dims: o.batch_dims,
+        }),
+        Op::Scatter(o) => Box::new(ScatterElements {
+            axis: o.axis,
+            reduction: Reduction::None,
+        }),
         Op::ScatterElements(o) => match Reduction::parse(&o.reduction) {
-            Ok(reduction) => Box::new(ScatterElements { axis: o.axis, reduction }),
+            Ok(reduction) => Box::new(ScatterElements {
+                axis: o.axis,
+                reduction,
+            }),
             Err(e) => return Some(Err(e)),
         },
         Op::ScatterND(o) => match Reduction::parse(&o.reduction) {
@@ -30,13 +38,24 @@ pub(super) fn build(op: &Op, cx: &BuildCx) -> Option<KResult<Box<dyn Kernel>>> {
             let circular = match o.mode.as_str() {
                 "linear" => false,
                 "circular" => true,
-                m => return Some(Err(KernelError::Unsupported(format!("TensorScatter mode {m:?}")))),
+                m => {
+                    return Some(Err(KernelError::Unsupported(format!(
+                        "TensorScatter mode {m:?}"
+                    ))))
+                }
             };
-            Box::new(TensorScatter { axis: o.axis, circular })
+            Box::new(TensorScatter {
+                axis: o.axis,
+                circular,
+            })
         }
         Op::OneHot(o) => Box::new(OneHot { axis: o.axis }),
         Op::NonZero(_) => Box::new(NonZero),
-        Op::Unique(o) => Box::new(Unique { axis: o.axis, sorted: o.sorted, n_out: cx.output_types.len().max(1) }),
+        Op::Unique(o) => Box::new(Unique {
+            axis: o.axis,
+            sorted: o.sorted,
+            n_out: cx.output_types.len().max(1),
+        }),
         _ => return None,
     };
     Some(Ok(k))
@@ -51,14 +70,17 @@ fn typed<T: Element>(t: &Tensor) -> KResult<Cow<'_, [T]>> {
     if let Some(s) = t.as_slice::<T>() {
         return Ok(Cow::Borrowed(s));
     }
-    t.to_vec::<T>()
-        .map(Cow::Owned)
-        .ok_or_else(|| KernelError::Invalid(format!("expected {} elements, got {}", T::DTYPE, t.dtype())))
+    t.to_vec::<T>().map(Cow::Owned).ok_or_else(|| {
+        KernelError::Invalid(format!("expected {} elements, got {}", T::DTYPE, t.dtype()))
+    })
 }
 
 /// Indices normalized into `0..d` (negative ones wrap once).
 fn norm_indices(t: &Tensor, d: usize, what: &str) -> KResult<Vec<usize>> {
-    ints(t, what)?.into_iter().map(|i| wrap_index(i, d, what)).collect()
+    ints(t, what)?
+        .into_iter()
+        .map(|i| wrap_index(i, d, what))
+        .collect()
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -143,11 +165,15 @@ fn for_each_offset(shape: &[usize], st: &[usize], skip: usize, mut f: impl FnMut
 /// Checks that `q`'s shape fits inside `data`'s except along `axis`.
 fn check_elementwise_shapes(data: &[usize], q: &[usize], axis: usize, op: &str) -> KResult<()> {
     if data.len() != q.len() {
-        return Err(KernelError::Invalid(format!("{op}: data {data:?} and indices {q:?} differ in rank")));
+        return Err(KernelError::Invalid(format!(
+            "{op}: data {data:?} and indices {q:?} differ in rank"
+        )));
     }
     for k in 0..data.len() {
         if k != axis && q[k] > data[k] {
-            return Err(KernelError::Invalid(format!("{op}: indices {q:?} exceed data {data:?}")));
+            return Err(KernelError::Invalid(format!(
+                "{op}: indices {q:?} exceed data {data:?}"
+            )));
         }
     }
     Ok(())
@@ -181,11 +207,18 @@ impl Kernel for GatherElements {
 /// Flat element offsets into `data` of the index tuples of ND-indices `q` (last dim k), for
 /// `batch_dims` leading batch dims: one offset per tuple, and the size of the block each
 /// tuple addresses.
-fn nd_offsets(data: &[usize], q: &Tensor, batch_dims: usize, op: &str) -> KResult<(Vec<usize>, usize)> {
+fn nd_offsets(
+    data: &[usize],
+    q: &Tensor,
+    batch_dims: usize,
+    op: &str,
+) -> KResult<(Vec<usize>, usize)> {
     let qs = q.shape();
     let (r, m) = (data.len(), qs.len());
     if m == 0 || r == 0 {
-        return Err(KernelError::Invalid(format!("{op}: data and indices need rank >= 1")));
+        return Err(KernelError::Invalid(format!(
+            "{op}: data and indices need rank >= 1"
+        )));
     }
     let k = qs[m - 1];
     if batch_dims >= r.min(m) || k < 1 || batch_dims + k > r {
@@ -194,7 +227,9 @@ fn nd_offsets(data: &[usize], q: &Tensor, batch_dims: usize, op: &str) -> KResul
         )));
     }
     if data[..batch_dims] != qs[..batch_dims] {
-        return Err(KernelError::Invalid(format!("{op}: batch dims of {data:?} and {qs:?} differ")));
+        return Err(KernelError::Invalid(format!(
+            "{op}: batch dims of {data:?} and {qs:?} differ"
+        )));
     }
     let raw = ints(q, &format!("{op} indices"))?;
     let st = strides(data);
@@ -332,7 +367,9 @@ struct ElementsWalk<'a> {
 impl ScatterWalk for ElementsWalk<'_> {
     fn walk(&self, mut put: impl FnMut(usize, usize)) {
         let sa = self.strides[self.axis];
-        for_each_offset(self.shape, self.strides, self.axis, |pos, off| put(off + self.idx[pos] * sa, pos));
+        for_each_offset(self.shape, self.strides, self.axis, |pos, off| {
+            put(off + self.idx[pos] * sa, pos)
+        });
     }
 }
 
@@ -362,7 +399,11 @@ fn scatter_into(
     walk: &impl ScatterWalk,
 ) -> KResult<Tensor> {
     if updates.dtype() != data.dtype() {
-        return Err(KernelError::Invalid(format!("scatter: updates are {} for {} data", updates.dtype(), data.dtype())));
+        return Err(KernelError::Invalid(format!(
+            "scatter: updates are {} for {} data",
+            updates.dtype(),
+            data.dtype()
+        )));
     }
     if reduction == Reduction::None {
         return with_lane!(data.dtype(), T => {
@@ -400,11 +441,20 @@ impl Kernel for ScatterElements {
         let a = norm_axis(self.axis, x.rank())?;
         check_elementwise_shapes(x.shape(), q.shape(), a, "ScatterElements")?;
         if u.shape() != q.shape() {
-            return Err(KernelError::Invalid(format!("ScatterElements: updates {:?} for indices {:?}", u.shape(), q.shape())));
+            return Err(KernelError::Invalid(format!(
+                "ScatterElements: updates {:?} for indices {:?}",
+                u.shape(),
+                q.shape()
+            )));
         }
         let idx = norm_indices(q, x.shape()[a], "ScatterElements index")?;
         let st = strides(x.shape());
-        let walk = ElementsWalk { shape: q.shape(), strides: &st, axis: a, idx: &idx };
+        let walk = ElementsWalk {
+            shape: q.shape(),
+            strides: &st,
+            axis: a,
+            idx: &idx,
+        };
         let t = scatter_into(x, u, self.reduction, cx, &walk)?;
         one(t)
     }
@@ -425,7 +475,10 @@ impl Kernel for ScatterND {
         let mut want = qs[..qs.len() - 1].to_vec();
         want.extend_from_slice(&x.shape()[k..]);
         if u.shape() != want {
-            return Err(KernelError::Invalid(format!("ScatterND: updates {:?}, expected {want:?}", u.shape())));
+            return Err(KernelError::Invalid(format!(
+                "ScatterND: updates {:?}, expected {want:?}",
+                u.shape()
+            )));
         }
         let t = scatter_into(x, u, self.reduction, cx, &NdWalk { offs: &offs, block })?;
         one(t)
@@ -447,8 +500,18 @@ impl Kernel for TensorScatter {
         }
         let a = norm_axis(self.axis, r)?;
         let (cs, us) = (cache.shape(), upd.shape());
-        if us.len() != r || (0..r).any(|k| if k == a { us[k] > cs[k] } else { us[k] != cs[k] }) {
-            return Err(KernelError::Invalid(format!("TensorScatter: update {us:?} does not fit cache {cs:?}")));
+        if us.len() != r
+            || (0..r).any(|k| {
+                if k == a {
+                    us[k] > cs[k]
+                } else {
+                    us[k] != cs[k]
+                }
+            })
+        {
+            return Err(KernelError::Invalid(format!(
+                "TensorScatter: update {us:?} does not fit cache {cs:?}"
+            )));
         }
         if upd.dtype() != cache.dtype() {
             return Err("TensorScatter: cache and update types differ".into());
@@ -459,7 +522,10 @@ impl Kernel for TensorScatter {
             None => vec![0; batch],
         };
         if wi.len() < batch {
-            return Err(KernelError::Invalid(format!("TensorScatter: {} write indices for batch {batch}", wi.len())));
+            return Err(KernelError::Invalid(format!(
+                "TensorScatter: {} write indices for batch {batch}",
+                wi.len()
+            )));
         }
         let (max, seq) = (cs[a], us[a]);
         let prefix: usize = cs[..a].iter().product();
@@ -470,9 +536,15 @@ impl Kernel for TensorScatter {
         for &w in &wi[..batch] {
             for s in 0..seq as i64 {
                 let p = w + s;
-                let p = if self.circular && max > 0 { p.rem_euclid(max as i64) } else { p };
+                let p = if self.circular && max > 0 {
+                    p.rem_euclid(max as i64)
+                } else {
+                    p
+                };
                 if p < 0 || p as usize >= max {
-                    return Err(KernelError::Invalid(format!("TensorScatter: write position {p} outside {max}")));
+                    return Err(KernelError::Invalid(format!(
+                        "TensorScatter: write position {p} outside {max}"
+                    )));
                 }
                 pos.push(p as usize);
             }
@@ -509,18 +581,34 @@ impl Kernel for OneHot {
         let depth = tensor_input(inputs, 1)?;
         let values = tensor_input(inputs, 2)?;
         let idx = q.to_f64_vec().ok_or("OneHot: indices must be numeric")?;
-        let depth = *depth.to_f64_vec().ok_or("OneHot: depth must be numeric")?.first().ok_or("OneHot: depth is empty")?;
+        let depth = *depth
+            .to_f64_vec()
+            .ok_or("OneHot: depth must be numeric")?
+            .first()
+            .ok_or("OneHot: depth is empty")?;
         if depth.is_nan() || depth < 1.0 {
-            return Err(KernelError::Invalid(format!("OneHot: depth {depth} must be positive")));
+            return Err(KernelError::Invalid(format!(
+                "OneHot: depth {depth} must be positive"
+            )));
         }
         let depth = depth as usize;
         if values.len() != 2 {
-            return Err(KernelError::Invalid(format!("OneHot: values must hold [off, on], got {:?}", values.shape())));
+            return Err(KernelError::Invalid(format!(
+                "OneHot: values must hold [off, on], got {:?}",
+                values.shape()
+            )));
         }
         let r = q.rank() as i64 + 1;
-        let a = if self.axis < 0 { self.axis + r } else { self.axis };
+        let a = if self.axis < 0 {
+            self.axis + r
+        } else {
+            self.axis
+        };
         if !(0..r).contains(&a) {
-            return Err(KernelError::Invalid(format!("OneHot: axis {} for output rank {r}", self.axis)));
+            return Err(KernelError::Invalid(format!(
+                "OneHot: axis {} for output rank {r}",
+                self.axis
+            )));
         }
         let a = a as usize;
         let mut out = q.shape().to_vec();
@@ -550,7 +638,12 @@ struct NonZero;
 /// Flat positions of the non-zero elements of `x` (NaN counts as non-zero; strings: non-empty).
 fn nonzero_positions(x: &Tensor) -> KResult<Vec<usize>> {
     if let Some(s) = x.strings() {
-        return Ok(s.iter().enumerate().filter(|(_, v)| !v.is_empty()).map(|(i, _)| i).collect());
+        return Ok(s
+            .iter()
+            .enumerate()
+            .filter(|(_, v)| !v.is_empty())
+            .map(|(i, _)| i)
+            .collect());
     }
     crate::with_dtype!(x.dtype(), T => {
         let v = typed::<T>(x)?;
@@ -601,7 +694,13 @@ fn cmp_nan_last<T: PartialOrd>(a: &T, b: &T) -> Ordering {
 /// Groups the `d` slices of `x` viewed as [outer, d, inner] into equal ones. Returns the
 /// groups in output order (sorted by value, or by first occurrence): each group's first slice
 /// index and size, and for each slice its group's position.
-fn unique_groups<T: PartialOrd>(x: &[T], outer: usize, d: usize, inner: usize, sorted: bool) -> (Vec<(usize, usize)>, Vec<usize>) {
+fn unique_groups<T: PartialOrd>(
+    x: &[T],
+    outer: usize,
+    d: usize,
+    inner: usize,
+    sorted: bool,
+) -> (Vec<(usize, usize)>, Vec<usize>) {
     let cmp = |i: usize, j: usize| -> Ordering {
         for o in 0..outer {
             let (a, b) = ((o * d + i) * inner, (o * d + j) * inner);
@@ -651,7 +750,12 @@ impl Kernel for Unique {
                 }
                 let a = norm_axis(a, x.rank())?;
                 let s = x.shape();
-                (s[..a].iter().product(), s[a], s[a + 1..].iter().product(), Some(a))
+                (
+                    s[..a].iter().product(),
+                    s[a],
+                    s[a + 1..].iter().product(),
+                    Some(a),
+                )
             }
         };
         let sorted = self.sorted;

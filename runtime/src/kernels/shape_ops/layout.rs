@@ -5,7 +5,10 @@
 
 use kiln_ir::{Op, Tensor};
 
-use super::{copy_mapped, copy_strided, dim, gather_view, ints, istrides, norm_axes, with_lane, KResult, Lane};
+use super::{
+    copy_mapped, copy_strided, dim, gather_view, ints, istrides, norm_axes, with_lane, KResult,
+    Lane,
+};
 use crate::error::KernelError;
 use crate::kernel::{opt_tensor_input, tensor_input, BuildCx, Kernel, RunCx};
 use crate::kernels::util::{broadcast_shapes, broadcast_strides, norm_axis, strides};
@@ -13,13 +16,21 @@ use crate::value::Value;
 
 pub(super) fn build(op: &Op, cx: &BuildCx) -> Option<KResult<Box<dyn Kernel>>> {
     let k: Box<dyn Kernel> = match op {
-        Op::Reshape(o) => Box::new(Reshape { allowzero: o.allowzero }),
+        Op::Reshape(o) => Box::new(Reshape {
+            allowzero: o.allowzero,
+        }),
         Op::Flatten(o) => Box::new(Flatten { axis: o.axis }),
         Op::Squeeze(_) => Box::new(Squeeze),
         Op::Unsqueeze(_) => Box::new(Unsqueeze),
-        Op::Transpose(o) => Box::new(Transpose { perm: o.perm.clone() }),
+        Op::Transpose(o) => Box::new(Transpose {
+            perm: o.perm.clone(),
+        }),
         Op::Concat(o) => Box::new(Concat { axis: o.axis }),
-        Op::Split(o) => Box::new(Split { axis: o.axis, num_outputs: o.num_outputs, n_out: cx.output_types.len() }),
+        Op::Split(o) => Box::new(Split {
+            axis: o.axis,
+            num_outputs: o.num_outputs,
+            n_out: cx.output_types.len(),
+        }),
         Op::Slice(_) => Box::new(Slice),
         Op::Expand(_) => Box::new(Expand),
         Op::Tile(_) => Box::new(Tile),
@@ -33,7 +44,9 @@ pub(super) fn build(op: &Op, cx: &BuildCx) -> Option<KResult<Box<dyn Kernel>>> {
             };
             Box::new(Pad { mode })
         }
-        Op::CenterCropPad(o) => Box::new(CenterCropPad { axes: o.axes.clone() }),
+        Op::CenterCropPad(o) => Box::new(CenterCropPad {
+            axes: o.axes.clone(),
+        }),
         Op::DepthToSpace(o) => match block_op(o.blocksize, &o.mode, true) {
             Ok(k) => Box::new(k),
             Err(e) => return Some(Err(e)),
@@ -43,7 +56,10 @@ pub(super) fn build(op: &Op, cx: &BuildCx) -> Option<KResult<Box<dyn Kernel>>> {
             Err(e) => return Some(Err(e)),
         },
         Op::Trilu(o) => Box::new(Trilu { upper: o.upper }),
-        Op::ReverseSequence(o) => Box::new(ReverseSequence { batch_axis: o.batch_axis, time_axis: o.time_axis }),
+        Op::ReverseSequence(o) => Box::new(ReverseSequence {
+            batch_axis: o.batch_axis,
+            time_axis: o.time_axis,
+        }),
         Op::Compress(o) => Box::new(Compress { axis: o.axis }),
         _ => return None,
     };
@@ -62,7 +78,11 @@ struct Reshape {
 }
 
 /// The output shape of `Reshape(data of in_shape, target)`.
-pub(super) fn reshape_shape(in_shape: &[usize], target: &[i64], allowzero: bool) -> KResult<Vec<usize>> {
+pub(super) fn reshape_shape(
+    in_shape: &[usize],
+    target: &[i64],
+    allowzero: bool,
+) -> KResult<Vec<usize>> {
     let total: usize = in_shape.iter().product();
     let mut out = Vec::with_capacity(target.len());
     let mut infer = None;
@@ -92,12 +112,16 @@ pub(super) fn reshape_shape(in_shape: &[usize], target: &[i64], allowzero: bool)
         }
         let others: usize = out.iter().product();
         if others == 0 || !total.is_multiple_of(others) {
-            return Err(KernelError::Invalid(format!("Reshape: cannot infer -1 reshaping {in_shape:?} to {target:?}")));
+            return Err(KernelError::Invalid(format!(
+                "Reshape: cannot infer -1 reshaping {in_shape:?} to {target:?}"
+            )));
         }
         out[k] = total / others;
     }
     if out.iter().product::<usize>() != total {
-        return Err(KernelError::Invalid(format!("Reshape: cannot reshape {in_shape:?} to {target:?}")));
+        return Err(KernelError::Invalid(format!(
+            "Reshape: cannot reshape {in_shape:?} to {target:?}"
+        )));
     }
     Ok(out)
 }
@@ -118,12 +142,22 @@ impl Kernel for Flatten {
     fn run(&self, inputs: &[Option<&Value>], _cx: &mut RunCx) -> KResult<Vec<Value>> {
         let x = tensor_input(inputs, 0)?;
         let r = x.rank() as i64;
-        let a = if self.axis < 0 { self.axis + r } else { self.axis };
+        let a = if self.axis < 0 {
+            self.axis + r
+        } else {
+            self.axis
+        };
         if !(0..=r).contains(&a) {
-            return Err(KernelError::Invalid(format!("Flatten: axis {} is out of range for rank {r}", self.axis)));
+            return Err(KernelError::Invalid(format!(
+                "Flatten: axis {} is out of range for rank {r}",
+                self.axis
+            )));
         }
         let s = x.shape();
-        let (a, b) = (s[..a as usize].iter().product(), s[a as usize..].iter().product());
+        let (a, b) = (
+            s[..a as usize].iter().product(),
+            s[a as usize..].iter().product(),
+        );
         one(x.reshaped(vec![a, b])?)
     }
 }
@@ -139,10 +173,17 @@ impl Kernel for Squeeze {
                 let axes = norm_axes(&ints(a, "Squeeze axes")?, s.len())?;
                 for &a in &axes {
                     if s[a] != 1 {
-                        return Err(KernelError::Invalid(format!("Squeeze: axis {a} has size {}", s[a])));
+                        return Err(KernelError::Invalid(format!(
+                            "Squeeze: axis {a} has size {}",
+                            s[a]
+                        )));
                     }
                 }
-                s.iter().enumerate().filter(|(i, _)| !axes.contains(i)).map(|(_, &d)| d).collect()
+                s.iter()
+                    .enumerate()
+                    .filter(|(i, _)| !axes.contains(i))
+                    .map(|(_, &d)| d)
+                    .collect()
             }
             None => s.iter().copied().filter(|&d| d != 1).collect(),
         };
@@ -159,7 +200,15 @@ impl Kernel for Unsqueeze {
         let rank = x.rank() + axes.len();
         let axes = norm_axes(&axes, rank)?;
         let mut it = x.shape().iter();
-        let out: Vec<usize> = (0..rank).map(|j| if axes.contains(&j) { 1 } else { *it.next().unwrap_or(&1) }).collect();
+        let out: Vec<usize> = (0..rank)
+            .map(|j| {
+                if axes.contains(&j) {
+                    1
+                } else {
+                    *it.next().unwrap_or(&1)
+                }
+            })
+            .collect();
         one(x.reshaped(out)?)
     }
 }
@@ -169,7 +218,13 @@ impl Kernel for Unsqueeze {
 
 /// A tensor of `x`'s dtype and `shape` holding the strided view (`s0`, `ss`) of `x`: `x`
 /// itself (sharing its bytes) when the view is the whole of it in order.
-fn view_copy(x: &Tensor, s0: isize, ss: &[isize], shape: Vec<usize>, cx: &mut RunCx) -> KResult<Tensor> {
+fn view_copy(
+    x: &Tensor,
+    s0: isize,
+    ss: &[isize],
+    shape: Vec<usize>,
+    cx: &mut RunCx,
+) -> KResult<Tensor> {
     if shape == x.shape() && s0 == 0 && (x.is_empty() || ss == istrides(&shape)) {
         return Ok(x.clone());
     }
@@ -189,7 +244,9 @@ impl Kernel for Transpose {
         let r = x.rank();
         let perm: Vec<usize> = match &self.perm {
             Some(p) if p.len() != r => {
-                return Err(KernelError::Invalid(format!("Transpose: perm {p:?} for rank {r}")));
+                return Err(KernelError::Invalid(format!(
+                    "Transpose: perm {p:?} for rank {r}"
+                )));
             }
             Some(p) => norm_axes(p, r)?,
             None => (0..r).rev().collect(),
@@ -223,11 +280,17 @@ impl Kernel for Concat {
         out[a] = 0;
         for x in &xs {
             if x.dtype() != first.dtype() || x.rank() != r {
-                return Err(KernelError::Invalid(format!("Concat: inputs {first:?} and {x:?} differ")));
+                return Err(KernelError::Invalid(format!(
+                    "Concat: inputs {first:?} and {x:?} differ"
+                )));
             }
             for (j, (&d, &o)) in x.shape().iter().zip(&out).enumerate() {
                 if j != a && d != o {
-                    return Err(KernelError::Invalid(format!("Concat: shapes {:?} and {:?} differ", first.shape(), x.shape())));
+                    return Err(KernelError::Invalid(format!(
+                        "Concat: shapes {:?} and {:?} differ",
+                        first.shape(),
+                        x.shape()
+                    )));
                 }
             }
             out[a] += x.shape()[a];
@@ -256,7 +319,9 @@ struct Split {
 /// Sizes of an equal split of `d` into `n` parts: ceil(d/n) each, the last one smaller.
 fn equal_split(d: usize, n: usize) -> Vec<usize> {
     let step = d.div_ceil(n.max(1));
-    (0..n).map(|k| (d.min((k + 1) * step)).saturating_sub(d.min(k * step))).collect()
+    (0..n)
+        .map(|k| (d.min((k + 1) * step)).saturating_sub(d.min(k * step)))
+        .collect()
 }
 
 impl Kernel for Split {
@@ -271,9 +336,14 @@ impl Kernel for Split {
         let sizes: Vec<usize> = match opt_tensor_input(inputs, 1)?.filter(|s| !s.is_empty()) {
             Some(s) => {
                 let v = ints(s, "Split sizes")?;
-                let v: Vec<usize> = v.iter().map(|&k| dim(k, "Split size")).collect::<KResult<_>>()?;
+                let v: Vec<usize> = v
+                    .iter()
+                    .map(|&k| dim(k, "Split size"))
+                    .collect::<KResult<_>>()?;
                 if v.iter().sum::<usize>() != d {
-                    return Err(KernelError::Invalid(format!("Split: sizes {v:?} do not sum to {d}")));
+                    return Err(KernelError::Invalid(format!(
+                        "Split: sizes {v:?} do not sum to {d}"
+                    )));
                 }
                 v
             }
@@ -292,7 +362,13 @@ impl Kernel for Split {
         for size in sizes {
             let mut shape = x.shape().to_vec();
             shape[a] = size;
-            outs.push(Value::Tensor(view_copy(x, start as isize * st[a], &st, shape, cx)?));
+            outs.push(Value::Tensor(view_copy(
+                x,
+                start as isize * st[a],
+                &st,
+                shape,
+                cx,
+            )?));
             start += size;
         }
         Ok(outs)
@@ -343,7 +419,9 @@ impl Kernel for Slice {
             return Err("Slice: starts, ends, axes and steps differ in length".into());
         }
         if axes.iter().any(|&a| a >= r) {
-            return Err(KernelError::Invalid(format!("Slice: axes out of range for rank {r}")));
+            return Err(KernelError::Invalid(format!(
+                "Slice: axes out of range for rank {r}"
+            )));
         }
         let st = istrides(x.shape());
         let mut shape = x.shape().to_vec();
@@ -375,7 +453,10 @@ impl Kernel for Expand {
             .map(|v| dim(v, "Expand: dim"))
             .collect::<KResult<_>>()?;
         let out = broadcast_shapes(&[x.shape(), &target])?;
-        let ss: Vec<isize> = broadcast_strides(x.shape(), &out).into_iter().map(|s| s as isize).collect();
+        let ss: Vec<isize> = broadcast_strides(x.shape(), &out)
+            .into_iter()
+            .map(|s| s as isize)
+            .collect();
         one(view_copy(x, 0, &ss, out, cx)?)
     }
 }
@@ -387,7 +468,11 @@ impl Kernel for Tile {
         let x = tensor_input(inputs, 0)?;
         let reps = ints(tensor_input(inputs, 1)?, "Tile repeats")?;
         if reps.len() != x.rank() {
-            return Err(KernelError::Invalid(format!("Tile: {} repeats for rank {}", reps.len(), x.rank())));
+            return Err(KernelError::Invalid(format!(
+                "Tile: {} repeats for rank {}",
+                reps.len(),
+                x.rank()
+            )));
         }
         // The output as a view of rank 2r: (repeat, dim) pairs, the repeat with stride 0.
         let st = istrides(x.shape());
@@ -428,7 +513,10 @@ fn pad_widths(pads: &[i64], axes: Option<&[i64]>, rank: usize) -> KResult<Vec<(i
     };
     let k = axes.len();
     if pads.len() != 2 * k {
-        return Err(KernelError::Invalid(format!("Pad: {} pads for {k} axes", pads.len())));
+        return Err(KernelError::Invalid(format!(
+            "Pad: {} pads for {k} axes",
+            pads.len()
+        )));
     }
     let mut w = vec![(0i64, 0i64); rank];
     for (i, &a) in axes.iter().enumerate() {
@@ -446,11 +534,15 @@ fn pad_map(d: usize, b: i64, e: i64, mode: PadMode) -> KResult<Vec<usize>> {
     let len = hi - lo;
     let (pb, pe) = (b.max(0), e.max(0));
     if len < 0 {
-        return Err(KernelError::Invalid(format!("Pad: pads ({b}, {e}) crop a dim of {d} below zero")));
+        return Err(KernelError::Invalid(format!(
+            "Pad: pads ({b}, {e}) crop a dim of {d} below zero"
+        )));
     }
     let n = pb + len + pe;
     if n > 0 && len == 0 {
-        return Err(KernelError::Invalid(format!("Pad: cannot pad an empty dim in {mode:?} mode")));
+        return Err(KernelError::Invalid(format!(
+            "Pad: cannot pad an empty dim in {mode:?} mode"
+        )));
     }
     Ok((0..n)
         .map(|o| {
@@ -481,12 +573,18 @@ impl Kernel for Pad {
     fn run(&self, inputs: &[Option<&Value>], cx: &mut RunCx) -> KResult<Vec<Value>> {
         let x = tensor_input(inputs, 0)?;
         let pads = ints(tensor_input(inputs, 1)?, "Pad pads")?;
-        let axes = opt_tensor_input(inputs, 3)?.map(|a| ints(a, "Pad axes")).transpose()?;
+        let axes = opt_tensor_input(inputs, 3)?
+            .map(|a| ints(a, "Pad axes"))
+            .transpose()?;
         let w = pad_widths(&pads, axes.as_deref(), x.rank())?;
         let value = opt_tensor_input(inputs, 2)?.filter(|v| !v.is_empty());
         if let Some(v) = value {
             if v.dtype() != x.dtype() {
-                return Err(KernelError::Invalid(format!("Pad: constant_value is {} for {} data", v.dtype(), x.dtype())));
+                return Err(KernelError::Invalid(format!(
+                    "Pad: constant_value is {} for {} data",
+                    v.dtype(),
+                    x.dtype()
+                )));
             }
         }
         let mut out = Vec::with_capacity(x.rank());
@@ -546,7 +644,11 @@ impl Kernel for CenterCropPad {
             None => (0..r).collect(),
         };
         if target.len() != axes.len() {
-            return Err(KernelError::Invalid(format!("CenterCropPad: {} sizes for {} axes", target.len(), axes.len())));
+            return Err(KernelError::Invalid(format!(
+                "CenterCropPad: {} sizes for {} axes",
+                target.len(),
+                axes.len()
+            )));
         }
         let mut out = x.shape().to_vec();
         let mut src_start = vec![0usize; r];
@@ -588,23 +690,35 @@ fn block_op(blocksize: i64, mode: &str, to_space: bool) -> KResult<BlockOp> {
         m => return Err(KernelError::Unsupported(format!("block mode {m:?}"))),
     };
     if blocksize < 1 {
-        return Err(KernelError::Invalid(format!("blocksize {blocksize} must be positive")));
+        return Err(KernelError::Invalid(format!(
+            "blocksize {blocksize} must be positive"
+        )));
     }
-    Ok(BlockOp { b: blocksize as usize, crd, to_space })
+    Ok(BlockOp {
+        b: blocksize as usize,
+        crd,
+        to_space,
+    })
 }
 
 impl Kernel for BlockOp {
     fn run(&self, inputs: &[Option<&Value>], cx: &mut RunCx) -> KResult<Vec<Value>> {
         let x = tensor_input(inputs, 0)?;
         let &[n, c, h, w] = x.shape() else {
-            return Err(KernelError::Invalid(format!("{} needs a 4-D input, got {:?}", self.name(), x.shape())));
+            return Err(KernelError::Invalid(format!(
+                "{} needs a 4-D input, got {:?}",
+                self.name(),
+                x.shape()
+            )));
         };
         let b = self.b;
         let (ih, iw, ic) = ((h * w) as isize, w as isize, (c * h * w) as isize);
         let bi = b as isize;
         let (view, ss, out): (Vec<usize>, Vec<isize>, Vec<usize>) = if self.to_space {
             if c % (b * b) != 0 {
-                return Err(KernelError::Invalid(format!("DepthToSpace: {c} channels for blocksize {b}")));
+                return Err(KernelError::Invalid(format!(
+                    "DepthToSpace: {c} channels for blocksize {b}"
+                )));
             }
             let c2 = c / (b * b);
             let c2i = c2 as isize;
@@ -618,7 +732,9 @@ impl Kernel for BlockOp {
             (view, ss, vec![n, c2, h * b, w * b])
         } else {
             if h % b != 0 || w % b != 0 {
-                return Err(KernelError::Invalid(format!("SpaceToDepth: spatial dims {h}x{w} for blocksize {b}")));
+                return Err(KernelError::Invalid(format!(
+                    "SpaceToDepth: spatial dims {h}x{w} for blocksize {b}"
+                )));
             }
             let (h2, w2) = (h / b, w / b);
             // Input viewed as [n, c, h2, b1, w2, b2]; output as a permutation of it.
@@ -660,7 +776,10 @@ impl Kernel for Trilu {
         };
         let r = x.rank();
         if r < 2 {
-            return Err(KernelError::Invalid(format!("Trilu needs rank >= 2, got {:?}", x.shape())));
+            return Err(KernelError::Invalid(format!(
+                "Trilu needs rank >= 2, got {:?}",
+                x.shape()
+            )));
         }
         let (rows, cols) = (x.shape()[r - 2], x.shape()[r - 1]);
         let upper = self.upper;
@@ -709,17 +828,28 @@ impl Kernel for ReverseSequence {
         }
         let (nb, nt) = (x.shape()[ba], x.shape()[ta]);
         if lens.len() != nb {
-            return Err(KernelError::Invalid(format!("ReverseSequence: {} lengths for batch {nb}", lens.len())));
+            return Err(KernelError::Invalid(format!(
+                "ReverseSequence: {} lengths for batch {nb}",
+                lens.len()
+            )));
         }
         let lens: Vec<usize> = lens
             .iter()
             .map(|&l| match usize::try_from(l) {
                 Ok(l) if l <= nt => Ok(l),
-                _ => Err(KernelError::Invalid(format!("ReverseSequence: length {l} for {nt} steps"))),
+                _ => Err(KernelError::Invalid(format!(
+                    "ReverseSequence: length {l} for {nt} steps"
+                ))),
             })
             .collect::<KResult<_>>()?;
         let inner: usize = x.shape()[2..].iter().product();
-        let off = |b: usize, t: usize| if ta == 0 { (t * nb + b) * inner } else { (b * nt + t) * inner };
+        let off = |b: usize, t: usize| {
+            if ta == 0 {
+                (t * nb + b) * inner
+            } else {
+                (b * nt + t) * inner
+            }
+        };
         let t = with_lane!(x.dtype(), T => {
             let src = T::view(x)?;
             T::make(cx, x.dtype(), x.shape().to_vec(), |dst| {
@@ -744,9 +874,9 @@ impl Kernel for Compress {
     fn run(&self, inputs: &[Option<&Value>], cx: &mut RunCx) -> KResult<Vec<Value>> {
         let x = tensor_input(inputs, 0)?;
         let c = tensor_input(inputs, 1)?;
-        let cond = c
-            .to_f64_vec()
-            .ok_or_else(|| KernelError::Invalid(format!("Compress: condition of type {}", c.dtype())))?;
+        let cond = c.to_f64_vec().ok_or_else(|| {
+            KernelError::Invalid(format!("Compress: condition of type {}", c.dtype()))
+        })?;
         // Viewed as [outer, d, inner] along the axis (axis None: the flattened input).
         let (outer, d, inner, mut out) = match self.axis {
             None => (1, x.len(), 1, vec![0]),
@@ -756,11 +886,18 @@ impl Kernel for Compress {
                 }
                 let a = norm_axis(a, x.rank())?;
                 let s = x.shape();
-                (s[..a].iter().product::<usize>(), s[a], s[a + 1..].iter().product::<usize>(), s.to_vec())
+                (
+                    s[..a].iter().product::<usize>(),
+                    s[a],
+                    s[a + 1..].iter().product::<usize>(),
+                    s.to_vec(),
+                )
             }
         };
         if cond.len() > d && cond[d..].iter().any(|&v| v != 0.0) {
-            return Err(KernelError::Invalid(format!("Compress: condition selects beyond the axis of {d}")));
+            return Err(KernelError::Invalid(format!(
+                "Compress: condition selects beyond the axis of {d}"
+            )));
         }
         let keep: Vec<usize> = (0..d.min(cond.len())).filter(|&i| cond[i] != 0.0).collect();
         let ax = match self.axis {

@@ -1,0 +1,1281 @@
+//! kiln's f32 GEMM: `C = act(alpha·op(A)·op(B) + beta·C + bias + residual)`, row-major.
+//!
+//! Structure (BLIS/GotoBLAS style):
+//!
+//! * `op(B)` is packed into panels of `NR` columns, `KC` rows deep (zero-padded past `n`), either
+//!   per call or once ahead of time ([`PackedB`], for weights).
+//! * `op(A)` is packed per `MC × KC` block into panels of `MR` rows (reading it in place was
+//!   measured ~10 % slower: six strided row streams instead of one sequential panel).
+//! * A register-blocked micro-kernel computes an `MR × NR` tile of `op(A)·op(B)` over `KC` steps
+//!   of `k`; the epilogue (alpha, beta, bias, residual, activation) is fused into the store of
+//!   the tile, and applied once, on the last `KC` block.
+//! * Loops: columns in `NC` blocks → `k` in `KC` blocks → rows in `MC` blocks → `NR` panels →
+//!   `MR` tiles. Threads (rayon) split the columns (or the rows, when there are few columns)
+//!   into one region each; every region is an independent sequential GEMM.
+//!
+//! The micro-kernel is written once, generic over a small vector abstraction ([`Simd`]), and
+//! instantiated per ISA (AVX2+FMA, AVX-512F, NEON) inside a `#[target_feature]` function, and
+//! over portable scalar lanes for the scalar fallback. The same generic code instantiated over
+//! [`scalar::Emu`] (scalar lanes with fused multiply-add) is a *model* of each ISA's kernel that
+//! runs anywhere and is bit-for-bit what the native kernel computes: that is how the AVX-512 and
+//! NEON kernels are checked on machines that cannot run them ([`Gemm::model`]).
+//!
+//! ISA selection happens at run time: the best ISA the CPU has, unless the environment variable
+//! `KILN_ISA=scalar|avx2|avx512|neon` forces one (an error if the CPU lacks it).
+//!
+//! Every element of `C` sees the same sequence of floating-point operations whatever the tile it
+//! falls in, the thread count or the `MC`/`NC` blocking: the result depends only on the ISA's
+//! kernel and on `KC`. Threaded and single-threaded results are bit-identical.
+
+use std::fmt;
+use std::str::FromStr;
+use std::sync::OnceLock;
+
+use rayon::prelude::*;
+
+mod avx2;
+mod avx512;
+mod neon;
+mod pack;
+mod scalar;
+
+pub use pack::PackedB;
+
+// ---------------------------------------------------------------------------------------------
+// Public types
+// ---------------------------------------------------------------------------------------------
+
+/// An instruction set with a GEMM micro-kernel.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Isa {
+    /// Portable Rust, no intrinsics (the fallback on every CPU).
+    Scalar,
+    /// x86-64 AVX2 + FMA (256-bit).
+    Avx2,
+    /// x86-64 AVX-512F (512-bit).
+    Avx512,
+    /// AArch64 Advanced SIMD (128-bit).
+    Neon,
+}
+
+impl Isa {
+    /// Every ISA kiln has a kernel for.
+    pub const ALL: [Isa; 4] = [Isa::Scalar, Isa::Avx2, Isa::Avx512, Isa::Neon];
+
+    /// The name `KILN_ISA` uses.
+    pub fn name(self) -> &'static str {
+        match self {
+            Isa::Scalar => "scalar",
+            Isa::Avx2 => "avx2",
+            Isa::Avx512 => "avx512",
+            Isa::Neon => "neon",
+        }
+    }
+
+    /// Whether this CPU can run the ISA's kernel.
+    pub fn is_available(self) -> bool {
+        match self {
+            Isa::Scalar => true,
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 => is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma"),
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512 => is_x86_feature_detected!("avx512f"),
+            #[cfg(target_arch = "aarch64")]
+            Isa::Neon => std::arch::is_aarch64_feature_detected!("neon"),
+            #[allow(unreachable_patterns)]
+            _ => false,
+        }
+    }
+
+    /// The ISAs this CPU can run, best last.
+    pub fn available() -> Vec<Isa> {
+        Isa::ALL.into_iter().filter(|i| i.is_available()).collect()
+    }
+
+    /// The fastest ISA this CPU can run (ignores `KILN_ISA`).
+    pub fn best() -> Isa {
+        // On Zen 4 AVX-512 runs at the same FLOP rate as AVX2 (512-bit ops are double-pumped),
+        // but with half the instructions per FLOP; on Intel server parts it doubles the peak.
+        for isa in [Isa::Avx512, Isa::Avx2, Isa::Neon] {
+            if isa.is_available() {
+                return isa;
+            }
+        }
+        Isa::Scalar
+    }
+
+    /// The ISA forced by `KILN_ISA`, if set: `Ok(None)` when unset or empty, an error when the
+    /// value is unknown or the CPU cannot run it.
+    pub fn from_env() -> Result<Option<Isa>, IsaError> {
+        Isa::from_env_value(std::env::var("KILN_ISA").ok().as_deref())
+    }
+
+    /// [`Isa::from_env`] for a given value of `KILN_ISA` (`None`: unset).
+    pub fn from_env_value(value: Option<&str>) -> Result<Option<Isa>, IsaError> {
+        match value {
+            Some(v) if !v.trim().is_empty() => {
+                let isa: Isa = v.parse()?;
+                if isa.is_available() {
+                    Ok(Some(isa))
+                } else {
+                    Err(IsaError::Unavailable(isa))
+                }
+            }
+            _ => Ok(None),
+        }
+    }
+
+    /// `KILN_ISA` if set, else [`Isa::best`].
+    pub fn selected() -> Result<Isa, IsaError> {
+        Ok(Isa::from_env()?.unwrap_or_else(Isa::best))
+    }
+}
+
+impl fmt::Display for Isa {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for Isa {
+    type Err = IsaError;
+    fn from_str(s: &str) -> Result<Isa, IsaError> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "scalar" => Ok(Isa::Scalar),
+            "avx2" => Ok(Isa::Avx2),
+            "avx512" | "avx512f" => Ok(Isa::Avx512),
+            "neon" => Ok(Isa::Neon),
+            _ => Err(IsaError::Unknown(s.to_string())),
+        }
+    }
+}
+
+/// Why an ISA cannot be used.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum IsaError {
+    #[error("unknown ISA {0:?} (expected one of scalar, avx2, avx512, neon)")]
+    Unknown(String),
+    #[error("this CPU cannot run the {0} kernels")]
+    Unavailable(Isa),
+}
+
+/// An element-wise activation applied by the GEMM epilogue.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub enum Activation {
+    #[default]
+    None,
+    /// `max(x, 0)` (NaN stays NaN).
+    Relu,
+    /// `x` if `x >= 0` else `alpha·x`.
+    LeakyRelu(f32),
+    /// `min(max(x, min), max)`.
+    Clip { min: f32, max: f32 },
+    /// `0.5·x·(1 + erf(x/√2))` (ONNX Gelu, `approximate = "none"`).
+    Gelu,
+    /// `0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³)))` (ONNX Gelu `approximate = "tanh"`, FastGelu).
+    FastGelu,
+    /// `1 / (1 + e^-x)`.
+    Sigmoid,
+    /// `tanh(x)`.
+    Tanh,
+}
+
+impl Activation {
+    /// The scalar definition used by the kernels (absolute error ≲ 1e-6·(1 + |x|) for the
+    /// transcendental ones).
+    pub fn apply(self, x: f32) -> f32 {
+        let mut v = [x];
+        scalar::activate(self, &mut v);
+        v[0]
+    }
+}
+
+/// What the store of `C` adds to `alpha·op(A)·op(B) + beta·C`, in this order:
+/// `C[i][j] = act(alpha·AB[i][j] + beta·C[i][j] + bias[j] + residual[i][j])`.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Epilogue<'a> {
+    /// Added per column; at least `n` long.
+    pub bias: Option<&'a [f32]>,
+    /// Applied last.
+    pub activation: Activation,
+    /// Added per element: `(data, ld)`, element `(i, j)` at `data[i·ld + j]`.
+    pub residual: Option<(&'a [f32], usize)>,
+}
+
+impl<'a> Epilogue<'a> {
+    pub const NONE: Epilogue<'static> = Epilogue {
+        bias: None,
+        activation: Activation::None,
+        residual: None,
+    };
+
+    pub fn bias(bias: &'a [f32]) -> Self {
+        Epilogue {
+            bias: Some(bias),
+            ..Default::default()
+        }
+    }
+    pub fn with_activation(mut self, act: Activation) -> Self {
+        self.activation = act;
+        self
+    }
+    pub fn with_residual(mut self, residual: &'a [f32], ld: usize) -> Self {
+        self.residual = Some((residual, ld));
+        self
+    }
+}
+
+/// Strides of a batch of GEMMs of the same shape (for attention): GEMM `i` uses
+/// `a[i·stride_a..]`, `b[i·stride_b..]`, `c[i·stride_c..]` and the residual at
+/// `i·stride_residual`. A stride of 0 shares the operand (broadcast). The `C` matrices of the
+/// batch must not overlap (checked): either one after the other (`stride_c ≥ (m−1)·ldc + n`), or
+/// side by side within rows (`stride_c ≥ n` and `(count−1)·stride_c + n ≤ ldc`, e.g. the heads
+/// of a `[seq, heads·dim]` activation).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Batch {
+    pub count: usize,
+    pub stride_a: usize,
+    pub stride_b: usize,
+    pub stride_c: usize,
+    pub stride_residual: usize,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Free functions (default GEMM: KILN_ISA or the best ISA, rayon's current thread count)
+// ---------------------------------------------------------------------------------------------
+
+/// The process-wide GEMM: `KILN_ISA` if set, else the best ISA of this CPU.
+///
+/// Panics (once, with the reason) if `KILN_ISA` names an unknown ISA or one this CPU lacks;
+/// call [`Isa::selected`] first to turn that into an error.
+pub fn default_gemm() -> &'static Gemm {
+    static G: OnceLock<Gemm> = OnceLock::new();
+    G.get_or_init(|| match Gemm::from_env() {
+        Ok(g) => g,
+        Err(e) => panic!("KILN_ISA: {e}"),
+    })
+}
+
+/// Row-major `C = act(alpha·op(A)·op(B) + beta·C + bias + residual)` with the default GEMM.
+///
+/// `op(A)` is `m × k`: `a` holds `A` as `m × k` (`trans_a = false`, `lda ≥ k`) or `k × m`
+/// (`trans_a = true`, `lda ≥ m`); likewise `op(B)` is `k × n`; `C` is `m × n`, `ldc ≥ n`.
+/// With `beta = 0`, `C` is not read. Any of `m`, `n`, `k` may be 0.
+#[allow(clippy::too_many_arguments)]
+pub fn sgemm(
+    m: usize,
+    n: usize,
+    k: usize,
+    alpha: f32,
+    a: &[f32],
+    lda: usize,
+    trans_a: bool,
+    b: &[f32],
+    ldb: usize,
+    trans_b: bool,
+    beta: f32,
+    c: &mut [f32],
+    ldc: usize,
+    epilogue: Epilogue,
+) {
+    default_gemm().sgemm(
+        m, n, k, alpha, a, lda, trans_a, b, ldb, trans_b, beta, c, ldc, epilogue,
+    )
+}
+
+/// `C = act(op(A)·B + bias + residual)` with a pre-packed `B` (`alpha = 1`, `beta = 0`).
+#[allow(clippy::too_many_arguments)]
+pub fn sgemm_packed(
+    m: usize,
+    a: &[f32],
+    lda: usize,
+    trans_a: bool,
+    b: &PackedB,
+    c: &mut [f32],
+    ldc: usize,
+    epilogue: Epilogue,
+) {
+    default_gemm().sgemm_packed(m, 1.0, a, lda, trans_a, b, 0.0, c, ldc, epilogue)
+}
+
+/// A batch of GEMMs of one shape (see [`Batch`]) with the default GEMM.
+#[allow(clippy::too_many_arguments)]
+pub fn sgemm_batched(
+    batch: Batch,
+    m: usize,
+    n: usize,
+    k: usize,
+    alpha: f32,
+    a: &[f32],
+    lda: usize,
+    trans_a: bool,
+    b: &[f32],
+    ldb: usize,
+    trans_b: bool,
+    beta: f32,
+    c: &mut [f32],
+    ldc: usize,
+    epilogue: Epilogue,
+) {
+    default_gemm().sgemm_batched(
+        batch, m, n, k, alpha, a, lda, trans_a, b, ldb, trans_b, beta, c, ldc, epilogue,
+    )
+}
+
+// ---------------------------------------------------------------------------------------------
+// The vector abstraction and the generic micro-kernel
+// ---------------------------------------------------------------------------------------------
+
+/// One SIMD register of f32 lanes. Implementations are `#[inline(always)]` wrappers over
+/// intrinsics; they are only ever called (inlined) inside a function compiled with the ISA's
+/// `#[target_feature]`.
+pub(crate) trait Simd: Copy {
+    const LANES: usize;
+    unsafe fn zero() -> Self;
+    unsafe fn splat(x: f32) -> Self;
+    /// Unaligned load of `LANES` floats.
+    unsafe fn load(p: *const f32) -> Self;
+    /// Unaligned store of `LANES` floats.
+    unsafe fn store(p: *mut f32, v: Self);
+    /// `a·b + c` (fused where the ISA has FMA).
+    unsafe fn fma(a: Self, b: Self, c: Self) -> Self;
+    unsafe fn mul(a: Self, b: Self) -> Self;
+    unsafe fn add(a: Self, b: Self) -> Self;
+    /// Hint: fetch the cache line of `p` into L1 (no-op by default).
+    #[inline(always)]
+    unsafe fn prefetch(_p: *const u8) {}
+    /// Hint: fetch the cache line of `p` into L2 (no-op by default).
+    #[inline(always)]
+    unsafe fn prefetch_l2(_p: *const u8) {}
+    /// `splat(*p)`.
+    #[inline(always)]
+    unsafe fn broadcast(p: *const f32) -> Self {
+        Self::splat(*p)
+    }
+}
+
+/// Largest `MR` / `NR` of any kernel (edge-row kernels and scratch tiles are sized by these).
+const MAX_MR: usize = 8;
+const MAX_NR: usize = 64;
+
+/// One call of a kernel's block loop: `C[0..mc, 0..nc]` (+)= `A[0..mc, 0..kc] · B[0..kc, 0..nc]`
+/// with the store of `C` as described by the flags.
+#[derive(Clone, Copy)]
+pub(crate) struct BlockArgs {
+    pub kc: usize,
+    pub mc: usize,
+    pub nc: usize,
+    /// Panels of `MR × kc`, one after the other: element `(i, p)` of a panel at `p·MR + i`; the
+    /// last panel zero-padded past `mc`.
+    pub a: *const f32,
+    /// Panels of `kc × NR`, one after the other: element `(p, j)` at `p·NR + j`; the last panel
+    /// zero-padded past `nc`.
+    pub b: *const f32,
+    pub c: *mut f32,
+    pub ldc: usize,
+    pub alpha: f32,
+    pub beta: f32,
+    /// First `k` block: `beta·C` is added (`C` not read when `beta = 0`); otherwise `C` is added.
+    pub first: bool,
+    /// Last `k` block: bias, residual, activation.
+    pub last: bool,
+    /// Bias at column 0 of this block, or null.
+    pub bias: *const f32,
+    /// Residual at `(0, 0)` of this block, or null; row stride `ldr`.
+    pub res: *const f32,
+    pub ldr: usize,
+    pub act: Activation,
+}
+
+/// The block loop of one ISA: `NR` panels outside, `MR` tiles inside.
+pub(crate) type BlockFn = unsafe fn(&BlockArgs);
+
+/// The block loop, generic over the vector type and the register tile `MR × (NV·LANES)`.
+///
+/// A last tile of `r < MR` rows runs an `r`-row instance of the same micro-kernel (no FLOPs
+/// spent on padding rows); a last tile of fewer than `NR` columns is stored through a scratch
+/// tile (the padded columns of B are zeros).
+///
+/// # Safety
+/// `x` must describe valid memory as documented on [`BlockArgs`]; `V`'s intrinsics must be
+/// supported by the CPU (the caller is a `#[target_feature]` function).
+#[inline(always)]
+pub(crate) unsafe fn block<V: Simd, const MR: usize, const NV: usize>(x: &BlockArgs) {
+    let nr_full = NV * V::LANES;
+    debug_assert!(MR <= MAX_MR && nr_full <= MAX_NR);
+    let np = x.nc.div_ceil(nr_full);
+    let mp = x.mc.div_ceil(MR);
+    // The next B panel is fetched into L1 a slice per tile while this one is in use.
+    let panel_bytes = nr_full * x.kc * 4;
+    let slice = panel_bytes.div_ceil(mp).div_ceil(64) * 64;
+    let read_c = !(x.first && x.beta == 0.0);
+    for jp in 0..np {
+        let j0 = jp * nr_full;
+        let nr = nr_full.min(x.nc - j0);
+        let bp = x.b.add(jp * nr_full * x.kc);
+        let next = if jp + 1 < np {
+            bp.add(nr_full * x.kc) as *const u8
+        } else {
+            std::ptr::null()
+        };
+        for ip in 0..mp {
+            let i0 = ip * MR;
+            let mr = MR.min(x.mc - i0);
+            if !next.is_null() {
+                let mut off = ip * slice;
+                while off < ((ip + 1) * slice).min(panel_bytes) {
+                    V::prefetch_l2(next.add(off));
+                    off += 64;
+                }
+            }
+            if read_c {
+                let c = x.c.add(i0 * x.ldc + j0);
+                for i in 0..mr {
+                    V::prefetch(c.add(i * x.ldc) as *const u8);
+                    V::prefetch(c.add(i * x.ldc + nr - 1) as *const u8);
+                }
+            }
+            let ap = x.a.add(ip * MR * x.kc);
+            if mr == MR {
+                tile::<V, MR, NV>(x, ap, MR, bp, i0, j0, nr);
+            } else {
+                match mr {
+                    1 => tile::<V, 1, NV>(x, ap, MR, bp, i0, j0, nr),
+                    2 => tile::<V, 2, NV>(x, ap, MR, bp, i0, j0, nr),
+                    3 => tile::<V, 3, NV>(x, ap, MR, bp, i0, j0, nr),
+                    4 => tile::<V, 4, NV>(x, ap, MR, bp, i0, j0, nr),
+                    5 => tile::<V, 5, NV>(x, ap, MR, bp, i0, j0, nr),
+                    6 => tile::<V, 6, NV>(x, ap, MR, bp, i0, j0, nr),
+                    _ => tile::<V, 7, NV>(x, ap, MR, bp, i0, j0, nr),
+                }
+            }
+        }
+    }
+}
+
+/// One `R × NR` tile: the micro-kernel, then the store.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn tile<V: Simd, const R: usize, const NV: usize>(
+    x: &BlockArgs,
+    a: *const f32,
+    a_step: usize,
+    b: *const f32,
+    i0: usize,
+    j0: usize,
+    nr: usize,
+) {
+    let acc = micro::<V, R, NV>(x.kc, a, a_step, b);
+    store_tile::<V, R, NV>(x, &acc, i0, j0, nr);
+}
+
+/// `R × NR` tile of `A·B` over `kc` steps: per step, `NV` loads of `B`, `R` broadcasts of `A`
+/// (at `a + p·a_step + i`), `R·NV` FMAs into the accumulators, `i` outer, `j` inner. Every
+/// accumulator sees its FMAs in the order of `p`, whatever `R`.
+#[inline(always)]
+unsafe fn micro<V: Simd, const R: usize, const NV: usize>(
+    kc: usize,
+    a: *const f32,
+    a_step: usize,
+    b: *const f32,
+) -> [[V; NV]; R] {
+    #[inline(always)]
+    unsafe fn step<V: Simd, const R: usize, const NV: usize>(
+        acc: &mut [[V; NV]; R],
+        a: *const f32,
+        b: *const f32,
+    ) {
+        let mut bv = [V::zero(); NV];
+        for (j, v) in bv.iter_mut().enumerate() {
+            *v = V::load(b.add(j * V::LANES));
+        }
+        for (i, row) in acc.iter_mut().enumerate() {
+            let av = V::broadcast(a.add(i));
+            for j in 0..NV {
+                row[j] = V::fma(av, bv[j], row[j]);
+            }
+        }
+    }
+    let mut acc = [[V::zero(); NV]; R];
+    let mut a = a;
+    let mut b = b;
+    let nr = NV * V::LANES;
+    // Four steps per iteration (less loop overhead in the front end).
+    for _ in 0..kc / 4 {
+        step::<V, R, NV>(&mut acc, a, b);
+        step::<V, R, NV>(&mut acc, a.add(a_step), b.add(nr));
+        step::<V, R, NV>(&mut acc, a.add(2 * a_step), b.add(2 * nr));
+        step::<V, R, NV>(&mut acc, a.add(3 * a_step), b.add(3 * nr));
+        a = a.add(4 * a_step);
+        b = b.add(4 * nr);
+    }
+    for _ in 0..kc % 4 {
+        step::<V, R, NV>(&mut acc, a, b);
+        a = a.add(a_step);
+        b = b.add(nr);
+    }
+    acc
+}
+
+/// Store one tile with the epilogue; a tile narrower than `NR` goes through scratch buffers so
+/// that the arithmetic is the same as for full tiles and nothing outside `C`'s `R × nr` is
+/// touched.
+#[inline(always)]
+unsafe fn store_tile<V: Simd, const R: usize, const NV: usize>(
+    x: &BlockArgs,
+    acc: &[[V; NV]; R],
+    i0: usize,
+    j0: usize,
+    nr: usize,
+) {
+    let nr_full = NV * V::LANES;
+    let c = x.c.add(i0 * x.ldc + j0);
+    let bias = if x.last && !x.bias.is_null() {
+        x.bias.add(j0)
+    } else {
+        std::ptr::null()
+    };
+    let res = if x.last && !x.res.is_null() {
+        x.res.add(i0 * x.ldr + j0)
+    } else {
+        std::ptr::null()
+    };
+    if nr == nr_full {
+        store_rows::<V, R, NV>(x, acc, c, x.ldc, bias, res, x.ldr);
+        return;
+    }
+    // Scratch tiles: only their R × NR corner is used, zeroed before the valid part is copied
+    // in (not the whole arrays: this runs once per edge tile).
+    let mut ct = std::mem::MaybeUninit::<[f32; MAX_MR * MAX_NR]>::uninit();
+    let mut rt = std::mem::MaybeUninit::<[f32; MAX_MR * MAX_NR]>::uninit();
+    let mut bt = std::mem::MaybeUninit::<[f32; MAX_NR]>::uninit();
+    let ct = ct.as_mut_ptr() as *mut f32;
+    let rt = rt.as_mut_ptr() as *mut f32;
+    let bt = bt.as_mut_ptr() as *mut f32;
+    std::ptr::write_bytes(ct, 0, R * nr_full);
+    if !res.is_null() {
+        std::ptr::write_bytes(rt, 0, R * nr_full);
+    }
+    if !bias.is_null() {
+        std::ptr::write_bytes(bt, 0, nr_full);
+    }
+    let read_c = !(x.first && x.beta == 0.0);
+    for i in 0..R {
+        if read_c {
+            std::ptr::copy_nonoverlapping(c.add(i * x.ldc), ct.add(i * nr_full), nr);
+        }
+        if !res.is_null() {
+            std::ptr::copy_nonoverlapping(res.add(i * x.ldr), rt.add(i * nr_full), nr);
+        }
+    }
+    if !bias.is_null() {
+        std::ptr::copy_nonoverlapping(bias, bt, nr);
+    }
+    store_rows::<V, R, NV>(
+        x,
+        acc,
+        ct,
+        nr_full,
+        if bias.is_null() { bias } else { bt },
+        if res.is_null() { res } else { rt },
+        nr_full,
+    );
+    for i in 0..R {
+        std::ptr::copy_nonoverlapping(ct.add(i * nr_full), c.add(i * x.ldc), nr);
+    }
+}
+
+#[inline(always)]
+unsafe fn store_rows<V: Simd, const R: usize, const NV: usize>(
+    x: &BlockArgs,
+    acc: &[[V; NV]; R],
+    c: *mut f32,
+    ldc: usize,
+    bias: *const f32,
+    res: *const f32,
+    ldr: usize,
+) {
+    let alpha = V::splat(x.alpha);
+    let beta = V::splat(x.beta);
+    let scale = x.alpha != 1.0;
+    let act = x.last && x.act != Activation::None;
+    for (i, row) in acc.iter().enumerate() {
+        let crow = c.add(i * ldc);
+        for (j, &a) in row.iter().enumerate() {
+            let p = crow.add(j * V::LANES);
+            let mut v = if scale { V::mul(alpha, a) } else { a };
+            if x.first {
+                if x.beta != 0.0 {
+                    v = V::fma(beta, V::load(p), v);
+                }
+            } else {
+                v = V::add(V::load(p), v);
+            }
+            if !bias.is_null() {
+                v = V::add(v, V::load(bias.add(j * V::LANES)));
+            }
+            if !res.is_null() {
+                v = V::add(v, V::load(res.add(i * ldr + j * V::LANES)));
+            }
+            V::store(p, v);
+        }
+        if act {
+            scalar::activate(x.act, std::slice::from_raw_parts_mut(crow, NV * V::LANES));
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Kernels and the GEMM object
+// ---------------------------------------------------------------------------------------------
+
+/// One ISA's kernel: register tile, cache blocking and the block loop.
+#[derive(Clone, Copy)]
+pub(crate) struct Kernel {
+    pub isa: Isa,
+    /// The scalar model of the ISA's kernel rather than the kernel itself.
+    pub model: bool,
+    pub mr: usize,
+    pub nr: usize,
+    pub kc: usize,
+    pub mc: usize,
+    pub nc: usize,
+    pub block: BlockFn,
+}
+
+impl Kernel {
+    fn of(isa: Isa, model: bool) -> Kernel {
+        match isa {
+            Isa::Scalar => scalar::kernel(),
+            Isa::Avx2 => avx2::kernel(model),
+            Isa::Avx512 => avx512::kernel(model),
+            Isa::Neon => neon::kernel(model),
+        }
+    }
+}
+
+/// Below this many flops a GEMM runs on one thread.
+const PAR_MIN_FLOPS: usize = 1 << 21;
+
+/// A GEMM engine: one ISA's kernel, its blocking, and a thread count.
+#[derive(Clone, Copy)]
+pub struct Gemm {
+    kernel: Kernel,
+    threads: Option<usize>,
+    par_min_flops: usize,
+}
+
+impl fmt::Debug for Gemm {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let k = &self.kernel;
+        f.debug_struct("Gemm")
+            .field("isa", &k.isa)
+            .field("model", &k.model)
+            .field("tile", &format_args!("{}x{}", k.mr, k.nr))
+            .field("kc", &k.kc)
+            .field("mc", &k.mc)
+            .field("nc", &k.nc)
+            .field("threads", &self.threads)
+            .finish()
+    }
+}
+
+impl Gemm {
+    /// The kernel of `isa`; an error if this CPU cannot run it.
+    pub fn new(isa: Isa) -> Result<Gemm, IsaError> {
+        if !isa.is_available() {
+            return Err(IsaError::Unavailable(isa));
+        }
+        Ok(Gemm {
+            kernel: Kernel::of(isa, false),
+            threads: None,
+            par_min_flops: PAR_MIN_FLOPS,
+        })
+    }
+
+    /// `KILN_ISA` if set, else the best ISA of this CPU.
+    pub fn from_env() -> Result<Gemm, IsaError> {
+        Gemm::new(Isa::selected()?)
+    }
+
+    /// The scalar model of `isa`'s kernel: the same generic micro-kernel, tile, blocking and
+    /// operation order, over scalar lanes with fused multiply-add. Runs on any CPU and gives
+    /// bit-for-bit the native kernel's results. For tests (slow).
+    #[doc(hidden)]
+    pub fn model(isa: Isa) -> Gemm {
+        Gemm {
+            kernel: Kernel::of(isa, true),
+            threads: None,
+            par_min_flops: PAR_MIN_FLOPS,
+        }
+    }
+
+    /// Overrides the cache blocking (`kc` changes rounding; `mc`, `nc` do not). For tests.
+    #[doc(hidden)]
+    pub fn with_blocking(mut self, kc: usize, mc: usize, nc: usize) -> Gemm {
+        let k = &mut self.kernel;
+        k.kc = kc.max(1);
+        k.mc = mc.max(1).div_ceil(k.mr) * k.mr;
+        k.nc = nc.max(1).div_ceil(k.nr) * k.nr;
+        self
+    }
+
+    /// Splits GEMMs of at least `flops` FLOPs over threads (default 2²¹). For tests.
+    #[doc(hidden)]
+    pub fn with_min_parallel_flops(mut self, flops: usize) -> Gemm {
+        self.par_min_flops = flops;
+        self
+    }
+
+    /// Use at most `threads` threads (default: rayon's current thread count).
+    pub fn with_threads(mut self, threads: usize) -> Gemm {
+        self.threads = Some(threads.max(1));
+        self
+    }
+
+    pub fn isa(&self) -> Isa {
+        self.kernel.isa
+    }
+
+    pub fn is_model(&self) -> bool {
+        self.kernel.model
+    }
+
+    /// Register tile `(MR, NR)`.
+    pub fn tile(&self) -> (usize, usize) {
+        (self.kernel.mr, self.kernel.nr)
+    }
+
+    /// Cache blocking `(KC, MC, NC)`.
+    pub fn blocking(&self) -> (usize, usize, usize) {
+        (self.kernel.kc, self.kernel.mc, self.kernel.nc)
+    }
+
+    fn threads_for(&self, flops: usize) -> usize {
+        if flops < self.par_min_flops {
+            return 1;
+        }
+        self.threads
+            .unwrap_or_else(rayon::current_num_threads)
+            .max(1)
+    }
+
+    /// Packs `op(B)` (`k × n`) for this engine (see [`PackedB::new`]).
+    pub fn pack_b(&self, k: usize, n: usize, b: &[f32], ldb: usize, trans_b: bool) -> PackedB {
+        PackedB::with_kernel(&self.kernel, k, n, b, ldb, trans_b)
+    }
+
+    /// See [`sgemm`].
+    #[allow(clippy::too_many_arguments)]
+    pub fn sgemm(
+        &self,
+        m: usize,
+        n: usize,
+        k: usize,
+        alpha: f32,
+        a: &[f32],
+        lda: usize,
+        trans_a: bool,
+        b: &[f32],
+        ldb: usize,
+        trans_b: bool,
+        beta: f32,
+        c: &mut [f32],
+        ldc: usize,
+        epilogue: Epilogue,
+    ) {
+        check_op("a", a.len(), m, k, lda, trans_a);
+        check_op("b", b.len(), k, n, ldb, trans_b);
+        check_mat("c", c.len(), m, n, ldc);
+        let epi = RawEpi::new(&epilogue, m, n);
+        let a = AView::new(a, lda, trans_a);
+        let b = BView::Raw(AView::new(b, ldb, trans_b));
+        let t = self.threads_for(2 * m * n * k);
+        // SAFETY: bounds checked above.
+        unsafe {
+            self.run(
+                m,
+                n,
+                k,
+                alpha,
+                a,
+                b,
+                beta,
+                SendPtr(c.as_mut_ptr()),
+                ldc,
+                epi,
+                t,
+            )
+        }
+    }
+
+    /// `C = act(alpha·op(A)·B + beta·C + bias + residual)` with `B` packed by [`Gemm::pack_b`]
+    /// (or [`PackedB::new`] for the default GEMM) — it must have been packed for this kernel.
+    #[allow(clippy::too_many_arguments)]
+    pub fn sgemm_packed(
+        &self,
+        m: usize,
+        alpha: f32,
+        a: &[f32],
+        lda: usize,
+        trans_a: bool,
+        b: &PackedB,
+        beta: f32,
+        c: &mut [f32],
+        ldc: usize,
+        epilogue: Epilogue,
+    ) {
+        let (k, n) = (b.k(), b.n());
+        assert!(
+            b.matches(&self.kernel),
+            "sgemm_packed: B was packed for another kernel ({}), this GEMM is {:?}",
+            b.describe(),
+            self
+        );
+        check_op("a", a.len(), m, k, lda, trans_a);
+        check_mat("c", c.len(), m, n, ldc);
+        let epi = RawEpi::new(&epilogue, m, n);
+        let a = AView::new(a, lda, trans_a);
+        let bv = BView::Packed {
+            ptr: SendConst(b.as_ptr()),
+            panels: b.panels(),
+        };
+        let t = self.threads_for(2 * m * n * k);
+        // SAFETY: bounds checked above; the packed layout matches this kernel.
+        unsafe {
+            self.run(
+                m,
+                n,
+                k,
+                alpha,
+                a,
+                bv,
+                beta,
+                SendPtr(c.as_mut_ptr()),
+                ldc,
+                epi,
+                t,
+            )
+        }
+    }
+
+    /// See [`sgemm_batched`] and [`Batch`].
+    #[allow(clippy::too_many_arguments)]
+    pub fn sgemm_batched(
+        &self,
+        batch: Batch,
+        m: usize,
+        n: usize,
+        k: usize,
+        alpha: f32,
+        a: &[f32],
+        lda: usize,
+        trans_a: bool,
+        b: &[f32],
+        ldb: usize,
+        trans_b: bool,
+        beta: f32,
+        c: &mut [f32],
+        ldc: usize,
+        epilogue: Epilogue,
+    ) {
+        if batch.count == 0 || m == 0 || n == 0 {
+            return;
+        }
+        let last = batch.count - 1;
+        let tail = |len: usize, stride: usize, what: &str| {
+            len.checked_sub(last * stride).unwrap_or_else(|| {
+                panic!(
+                    "sgemm_batched: {what} too short for {} batches",
+                    batch.count
+                )
+            })
+        };
+        if m > 0 && k > 0 {
+            check_op("a", tail(a.len(), batch.stride_a, "a"), m, k, lda, trans_a);
+        }
+        if k > 0 {
+            check_op("b", tail(b.len(), batch.stride_b, "b"), k, n, ldb, trans_b);
+        }
+        check_mat("c", tail(c.len(), batch.stride_c, "c"), m, n, ldc);
+        if last > 0 {
+            let stacked = batch.stride_c >= (m - 1) * ldc + n;
+            let side_by_side = batch.stride_c >= n && last * batch.stride_c + n <= ldc;
+            assert!(
+                stacked || side_by_side,
+                "sgemm_batched: the C matrices of the batch overlap"
+            );
+        }
+        if let Some(b) = epilogue.bias {
+            assert!(b.len() >= n, "sgemm_batched: bias shorter than n = {n}");
+        }
+        if let Some((r, ld)) = epilogue.residual {
+            check_mat(
+                "residual",
+                tail(r.len(), batch.stride_residual, "residual"),
+                m,
+                n,
+                ld,
+            );
+        }
+        let t = self
+            .threads
+            .unwrap_or_else(rayon::current_num_threads)
+            .max(1);
+        let per = 2 * m * n * k;
+        let cp = SendPtr(c.as_mut_ptr());
+        let one = |i: usize, threads: usize| {
+            let ep = Epilogue {
+                bias: epilogue.bias,
+                activation: epilogue.activation,
+                residual: epilogue
+                    .residual
+                    .map(|(r, ld)| (&r[i * batch.stride_residual..], ld)),
+            };
+            let epi = RawEpi::new(&ep, m, n);
+            let av = AView::new(
+                if k > 0 { &a[i * batch.stride_a..] } else { a },
+                lda,
+                trans_a,
+            );
+            let bv = BView::Raw(AView::new(
+                if k > 0 { &b[i * batch.stride_b..] } else { b },
+                ldb,
+                trans_b,
+            ));
+            let threads = if per < self.par_min_flops { 1 } else { threads };
+            // SAFETY: bounds checked above; the C matrices of different batches are disjoint.
+            unsafe {
+                self.run(
+                    m,
+                    n,
+                    k,
+                    alpha,
+                    av,
+                    bv,
+                    beta,
+                    SendPtr(cp.get().add(i * batch.stride_c)),
+                    ldc,
+                    epi,
+                    threads,
+                )
+            }
+        };
+        if t > 1 && batch.count >= t && per * batch.count >= self.par_min_flops {
+            (0..batch.count)
+                .into_par_iter()
+                .with_max_len(1)
+                .for_each(|i| one(i, 1));
+        } else {
+            for i in 0..batch.count {
+                one(i, t);
+            }
+        }
+    }
+
+    /// Splits `C` into one region per thread and runs each as a sequential GEMM.
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn run(
+        &self,
+        m: usize,
+        n: usize,
+        k: usize,
+        alpha: f32,
+        a: AView,
+        b: BView,
+        beta: f32,
+        c: SendPtr,
+        ldc: usize,
+        epi: RawEpi,
+        threads: usize,
+    ) {
+        if m == 0 || n == 0 {
+            return;
+        }
+        if k == 0 {
+            scale_c(m, n, beta, c.get(), ldc, &epi);
+            return;
+        }
+        let kern = &self.kernel;
+        let np = n.div_ceil(kern.nr);
+        let mp = m.div_ceil(kern.mr);
+        let t = threads.min(np.max(mp)).max(1);
+        if t == 1 {
+            gemm_seq(kern, m, n, k, 0, alpha, a, b, beta, c, ldc, epi);
+            return;
+        }
+        // Split columns (no duplicated packing of A, B packed once per region) unless there
+        // are too few panels to balance, then rows.
+        let cost_n = np.div_ceil(t) * mp;
+        let cost_m = mp.div_ceil(t) * np;
+        let split_n = np >= t
+            && (cost_n * 20 <= cost_m * 21
+                || matches!(b, BView::Packed { .. }) && cost_n <= cost_m);
+        let regions: Vec<(usize, usize, usize, usize)> = if split_n {
+            chunks(np, t)
+                .map(|(q0, q1)| (0, m, q0 * kern.nr, (q1 * kern.nr).min(n)))
+                .collect()
+        } else {
+            chunks(mp, t)
+                .map(|(r0, r1)| (r0 * kern.mr, (r1 * kern.mr).min(m), 0, n))
+                .collect()
+        };
+        regions
+            .into_par_iter()
+            .with_max_len(1)
+            .for_each(|(r0, r1, c0, c1)| {
+                let a = a.offset(r0, 0);
+                let b = b.offset_cols(c0);
+                let epi = epi.offset(r0, c0);
+                gemm_seq(
+                    kern,
+                    r1 - r0,
+                    c1 - c0,
+                    k,
+                    c0 / kern.nr,
+                    alpha,
+                    a,
+                    b,
+                    beta,
+                    SendPtr(c.get().add(r0 * ldc + c0)),
+                    ldc,
+                    epi,
+                );
+            });
+    }
+}
+
+/// `n` units into `t` contiguous nearly equal chunks.
+fn chunks(n: usize, t: usize) -> impl Iterator<Item = (usize, usize)> {
+    let t = t.min(n).max(1);
+    (0..t).map(move |i| (i * n / t, (i + 1) * n / t))
+}
+
+// ---------------------------------------------------------------------------------------------
+// The sequential driver
+// ---------------------------------------------------------------------------------------------
+
+#[derive(Clone, Copy)]
+struct SendPtr(*mut f32);
+unsafe impl Send for SendPtr {}
+unsafe impl Sync for SendPtr {}
+impl SendPtr {
+    fn get(self) -> *mut f32 {
+        self.0
+    }
+}
+
+#[derive(Clone, Copy)]
+pub(crate) struct SendConst(pub *const f32);
+unsafe impl Send for SendConst {}
+unsafe impl Sync for SendConst {}
+
+/// A strided matrix: element `(i, j)` at `ptr[i·rs + j·cs]`.
+#[derive(Clone, Copy)]
+pub(crate) struct AView {
+    pub ptr: SendConst,
+    pub rs: usize,
+    pub cs: usize,
+}
+
+impl AView {
+    /// `op(X)` of a row-major `X` with leading dimension `ld`.
+    fn new(x: &[f32], ld: usize, trans: bool) -> AView {
+        let (rs, cs) = if trans { (1, ld) } else { (ld, 1) };
+        AView {
+            ptr: SendConst(x.as_ptr()),
+            rs,
+            cs,
+        }
+    }
+    unsafe fn offset(self, i: usize, j: usize) -> AView {
+        AView {
+            ptr: SendConst(self.ptr.0.wrapping_add(i * self.rs + j * self.cs)),
+            ..self
+        }
+    }
+}
+
+#[derive(Clone, Copy)]
+enum BView {
+    Raw(AView),
+    /// A [`PackedB`] with `panels` panels across its full width (a region's first panel is
+    /// passed to [`gemm_seq`] separately).
+    Packed {
+        ptr: SendConst,
+        panels: usize,
+    },
+}
+
+impl BView {
+    unsafe fn offset_cols(self, c0: usize) -> BView {
+        match self {
+            BView::Raw(v) => BView::Raw(v.offset(0, c0)),
+            BView::Packed { .. } => self,
+        }
+    }
+}
+
+/// The epilogue as raw pointers at the origin of a region.
+#[derive(Clone, Copy)]
+struct RawEpi {
+    bias: SendConst,
+    res: SendConst,
+    ldr: usize,
+    act: Activation,
+}
+
+impl RawEpi {
+    fn new(e: &Epilogue, m: usize, n: usize) -> RawEpi {
+        if let Some(b) = e.bias {
+            assert!(b.len() >= n, "bias has {} elements, n = {n}", b.len());
+        }
+        let (res, ldr) = match e.residual {
+            Some((r, ld)) => {
+                check_mat("residual", r.len(), m, n, ld);
+                (r.as_ptr(), ld)
+            }
+            None => (std::ptr::null(), 0),
+        };
+        RawEpi {
+            bias: SendConst(e.bias.map_or(std::ptr::null(), |b| b.as_ptr())),
+            res: SendConst(res),
+            ldr,
+            act: e.activation,
+        }
+    }
+    fn offset(self, i: usize, j: usize) -> RawEpi {
+        RawEpi {
+            bias: SendConst(if self.bias.0.is_null() {
+                self.bias.0
+            } else {
+                self.bias.0.wrapping_add(j)
+            }),
+            res: SendConst(if self.res.0.is_null() {
+                self.res.0
+            } else {
+                self.res.0.wrapping_add(i * self.ldr + j)
+            }),
+            ..self
+        }
+    }
+}
+
+/// `k = 0`: `C = act(beta·C + bias + residual)`.
+unsafe fn scale_c(m: usize, n: usize, beta: f32, c: *mut f32, ldc: usize, e: &RawEpi) {
+    for i in 0..m {
+        let row = std::slice::from_raw_parts_mut(c.add(i * ldc), n);
+        for (j, v) in row.iter_mut().enumerate() {
+            let mut x = if beta != 0.0 { beta * *v } else { 0.0 };
+            if !e.bias.0.is_null() {
+                x += *e.bias.0.add(j);
+            }
+            if !e.res.0.is_null() {
+                x += *e.res.0.add(i * e.ldr + j);
+            }
+            *v = x;
+        }
+        scalar::activate(e.act, row);
+    }
+}
+
+/// One region as a sequential GEMM. `panel0` is the region's first column panel in a packed B.
+#[allow(clippy::too_many_arguments)]
+unsafe fn gemm_seq(
+    kern: &Kernel,
+    m: usize,
+    n: usize,
+    k: usize,
+    panel0: usize,
+    alpha: f32,
+    a: AView,
+    b: BView,
+    beta: f32,
+    c: SendPtr,
+    ldc: usize,
+    epi: RawEpi,
+) {
+    let (mr, nr) = (kern.mr, kern.nr);
+    // Row blocks of nearly equal size (multiples of MR) rather than MC, MC, …, remainder.
+    let mc_step = m.div_ceil(m.div_ceil(kern.mc)).div_ceil(mr) * mr;
+    pack::with_buffers(|abuf, bbuf| {
+        let mut jc = 0;
+        while jc < n {
+            let nc = kern.nc.min(n - jc);
+            let mut pc = 0;
+            while pc < k {
+                let kc = kern.kc.min(k - pc);
+                let bp: *const f32 = match b {
+                    BView::Raw(bv) => {
+                        let dst = bbuf.get(nc.div_ceil(nr) * nr * kc);
+                        pack::pack_b(dst, bv.offset(pc, jc), kc, nc, nr);
+                        dst.as_ptr()
+                    }
+                    BView::Packed { ptr, panels } => {
+                        // Block pc holds `panels` panels of kc × NR; this region starts at panel0.
+                        ptr.0.add(pc * panels * nr + (panel0 + jc / nr) * kc * nr)
+                    }
+                };
+                let mut ic = 0;
+                while ic < m {
+                    let mc = mc_step.min(m - ic);
+                    let ablock = abuf.get(mc.div_ceil(mr) * mr * kc);
+                    pack::pack_a(ablock, a.offset(ic, pc), mc, kc, mr);
+                    let args = BlockArgs {
+                        kc,
+                        mc,
+                        nc,
+                        a: ablock.as_ptr(),
+                        b: bp,
+                        c: c.get().add(ic * ldc + jc),
+                        ldc,
+                        alpha,
+                        beta,
+                        first: pc == 0,
+                        last: pc + kc == k,
+                        bias: if epi.bias.0.is_null() {
+                            std::ptr::null()
+                        } else {
+                            epi.bias.0.add(jc)
+                        },
+                        res: if epi.res.0.is_null() {
+                            std::ptr::null()
+                        } else {
+                            epi.res.0.add(ic * epi.ldr + jc)
+                        },
+                        ldr: epi.ldr,
+                        act: epi.act,
+                    };
+                    (kern.block)(&args);
+                    ic += mc;
+                }
+                pc += kc;
+            }
+            jc += nc;
+        }
+    });
+}
+
+fn check_mat(name: &str, len: usize, rows: usize, cols: usize, ld: usize) {
+    if rows == 0 || cols == 0 {
+        return;
+    }
+    assert!(
+        ld >= cols,
+        "{name}: leading dimension {ld} < {cols} columns"
+    );
+    let need = (rows - 1) * ld + cols;
+    assert!(
+        len >= need,
+        "{name}: {len} elements, a {rows}×{cols} matrix with ld {ld} needs {need}"
+    );
+}
+
+/// Checks the storage of `op(X)`, an `rows × cols` matrix stored transposed when `trans`.
+fn check_op(name: &str, len: usize, rows: usize, cols: usize, ld: usize, trans: bool) {
+    if trans {
+        check_mat(name, len, cols, rows, ld)
+    } else {
+        check_mat(name, len, rows, cols, ld)
+    }
+}

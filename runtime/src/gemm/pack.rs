@@ -1,0 +1,307 @@
+//! Packing of `op(A)` and `op(B)` into the micro-kernel's panel layout, the per-thread packing
+//! buffers, and [`PackedB`] (a `B` packed once, ahead of time).
+
+use std::cell::RefCell;
+use std::fmt;
+
+use rayon::prelude::*;
+
+use super::{AView, Isa, Kernel};
+
+/// A growable f32 buffer whose slices start on a 64-byte boundary (so that packed panels never
+/// straddle cache lines more than they must).
+#[derive(Default, Clone)]
+pub(crate) struct AlignedBuf {
+    v: Vec<f32>,
+}
+
+const ALIGN_F32: usize = 16; // 64 bytes
+
+impl AlignedBuf {
+    fn offset(&self) -> usize {
+        let addr = self.v.as_ptr() as usize;
+        ((64 - addr % 64) % 64) / 4
+    }
+
+    /// A `len`-element slice (contents unspecified), reallocating only to grow.
+    pub(crate) fn get(&mut self, len: usize) -> &mut [f32] {
+        if self.v.len() < len + ALIGN_F32 {
+            self.v = vec![0.0; len + ALIGN_F32];
+        }
+        let off = self.offset();
+        &mut self.v[off..off + len]
+    }
+
+    fn slice(&self, len: usize) -> &[f32] {
+        let off = self.offset();
+        &self.v[off..off + len]
+    }
+}
+
+thread_local! {
+    static BUFFERS: RefCell<(AlignedBuf, AlignedBuf)> = RefCell::new(Default::default());
+}
+
+/// Runs `f` with this thread's (A, B) packing buffers, kept between calls so that a GEMM in a
+/// loop does not allocate.
+pub(crate) fn with_buffers<R>(f: impl FnOnce(&mut AlignedBuf, &mut AlignedBuf) -> R) -> R {
+    let mut f = Some(f);
+    let r = BUFFERS.with(|cell| {
+        cell.try_borrow_mut().ok().map(|mut bufs| {
+            let (a, b) = &mut *bufs;
+            (f.take().unwrap())(a, b)
+        })
+    });
+    match r {
+        Some(r) => r,
+        // Re-entered on this thread (not expected): use fresh buffers.
+        None => {
+            let (mut a, mut b) = (AlignedBuf::default(), AlignedBuf::default());
+            (f.take().unwrap())(&mut a, &mut b)
+        }
+    }
+}
+
+/// Packs the `kc × nc` block of `b` into `ceil(nc/nr)` panels of `kc × nr` (row `p` of panel
+/// `q` at `dst[(q·kc + p)·nr..]`), zero-padding the columns past `nc`.
+///
+/// # Safety
+/// `b` must be valid for the `kc × nc` block.
+pub(crate) unsafe fn pack_b(dst: &mut [f32], b: AView, kc: usize, nc: usize, nr: usize) {
+    let np = nc.div_ceil(nr);
+    assert!(dst.len() >= np * nr * kc);
+    if b.cs == 1 {
+        // Row-major B: read each row once, sequentially, and deal it out to the panels.
+        let full = nc / nr;
+        match nr {
+            8 => deal_rows::<8>(dst, b.ptr.0, b.rs, kc, full),
+            12 => deal_rows::<12>(dst, b.ptr.0, b.rs, kc, full),
+            16 => deal_rows::<16>(dst, b.ptr.0, b.rs, kc, full),
+            32 => deal_rows::<32>(dst, b.ptr.0, b.rs, kc, full),
+            _ => {
+                for q in 0..full {
+                    for p in 0..kc {
+                        let s = std::slice::from_raw_parts(b.ptr.0.add(p * b.rs + q * nr), nr);
+                        dst[(q * kc + p) * nr..][..nr].copy_from_slice(s);
+                    }
+                }
+            }
+        }
+        if full < np {
+            let j0 = full * nr;
+            let w = nc - j0;
+            let panel = &mut dst[full * kc * nr..np * kc * nr];
+            for (p, row) in panel.chunks_exact_mut(nr).enumerate() {
+                let s = std::slice::from_raw_parts(b.ptr.0.add(p * b.rs + j0), w);
+                row[..w].copy_from_slice(s);
+                row[w..].fill(0.0);
+            }
+        }
+    } else {
+        // B stored transposed: column j of op(B) is contiguous in memory.
+        for q in 0..np {
+            let j0 = q * nr;
+            let w = nr.min(nc - j0);
+            let panel = &mut dst[q * kc * nr..(q + 1) * kc * nr];
+            transpose_into(panel, nr, b.ptr.0.add(j0 * b.cs), b.cs, b.rs, w, kc);
+        }
+    }
+}
+
+/// The first `panels · N` columns of `kc` rows (`rs` apart) into `panels` panels of `kc × N`.
+#[inline(always)]
+unsafe fn deal_rows<const N: usize>(
+    dst: &mut [f32],
+    src: *const f32,
+    rs: usize,
+    kc: usize,
+    panels: usize,
+) {
+    let dst = dst.as_mut_ptr();
+    for p in 0..kc {
+        let row = src.add(p * rs);
+        for q in 0..panels {
+            let v = std::ptr::read_unaligned(row.add(q * N) as *const [f32; N]);
+            std::ptr::write_unaligned(dst.add((q * kc + p) * N) as *mut [f32; N], v);
+        }
+    }
+}
+
+/// `dst[p·width + i] = src[i·ls + p·ps]` for `i < h`, `p < kc`, and zeros for `h ≤ i < width`:
+/// `h` lines of `kc` elements (element stride `ps`, line stride `ls`) become the columns of a
+/// `kc × width` panel. Eight elements of each line at a time (when `ps == 1`, eight
+/// consecutive floats per line).
+unsafe fn transpose_into(
+    dst: &mut [f32],
+    width: usize,
+    src: *const f32,
+    ls: usize,
+    ps: usize,
+    h: usize,
+    kc: usize,
+) {
+    let dst = &mut dst[..kc * width];
+    if h < width {
+        dst.fill(0.0);
+    }
+    let mut p = 0;
+    if ps == 1 {
+        while p + 8 <= kc {
+            for i in 0..h {
+                let v = std::ptr::read_unaligned(src.add(i * ls + p) as *const [f32; 8]);
+                for (q, x) in v.into_iter().enumerate() {
+                    *dst.get_unchecked_mut((p + q) * width + i) = x;
+                }
+            }
+            p += 8;
+        }
+    }
+    while p < kc {
+        for i in 0..h {
+            *dst.get_unchecked_mut(p * width + i) = *src.add(i * ls + p * ps);
+        }
+        p += 1;
+    }
+}
+
+/// Packs the `mc × kc` block of `a` into `ceil(mc/mr)` panels of `mr × kc` (element `(i, p)` of
+/// panel `q` at `dst[q·mr·kc + p·mr + i]`), zero-padding the rows past `mc`.
+///
+/// # Safety
+/// `a` must be valid for the `mc × kc` block.
+pub(crate) unsafe fn pack_a(dst: &mut [f32], a: AView, mc: usize, kc: usize, mr: usize) {
+    let mp = mc.div_ceil(mr);
+    assert!(dst.len() >= mp * mr * kc);
+    for q in 0..mp {
+        let i0 = q * mr;
+        let h = mr.min(mc - i0);
+        let panel = &mut dst[q * mr * kc..(q + 1) * mr * kc];
+        if a.rs == 1 {
+            // A stored transposed: MR consecutive floats per step of k.
+            for (p, col) in panel.chunks_exact_mut(mr).enumerate() {
+                let src = std::slice::from_raw_parts(a.ptr.0.add(p * a.cs + i0), h);
+                col[..h].copy_from_slice(src);
+                col[h..].fill(0.0);
+            }
+        } else {
+            transpose_into(panel, mr, a.ptr.0.add(i0 * a.rs), a.rs, a.cs, h, kc);
+        }
+    }
+}
+
+/// `op(B)` (`k × n`) packed once into one kernel's panel layout — for weights, at compile time.
+///
+/// Layout: `k` in blocks of `KC` rows; block `b` holds all `ceil(n/NR)` column panels of
+/// `kc_b × NR` (zero-padded past `n`), so the panels a GEMM needs for any column range and `k`
+/// block are contiguous. Use it with the GEMM (ISA and `KC`) it was packed for.
+#[derive(Clone)]
+pub struct PackedB {
+    k: usize,
+    n: usize,
+    kc: usize,
+    nr: usize,
+    isa: Isa,
+    model: bool,
+    buf: AlignedBuf,
+}
+
+impl fmt::Debug for PackedB {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "PackedB({})", self.describe())
+    }
+}
+
+impl PackedB {
+    /// Packs `op(B)` for the default GEMM ([`super::default_gemm`]): `b` holds `B` as `k × n`
+    /// (`trans_b = false`, `ldb ≥ n`) or `n × k` (`trans_b = true`, `ldb ≥ k`).
+    pub fn new(k: usize, n: usize, b: &[f32], ldb: usize, trans_b: bool) -> PackedB {
+        super::default_gemm().pack_b(k, n, b, ldb, trans_b)
+    }
+
+    pub(crate) fn with_kernel(
+        kern: &Kernel,
+        k: usize,
+        n: usize,
+        b: &[f32],
+        ldb: usize,
+        trans_b: bool,
+    ) -> PackedB {
+        if k > 0 {
+            super::check_op("b", b.len(), k, n, ldb, trans_b);
+        }
+        let nr = kern.nr;
+        let kc = kern.kc;
+        let np = n.div_ceil(nr);
+        let mut buf = AlignedBuf::default();
+        let len = k * np * nr;
+        let data = buf.get(len);
+        let view = AView::new(b, ldb, trans_b);
+        if len > 0 {
+            data.par_chunks_mut(kc * np * nr)
+                .enumerate()
+                .for_each(|(blk, dst)| {
+                    let pc = blk * kc;
+                    let kb = kc.min(k - pc);
+                    // SAFETY: bounds checked above.
+                    unsafe { pack_b(dst, view.offset(pc, 0), kb, n, nr) }
+                });
+        }
+        PackedB {
+            k,
+            n,
+            kc,
+            nr,
+            isa: kern.isa,
+            model: kern.model,
+            buf,
+        }
+    }
+
+    /// Rows of `op(B)`.
+    pub fn k(&self) -> usize {
+        self.k
+    }
+
+    /// Columns of `op(B)`.
+    pub fn n(&self) -> usize {
+        self.n
+    }
+
+    /// The ISA whose kernel this was packed for.
+    pub fn isa(&self) -> Isa {
+        self.isa
+    }
+
+    /// Bytes of packed data.
+    pub fn size_bytes(&self) -> usize {
+        self.len() * 4
+    }
+
+    fn len(&self) -> usize {
+        self.k * self.panels() * self.nr
+    }
+
+    pub(crate) fn panels(&self) -> usize {
+        self.n.div_ceil(self.nr)
+    }
+
+    pub(crate) fn as_ptr(&self) -> *const f32 {
+        self.buf.slice(self.len()).as_ptr()
+    }
+
+    pub(crate) fn matches(&self, kern: &Kernel) -> bool {
+        self.isa == kern.isa && self.model == kern.model && self.kc == kern.kc && self.nr == kern.nr
+    }
+
+    pub(crate) fn describe(&self) -> String {
+        format!(
+            "{}{} {}x{} NR={} KC={}",
+            self.isa,
+            if self.model { " model" } else { "" },
+            self.k,
+            self.n,
+            self.nr,
+            self.kc
+        )
+    }
+}

@@ -1,0 +1,346 @@
+//! ONNX Runtime's fused normalizations: `SkipLayerNormalization`,
+//! `SkipSimplifiedLayerNormalization`, `SimplifiedLayerNormalization` (RMSNorm, which ORT
+//! registers in the default domain) and `EmbedLayerNormalization`. Statistics in f32 (f64
+//! for f64 inputs); saved statistics are f32.
+
+use kiln_ir::{DType, Op};
+
+use super::KResult;
+use crate::error::KernelError;
+use crate::kernel::{opt_tensor_input, tensor_input, BuildCx, Kernel, RunCx};
+use crate::kernels::reduce::norm::{
+    affine_norm_rows, norm_param, normalize_row, reals_tensor, stash_dtype,
+};
+use crate::kernels::reduce::num::{ints, to_reals, view, Float, Real};
+use crate::kernels::util::norm_axis;
+use crate::value::Value;
+
+/// ORT's default epsilon of its fused layer norms.
+const ORT_EPS: f32 = 1e-12;
+
+pub(super) fn build(op: &Op, cx: &BuildCx) -> Option<Result<Box<dyn Kernel>, KernelError>> {
+    let n_out = cx.output_types.len().max(1);
+    let k: Box<dyn Kernel> = match op {
+        Op::SkipLayerNormalization(o) => Box::new(SkipNorm {
+            eps: o.epsilon.unwrap_or(ORT_EPS),
+            rms: false,
+            n_out,
+        }),
+        Op::SkipSimplifiedLayerNormalization(o) => Box::new(SkipNorm {
+            eps: o.epsilon.unwrap_or(ORT_EPS),
+            rms: true,
+            n_out,
+        }),
+        Op::SimplifiedLayerNormalization(o) => match stash_dtype(o.stash_type) {
+            Ok(stash) => Box::new(SimplifiedNorm {
+                axis: o.axis,
+                eps: o.epsilon,
+                stash,
+                n_out,
+            }),
+            Err(e) => return Some(Err(e)),
+        },
+        Op::EmbedLayerNormalization(o) => Box::new(EmbedNorm {
+            eps: o.epsilon.unwrap_or(ORT_EPS),
+            n_out,
+        }),
+        _ => return None,
+    };
+    Some(Ok(k))
+}
+
+// ---------------------------------------------------------------------------------------------
+// SkipLayerNormalization / SkipSimplifiedLayerNormalization
+
+struct SkipNorm {
+    eps: f32,
+    rms: bool,
+    n_out: usize,
+}
+
+impl Kernel for SkipNorm {
+    fn run(&self, inputs: &[Option<&Value>], cx: &mut RunCx) -> KResult<Vec<Value>> {
+        let x = tensor_input(inputs, 0)?;
+        let dt = x.dtype();
+        crate::with_float!(dt, T => self.run_t::<T>(inputs, cx), else Err(KernelError::Unsupported(format!("skip layer norm of {dt}"))))
+    }
+}
+
+impl SkipNorm {
+    fn run_t<T: Float>(&self, inputs: &[Option<&Value>], cx: &mut RunCx) -> KResult<Vec<Value>> {
+        let x = tensor_input(inputs, 0)?;
+        let skip = tensor_input(inputs, 1)?;
+        let gamma = tensor_input(inputs, 2)?;
+        // SkipLayerNormalization: beta (3), bias (4); the simplified one: bias (3).
+        let (beta, bias) = if self.rms {
+            (None, opt_tensor_input(inputs, 3)?)
+        } else {
+            (opt_tensor_input(inputs, 3)?, opt_tensor_input(inputs, 4)?)
+        };
+        let shape = x.shape().to_vec();
+        let h = *shape
+            .last()
+            .ok_or("skip layer norm input must have rank >= 1")?;
+        let rows = x.len() / h.max(1);
+        let skip_rows = skip.len() / h.max(1);
+        if skip.shape().last() != Some(&h) || skip_rows == 0 || rows % skip_rows != 0 {
+            return Err(KernelError::Invalid(format!(
+                "skip of shape {:?} for input {shape:?}",
+                skip.shape()
+            )));
+        }
+        let vec1 = |t: Option<&kiln_ir::Tensor>, what: &str| -> KResult<Option<Vec<T::R>>> {
+            match t {
+                Some(t) if t.len() == h => Ok(Some(to_reals::<T::R>(t)?)),
+                Some(t) => Err(KernelError::Invalid(format!(
+                    "{what} of shape {:?} for hidden size {h}",
+                    t.shape()
+                ))),
+                None => Ok(None),
+            }
+        };
+        let g = vec1(Some(gamma), "gamma")?.unwrap_or_default();
+        let beta = vec1(beta, "beta")?;
+        let bias = vec1(bias, "bias")?;
+        let (xs, ss) = (view::<T>(x)?, view::<T>(skip)?);
+        // input + skip (+ bias), rounded to T as ORT stores it.
+        let mut sum = vec![T::default(); xs.len()];
+        for r in 0..rows {
+            let sr = r % skip_rows;
+            for c in 0..h {
+                let mut v = xs[r * h + c].to_r() + ss[sr * h + c].to_r();
+                if let Some(b) = &bias {
+                    v += b[c];
+                }
+                sum[r * h + c] = T::from_r(v);
+            }
+        }
+        let eps = T::R::from_f64(self.eps as f64);
+        let mut means = vec![T::R::ZERO; rows];
+        let mut invs = vec![T::R::ZERO; rows];
+        let y = cx.tensor::<T>(shape.clone(), |o| {
+            affine_norm_rows::<T>(
+                &sum,
+                rows,
+                h,
+                &g,
+                beta.as_deref(),
+                eps,
+                self.rms,
+                o,
+                &mut means,
+                &mut invs,
+            )
+        })?;
+        let mut outs: Vec<Value> = vec![y.into()];
+        if self.n_out > 1 {
+            let mut stats = shape.clone();
+            if let Some(l) = stats.last_mut() {
+                *l = 1;
+            }
+            outs.push(reals_tensor(cx, DType::F32, stats.clone(), &means)?.into());
+            outs.push(reals_tensor(cx, DType::F32, stats, &invs)?.into());
+            outs.push(cx.tensor::<T>(shape, |o| o.copy_from_slice(&sum))?.into());
+        }
+        Ok(outs)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// SimplifiedLayerNormalization
+
+struct SimplifiedNorm {
+    axis: i64,
+    eps: f32,
+    stash: DType,
+    n_out: usize,
+}
+
+impl Kernel for SimplifiedNorm {
+    fn run(&self, inputs: &[Option<&Value>], cx: &mut RunCx) -> KResult<Vec<Value>> {
+        let x = tensor_input(inputs, 0)?;
+        let scale = tensor_input(inputs, 1)?;
+        let shape = x.shape().to_vec();
+        if shape.is_empty() {
+            return Err("SimplifiedLayerNormalization needs an input of rank >= 1".into());
+        }
+        let axis = norm_axis(self.axis, shape.len())?;
+        let rows: usize = shape[..axis].iter().product();
+        let cols: usize = shape[axis..].iter().product();
+        let dt = x.dtype();
+        crate::with_float!(dt, T => {
+            let xs = view::<T>(x)?;
+            let g = norm_param::<<T as Float>::R>(scale, &shape, axis, "scale")?;
+            let eps = <T as Float>::R::from_f64(self.eps as f64);
+            let mut means = vec![<T as Float>::R::ZERO; rows];
+            let mut invs = vec![<T as Float>::R::ZERO; rows];
+            let y = cx.tensor::<T>(shape.clone(), |o| {
+                affine_norm_rows::<T>(&xs, rows, cols, &g, None, eps, true, o, &mut means, &mut invs)
+            })?;
+            let mut outs: Vec<Value> = vec![y.into()];
+            if self.n_out > 1 {
+                let stats: Vec<usize> = shape.iter().enumerate().map(|(i, &d)| if i < axis { d } else { 1 }).collect();
+                outs.push(reals_tensor(cx, self.stash, stats, &invs)?.into());
+            }
+            Ok(outs)
+        }, else Err(KernelError::Unsupported(format!("SimplifiedLayerNormalization of {dt}"))))
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// EmbedLayerNormalization
+
+struct EmbedNorm {
+    eps: f32,
+    n_out: usize,
+}
+
+impl Kernel for EmbedNorm {
+    fn run(&self, inputs: &[Option<&Value>], cx: &mut RunCx) -> KResult<Vec<Value>> {
+        let w = tensor_input(inputs, 2)?;
+        let dt = w.dtype();
+        crate::with_float!(dt, T => self.run_t::<T>(inputs, cx), else Err(KernelError::Unsupported(format!("EmbedLayerNormalization of {dt}"))))
+    }
+}
+
+/// Row `i` of an embedding table of `rows` rows of `h`.
+fn lookup<'a, R>(table: &'a [R], rows: usize, h: usize, i: i64, what: &str) -> KResult<&'a [R]> {
+    let r = usize::try_from(i)
+        .ok()
+        .filter(|&r| r < rows)
+        .ok_or_else(|| {
+            KernelError::Invalid(format!("{what} index {i} is out of range for {rows} rows"))
+        })?;
+    Ok(&table[r * h..(r + 1) * h])
+}
+
+impl EmbedNorm {
+    fn run_t<T: Float>(&self, inputs: &[Option<&Value>], cx: &mut RunCx) -> KResult<Vec<Value>> {
+        let ids_t = tensor_input(inputs, 0)?;
+        let seg_t = opt_tensor_input(inputs, 1)?;
+        let word = tensor_input(inputs, 2)?;
+        let pos = tensor_input(inputs, 3)?;
+        let seg_emb = opt_tensor_input(inputs, 4)?;
+        let gamma = tensor_input(inputs, 5)?;
+        let beta = tensor_input(inputs, 6)?;
+        let mask = opt_tensor_input(inputs, 7)?;
+        let pos_ids = opt_tensor_input(inputs, 8)?;
+        let [b, s] = ids_t.shape()[..] else {
+            return Err(KernelError::Invalid(format!(
+                "input_ids must be 2-D, got {:?}",
+                ids_t.shape()
+            )));
+        };
+        let h = *word.shape().last().ok_or("word_embedding must be 2-D")?;
+        let table = |t: &kiln_ir::Tensor, what: &str| -> KResult<(Vec<T::R>, usize)> {
+            if t.rank() != 2 || t.shape()[1] != h {
+                return Err(KernelError::Invalid(format!(
+                    "{what} of shape {:?} for hidden size {h}",
+                    t.shape()
+                )));
+            }
+            Ok((to_reals::<T::R>(t)?, t.shape()[0]))
+        };
+        let (wv, wr) = table(word, "word_embedding")?;
+        let (pv, pr) = table(pos, "position_embedding")?;
+        let segs = match (seg_t, seg_emb) {
+            (Some(ids), Some(e)) => {
+                Some((ints(ids, "segment_ids")?, table(e, "segment_embedding")?))
+            }
+            _ => None,
+        };
+        let ids = ints(ids_t, "input_ids")?;
+        let pids = match pos_ids {
+            Some(p) => {
+                let v = ints(p, "position_ids")?;
+                if v.len() != b * s && v.len() != s {
+                    return Err(KernelError::Invalid(format!(
+                        "position_ids of shape {:?}",
+                        p.shape()
+                    )));
+                }
+                Some(v)
+            }
+            None => None,
+        };
+        let g = to_reals::<T::R>(gamma)?;
+        let bt = to_reals::<T::R>(beta)?;
+        if g.len() != h || bt.len() != h {
+            return Err(KernelError::Invalid(format!(
+                "gamma/beta of {}/{} values for hidden size {h}",
+                g.len(),
+                bt.len()
+            )));
+        }
+        let mut sum = vec![T::R::ZERO; b * s * h];
+        for bi in 0..b {
+            for si in 0..s {
+                let r = bi * s + si;
+                let p = match &pids {
+                    Some(v) if v.len() == b * s => v[r],
+                    Some(v) => v[si],
+                    None => si as i64,
+                };
+                let dst = &mut sum[r * h..(r + 1) * h];
+                let we = lookup(&wv, wr, h, ids[r], "input_ids")?;
+                let pe = lookup(&pv, pr, h, p, "position_ids")?;
+                for c in 0..h {
+                    dst[c] = we[c] + pe[c];
+                }
+                if let Some((sids, (sv, sr))) = &segs {
+                    let se = lookup(sv, *sr, h, sids[r], "segment_ids")?;
+                    for c in 0..h {
+                        dst[c] += se[c];
+                    }
+                }
+            }
+        }
+        let eps = T::R::from_f64(self.eps as f64);
+        let y = cx.tensor::<T>(vec![b, s, h], |o| {
+            let mut buf = vec![T::R::ZERO; h];
+            for r in 0..b * s {
+                buf.copy_from_slice(&sum[r * h..(r + 1) * h]);
+                if h > 0 {
+                    normalize_row(&mut buf, eps, false);
+                }
+                for c in 0..h {
+                    o[r * h + c] = T::from_r(buf[c] * g[c] + bt[c]);
+                }
+            }
+        })?;
+        // mask_index: the number of non-zero mask entries per sequence (0 without a mask).
+        let counts: Vec<i32> = match mask {
+            Some(m) => {
+                let v = ints(m, "mask")?;
+                if v.len() != b * s {
+                    return Err(KernelError::Invalid(format!(
+                        "mask of shape {:?}",
+                        m.shape()
+                    )));
+                }
+                (0..b)
+                    .map(|bi| v[bi * s..(bi + 1) * s].iter().filter(|&&x| x != 0).count() as i32)
+                    .collect()
+            }
+            None => vec![0; b],
+        };
+        let mut outs: Vec<Value> = vec![y.into()];
+        if self.n_out > 1 {
+            outs.push(
+                cx.tensor::<i32>(vec![b], |o| o.copy_from_slice(&counts))?
+                    .into(),
+            );
+        }
+        if self.n_out > 2 {
+            outs.push(
+                cx.tensor::<T>(vec![b, s, h], |o| {
+                    for (o, &v) in o.iter_mut().zip(&sum) {
+                        *o = T::from_r(v);
+                    }
+                })?
+                .into(),
+            );
+        }
+        Ok(outs)
+    }
+}
