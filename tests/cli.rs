@@ -349,7 +349,7 @@ fn bad_inputs_fail_with_one_error_line() {
 #[test]
 fn optimize_rejects_levels_that_do_not_exist_yet() {
     let dir = tempfile::tempdir().unwrap();
-    for level in ["-O2", "-O3", "-O4"] {
+    for level in ["-O4"] {
         let line = fails(&["optimize", level, "-o", "out.onnx"], dir.path());
         assert!(line.contains("is not implemented yet"), "{line}");
         assert!(!dir.path().join("out.onnx").exists());

@@ -4,7 +4,7 @@ use std::collections::HashMap;
 
 use kiln_ir::{Graph, IrError, NodeId, Op, ValueId};
 
-use crate::Pass;
+use crate::{Log, Pass};
 
 /// Replaces `out` by `src` everywhere, unless `out` is a graph output (its name is part of
 /// the model's interface). Returns whether it did.
@@ -23,7 +23,7 @@ impl Pass for IdentityElimination {
     fn name(&self) -> &'static str {
         "identity-elimination"
     }
-    fn run(&self, g: &mut Graph) -> Result<usize, IrError> {
+    fn run(&self, g: &mut Graph, _log: &mut Log) -> Result<usize, IrError> {
         let mut n = 0;
         for id in g.node_ids().collect::<Vec<_>>() {
             let node = g.node(id);
@@ -48,7 +48,7 @@ impl Pass for DropoutElimination {
     fn name(&self) -> &'static str {
         "dropout-elimination"
     }
-    fn run(&self, g: &mut Graph) -> Result<usize, IrError> {
+    fn run(&self, g: &mut Graph, _log: &mut Log) -> Result<usize, IrError> {
         let uses = g.use_counts();
         let mut n = 0;
         for id in g.node_ids().collect::<Vec<_>>() {
@@ -83,7 +83,7 @@ impl Pass for CastElimination {
     fn name(&self) -> &'static str {
         "cast-elimination"
     }
-    fn run(&self, g: &mut Graph) -> Result<usize, IrError> {
+    fn run(&self, g: &mut Graph, _log: &mut Log) -> Result<usize, IrError> {
         let mut n = 0;
         for id in g.node_ids().collect::<Vec<_>>() {
             let node = g.node(id);
@@ -129,7 +129,7 @@ impl Pass for Cse {
     fn name(&self) -> &'static str {
         "cse"
     }
-    fn run(&self, g: &mut Graph) -> Result<usize, IrError> {
+    fn run(&self, g: &mut Graph, _log: &mut Log) -> Result<usize, IrError> {
         let mut seen: HashMap<String, NodeId> = HashMap::new();
         let mut n = 0;
         for id in g.topo_order()? {
@@ -171,7 +171,7 @@ impl Pass for Dce {
     fn name(&self) -> &'static str {
         "dce"
     }
-    fn run(&self, g: &mut Graph) -> Result<usize, IrError> {
+    fn run(&self, g: &mut Graph, _log: &mut Log) -> Result<usize, IrError> {
         let mut n = 0;
         loop {
             let uses = g.use_counts();

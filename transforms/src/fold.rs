@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use kiln_ir::{Dim, Graph, IrError, NodeId, Op, Tensor, ValueDef};
 use kiln_runtime::{RunCx, Value};
 
-use crate::Pass;
+use crate::{Log, Pass};
 
 /// Evaluates nodes whose inputs are all constants.
 pub struct ConstantFolding {
@@ -69,7 +69,7 @@ impl Pass for ConstantFolding {
     fn name(&self) -> &'static str {
         "constant-folding"
     }
-    fn run(&self, g: &mut Graph) -> Result<usize, IrError> {
+    fn run(&self, g: &mut Graph, _log: &mut Log) -> Result<usize, IrError> {
         let mut n = 0;
         for id in g.topo_order()? {
             let node = g.node(id);
@@ -119,7 +119,7 @@ impl Pass for ReshapeFolding {
     fn name(&self) -> &'static str {
         "reshape-folding"
     }
-    fn run(&self, g: &mut Graph) -> Result<usize, IrError> {
+    fn run(&self, g: &mut Graph, _log: &mut Log) -> Result<usize, IrError> {
         let (_, syms) = kiln_ir::infer::infer_graph_symbols(g)?;
         let mut n = 0;
         for id in g.node_ids().collect::<Vec<_>>() {

@@ -4,6 +4,8 @@
 //! |---|---|
 //! | O0 | none |
 //! | O1 | constant folding, dead-code elimination, CSE, Identity/Dropout/no-op Cast elimination, Reshape shape folding |
+//! | O2 | O1 + transformer fusions (Gelu, BiasGelu, FastGelu, LayerNorm, SkipLayerNorm, EmbedLayerNorm, Attention) |
+//! | O3 | O2 + Gelu → FastGelu approximation |
 //!
 //! Every pass can be disabled by name (`--disable cse`), as ONNX Runtime's `disable_*`
 //! options allow. The pipeline runs to a fixpoint; in debug builds the verifier and a type
@@ -16,12 +18,15 @@ use thiserror::Error;
 
 mod cleanup;
 mod fold;
+mod fusion;
 
 /// Optimization level, as in ONNX Runtime / Optimum.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Level {
     O0,
     O1,
+    O2,
+    O3,
 }
 
 impl Level {
@@ -30,6 +35,8 @@ impl Level {
         match n {
             0 => Some(Level::O0),
             1 => Some(Level::O1),
+            2 => Some(Level::O2),
+            3 => Some(Level::O3),
             _ => None,
         }
     }
@@ -48,10 +55,46 @@ pub enum TransformError {
     UnknownPass(String, String),
 }
 
-/// One graph pass: returns how many rewrites it made.
+/// One graph pass: returns how many rewrites it made. Passes that match patterns record
+/// their near misses in the [`Log`] (`kiln optimize --explain`).
 pub trait Pass {
     fn name(&self) -> &'static str;
-    fn run(&self, g: &mut Graph) -> Result<usize, IrError>;
+    fn run(&self, g: &mut Graph, log: &mut Log) -> Result<usize, IrError>;
+}
+
+/// A pattern that matched partially and was rejected: which pass, at which node, and why.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct NearMiss {
+    pub pass: &'static str,
+    /// The name of the node the pattern was anchored at (or its first output's name).
+    pub node: String,
+    pub reason: String,
+}
+
+/// What the passes say about their decisions.
+#[derive(Clone, Debug, Default)]
+pub struct Log {
+    near_misses: Vec<NearMiss>,
+}
+
+impl Log {
+    /// Records that `pass` rejected the pattern anchored at `node` for `reason`.
+    pub fn near_miss(
+        &mut self,
+        pass: &'static str,
+        node: impl Into<String>,
+        reason: impl Into<String>,
+    ) {
+        let m = NearMiss {
+            pass,
+            node: node.into(),
+            reason: reason.into(),
+        };
+        // The pipeline runs to a fixpoint: the same rejection is seen every round.
+        if !self.near_misses.contains(&m) {
+            self.near_misses.push(m);
+        }
+    }
 }
 
 /// Options of [`optimize`].
@@ -76,6 +119,8 @@ impl Options {
 pub struct Report {
     pub rewrites: Vec<(&'static str, usize)>,
     pub iterations: usize,
+    /// Rejected partial matches, in the order they were first seen.
+    pub near_misses: Vec<NearMiss>,
 }
 
 fn passes(level: Level) -> Vec<Box<dyn Pass>> {
@@ -89,12 +134,15 @@ fn passes(level: Level) -> Vec<Box<dyn Pass>> {
         v.push(Box::new(cleanup::Cse));
         v.push(Box::new(cleanup::Dce));
     }
+    if level >= Level::O2 {
+        v.extend(fusion::passes(level));
+    }
     v
 }
 
 /// Names of every pass, for `--disable` validation and help.
 pub fn pass_names() -> Vec<&'static str> {
-    passes(Level::O1).iter().map(|p| p.name()).collect()
+    passes(Level::O3).iter().map(|p| p.name()).collect()
 }
 
 /// Optimizes the model's main graph in place.
@@ -110,6 +158,7 @@ pub fn optimize(model: &mut Model, opts: &Options) -> Result<Report, TransformEr
         .filter(|p| !opts.disabled.contains(p.name()))
         .collect();
     let mut report = Report::default();
+    let mut log = Log::default();
     let mut totals: Vec<usize> = vec![0; pipeline.len()];
     // Each round can only shrink or simplify the graph; the bound is a guard against a pass
     // that keeps rewriting its own output.
@@ -117,7 +166,7 @@ pub fn optimize(model: &mut Model, opts: &Options) -> Result<Report, TransformEr
         let mut changed = 0;
         for (p, total) in pipeline.iter().zip(totals.iter_mut()) {
             let n = p
-                .run(&mut model.graph)
+                .run(&mut model.graph, &mut log)
                 .map_err(|source| TransformError::Ir {
                     pass: p.name(),
                     source,
@@ -139,6 +188,7 @@ pub fn optimize(model: &mut Model, opts: &Options) -> Result<Report, TransformEr
         }
     }
     report.rewrites = pipeline.iter().map(|p| p.name()).zip(totals).collect();
+    report.near_misses = log.near_misses;
     if report.rewrites.iter().any(|r| r.1 > 0) {
         model.graph.compact().map_err(|source| TransformError::Ir {
             pass: "compact",

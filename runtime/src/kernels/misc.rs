@@ -9,9 +9,11 @@ use crate::value::Value;
 
 mod image;
 mod loss;
+mod ml;
 mod random;
 mod signal;
 mod text;
+mod training;
 
 type KResult<T> = Result<T, KernelError>;
 
@@ -21,6 +23,8 @@ pub(super) fn build(op: &Op, cx: &BuildCx) -> Option<Result<Box<dyn Kernel>, Ker
         .or_else(|| text::build(op, cx))
         .or_else(|| loss::build(op, cx))
         .or_else(|| image::build(op, cx))
+        .or_else(|| ml::build(op, cx))
+        .or_else(|| training::build(op, cx))
 }
 
 /// Numbers converted through f64 (the precision the kernels of this family compute in).
