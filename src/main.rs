@@ -29,7 +29,7 @@ enum Command {
     /// Describe a model: opsets, inputs and outputs with their shapes, op histogram,
     /// parameters, external data, types left unknown by inference.
     Inspect(cli::inspect::Args),
-    /// Optimize a model and write it as ONNX (only -O0 so far: import, check, export).
+    /// Optimize a model (-O0 … -O3) and write it as ONNX.
     Optimize(cli::optimize::Args),
     /// Run a model on kiln's runtime and write its outputs to an .npz file.
     Run(cli::run::RunArgs),
@@ -37,6 +37,8 @@ enum Command {
     Validate(cli::run::ValidateArgs),
     /// Run ONNX node conformance cases (model.onnx + test_data_set_0) and report.
     Conformance(cli::conformance::Args),
+    /// Time a model on kiln's runtime, side by side with ONNX Runtime (--vs-ort).
+    Bench(cli::bench::Args),
 }
 
 fn main() -> ExitCode {
@@ -67,7 +69,7 @@ fn main() -> ExitCode {
                 return ExitCode::SUCCESS;
             }
             let msg = if e.kind() == ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand {
-                "no command given: use `kiln inspect`, `optimize`, `run`, `validate` or `conformance`".to_string()
+                "no command given: use `kiln inspect`, `optimize`, `run`, `validate`, `conformance` or `bench`".to_string()
             } else {
                 // clap's message is its first paragraph (a list of missing arguments may
                 // follow the first line); usage and tips come after a blank line.
@@ -94,6 +96,7 @@ fn main() -> ExitCode {
         Command::Run(a) => cli::run::run(a),
         Command::Validate(a) => cli::run::validate(a),
         Command::Conformance(a) => cli::conformance::run(a),
+        Command::Bench(a) => cli::bench::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -494,3 +494,55 @@ fn optimize_o0_round_trips_the_ir_text_exactly() {
         after["parameters"]["elements"]
     );
 }
+
+#[test]
+fn bench_times_kiln_and_onnx_runtime_side_by_side() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = ok(
+        &["bench", "--runs", "3", "--warmup", "1", "--seq", "8"],
+        dir.path(),
+    );
+    let out = stdout(&o);
+    assert!(out.contains("kiln"), "{out}");
+    assert!(!out.contains("onnxruntime"), "{out}");
+    require!(needed("ORT_DYLIB_PATH"));
+    let o = ok(
+        &[
+            "bench", "--runs", "3", "--warmup", "1", "--batch", "2", "--seq", "8", "--vs-ort",
+        ],
+        dir.path(),
+    );
+    let out = stdout(&o);
+    let ratio = out
+        .lines()
+        .find_map(|l| l.strip_prefix("ratio (kiln/ORT throughput = ORT median / kiln median): "))
+        .unwrap_or_else(|| panic!("no ratio line in {out}"));
+    let r: f64 = ratio.split_whitespace().next().unwrap().parse().unwrap();
+    assert!(r.is_finite() && r > 0.0, "{out}");
+    // Both engines ran the same inputs: their outputs agree.
+    let diff = out
+        .lines()
+        .find_map(|l| l.strip_prefix("max abs diff between the engines' outputs: "))
+        .unwrap_or_else(|| panic!("no diff line in {out}"));
+    let d: f64 = diff.trim().parse().unwrap();
+    assert!(d < 1e-4, "{out}");
+    let line = fails(&["bench", "--runs", "0"], dir.path());
+    assert!(line.contains("--runs"), "{line}");
+}
+
+#[test]
+fn optimize_explain_reports_every_pass() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = ok(
+        &["optimize", "-O1", "-o", "out.onnx", "--explain"],
+        dir.path(),
+    );
+    let err = stderr(&o);
+    for pass in kiln::transforms::pass_names()
+        .into_iter()
+        .filter(|p| ["cse", "dce", "constant-folding"].contains(p))
+    {
+        assert!(err.contains(pass), "{pass} missing in {err}");
+    }
+    assert!(err.contains("explain: 199 → "), "{err}");
+}

@@ -12,6 +12,7 @@ use kiln::frontend::{ExternalData, FrontendError};
 use kiln::ir::infer::InferStats;
 use kiln::ir::{DType, Model};
 
+pub mod bench;
 pub mod conformance;
 pub mod inspect;
 pub mod optimize;

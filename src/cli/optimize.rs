@@ -1,6 +1,7 @@
 //! `kiln optimize`: load → infer → verify → (optimize at the requested level) → export.
 //!
-//! Only `-O0` exists so far: the imported graph is written back as is. The output is written
+//! `-O0` writes the imported graph back as is; `-O1` … `-O3` run the pass pipeline of that
+//! level first (`--explain` prints what each pass did and the near misses). The output is written
 //! atomically (a temporary file renamed into place, external data too), and never over the
 //! input model or its external data, which are memory-mapped while the output is written.
 
@@ -19,14 +20,19 @@ pub struct Args {
     /// Where to write the optimized model.
     #[arg(short = 'o', long = "output", value_name = "OUT.onnx")]
     pub output: PathBuf,
-    /// Optimization level: -O0 (the imported graph as is) or -O1 (cleanup, constant and
-    /// shape folding); -O2 … -O4 are not implemented yet.
+    /// Optimization level: -O0 (the imported graph as is), -O1 (cleanup, constant and
+    /// shape folding), -O2 (+ transformer fusions), -O3 (+ Gelu → FastGelu); -O4 is not
+    /// implemented yet.
     #[arg(short = 'O', value_name = "LEVEL", default_value_t = 0,
           value_parser = clap::value_parser!(u8).range(0..=4))]
     pub level: u8,
     /// Do not run this pass (repeatable), e.g. `--disable constant-folding`.
     #[arg(long = "disable", value_name = "PASS")]
     pub disable: Vec<String>,
+    /// Print, for each pass, how many sites it rewrote, and for each pattern that matched
+    /// partially, the node and why it was rejected.
+    #[arg(long)]
+    pub explain: bool,
     /// Write tensors of at least --external-threshold bytes to an external-data file next to
     /// the output: FILE, or `<OUT file name>.data` when no FILE is given. Spell a FILE as
     /// `--external-data=FILE`.
@@ -91,7 +97,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     }
 
     let mut model = loaded.model;
-    kiln::optimize(&mut model, args.level, &args.disable)?;
+    let before = model.graph.num_nodes();
+    let rewrites = kiln::optimize(&mut model, args.level, &args.disable)?;
+    if args.explain {
+        eprint!("{}", explain(&rewrites, before, model.graph.num_nodes()));
+    }
     let opts = ExportOptions {
         external_data: data_location,
         external_threshold: args.external_threshold,
@@ -113,6 +123,26 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     }
     msg.push('\n');
     emit(&msg)
+}
+
+/// The `--explain` report: rewrites per pass, then the near misses grouped by pass.
+fn explain(r: &kiln::transforms::Report, before: usize, after: usize) -> String {
+    let mut s = format!(
+        "explain: {before} → {after} nodes in {} round(s)\n",
+        r.iterations
+    );
+    for (pass, n) in &r.rewrites {
+        s.push_str(&format!("  {pass:<28} {n:>6} rewrite(s)\n"));
+    }
+    if r.near_misses.is_empty() {
+        s.push_str("  no near misses\n");
+    } else {
+        s.push_str(&format!("near misses ({}):\n", r.near_misses.len()));
+        for m in &r.near_misses {
+            s.push_str(&format!("  {:<28} at {}: {}\n", m.pass, m.node, m.reason));
+        }
+    }
+    s
 }
 
 /// Writes `model` to `path` through the frontend's exporter, which writes atomically

@@ -27,7 +27,7 @@ pub struct InputArgs {
     /// Seed of --random-inputs.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// Optimization level (0 or 1).
+    /// Optimization level (0 … 3).
     #[arg(short = 'O', value_name = "LEVEL", default_value_t = 0,
           value_parser = clap::value_parser!(u8).range(0..=4))]
     pub level: u8,
@@ -37,7 +37,7 @@ pub struct InputArgs {
     pub free_input_dims: bool,
 }
 
-fn parse_dim(s: &str) -> Result<(String, i64), String> {
+pub(crate) fn parse_dim(s: &str) -> Result<(String, i64), String> {
     let (k, v) = s
         .split_once('=')
         .ok_or_else(|| format!("`{s}` is not NAME=N"))?;

@@ -1,0 +1,253 @@
+//! `kiln bench`: whole-model latency of kiln's runtime, side by side with ONNX Runtime.
+//!
+//! Both engines run the same inputs in the same process, alternately (kiln, ORT, kiln, ORT …)
+//! so that the noise of a shared machine (other jobs, frequency changes) falls on both alike.
+//! Each engine gets warm-up runs first (ORT pre-packs and allocates on its first runs too).
+//! The report is the median, the 10th and 90th percentiles of each, and the ratio of the
+//! medians as throughput, kiln/ORT (above 1: kiln is faster).
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{bail, Context};
+use kiln::ir::Tensor;
+use kiln::Session;
+
+use super::{load, Source};
+use crate::cli::run::parse_dim;
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// The ONNX model (default: the embedded BERT-tiny model).
+    pub model: Option<PathBuf>,
+    /// Value of every symbolic input dim whose name contains `batch` (e.g. `batch`, `batch_size`).
+    #[arg(long, default_value_t = 1)]
+    pub batch: i64,
+    /// Value of every symbolic input dim whose name contains `seq` (e.g. `sequence`).
+    #[arg(long, default_value_t = 128)]
+    pub seq: i64,
+    /// Any other symbolic dim, e.g. `--dim height=224`; overrides --batch/--seq for that name.
+    #[arg(long = "dim", value_name = "NAME=N", value_parser = parse_dim)]
+    pub dims: Vec<(String, i64)>,
+    /// Inputs as an .npz file instead of generated ones (a padded attention mask is generated).
+    #[arg(long, value_name = "IN.npz")]
+    pub inputs: Option<PathBuf>,
+    /// kiln's optimization level.
+    #[arg(short = 'O', value_name = "LEVEL", default_value_t = 1,
+          value_parser = clap::value_parser!(u8).range(0..=4))]
+    pub level: u8,
+    /// Also run ONNX Runtime (graph optimization ENABLE_ALL, intra-op threads = --threads).
+    #[arg(long)]
+    pub vs_ort: bool,
+    /// Timed runs per engine (after warm-up).
+    #[arg(long, default_value_t = 20)]
+    pub runs: usize,
+    /// Untimed warm-up runs per engine.
+    #[arg(long, default_value_t = 3)]
+    pub warmup: usize,
+    /// Threads for both engines (default: the number of cores).
+    #[arg(long)]
+    pub threads: Option<usize>,
+}
+
+/// Latency statistics of one engine, in milliseconds.
+struct Stats {
+    median: f64,
+    p10: f64,
+    p90: f64,
+}
+
+fn stats(mut ms: Vec<f64>) -> Stats {
+    ms.sort_by(|a, b| a.total_cmp(b));
+    let at = |q: f64| ms[((ms.len() - 1) as f64 * q).round() as usize];
+    let median = if ms.len() % 2 == 1 {
+        ms[ms.len() / 2]
+    } else {
+        (ms[ms.len() / 2 - 1] + ms[ms.len() / 2]) / 2.0
+    };
+    Stats {
+        median,
+        p10: at(0.1),
+        p90: at(0.9),
+    }
+}
+
+pub fn run(args: Args) -> anyhow::Result<()> {
+    if args.runs == 0 {
+        bail!("--runs must be at least 1");
+    }
+    let threads = args.threads.unwrap_or_else(|| {
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+    });
+    if threads == 0 {
+        bail!("--threads must be at least 1");
+    }
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build_global()
+        .context("cannot set up kiln's thread pool")?;
+
+    let src = Source::new(args.model.clone());
+    let mut model = load(&src)?.model;
+    let t0 = Instant::now();
+    kiln::optimize(&mut model, args.level, &[])?;
+    let inputs = inputs(&args, &model)?;
+    let session =
+        Session::new(model).with_context(|| format!("cannot compile {}", src.display()))?;
+    let compile_s = t0.elapsed().as_secs_f64();
+    let shapes: Vec<String> = inputs
+        .iter()
+        .map(|(n, t)| format!("{n} {}{:?}", t.dtype(), t.shape()))
+        .collect();
+    eprintln!(
+        "bench: {} at -O{} ({compile_s:.2} s to optimize and compile), {threads} thread(s), inputs: {}",
+        src.display(),
+        args.level,
+        shapes.join(", ")
+    );
+
+    let mut ort = if args.vs_ort {
+        Some(oracle(&src, threads)?)
+    } else {
+        None
+    };
+
+    let kiln_run = || -> anyhow::Result<(f64, Vec<(String, Tensor)>)> {
+        let t = Instant::now();
+        let out = session
+            .run(inputs.clone())
+            .with_context(|| format!("{}: kiln run failed", src.display()))?;
+        Ok((t.elapsed().as_secs_f64() * 1e3, out))
+    };
+
+    let total = (args.warmup + args.runs) * if ort.is_some() { 2 } else { 1 };
+    let mut done = 0;
+    let mut progress = |what: &str| {
+        done += 1;
+        eprint!("\r  [{done:>4}/{total}] {what:<24}");
+        let _ = std::io::stderr().flush();
+    };
+    let (mut kiln_ms, mut ort_ms) = (Vec::new(), Vec::new());
+    let mut last = (None, None);
+    for i in 0..args.warmup + args.runs {
+        let timed = i >= args.warmup;
+        let (ms, out) = kiln_run()?;
+        progress(if timed { "kiln" } else { "kiln (warm-up)" });
+        if timed {
+            kiln_ms.push(ms);
+        }
+        last.0 = Some(out);
+        if let Some(o) = ort.as_mut() {
+            let (ms, out) = o(&inputs)?;
+            progress(if timed {
+                "onnxruntime"
+            } else {
+                "onnxruntime (warm-up)"
+            });
+            if timed {
+                ort_ms.push(ms);
+            }
+            last.1 = Some(out);
+        }
+    }
+    eprintln!();
+
+    let k = stats(kiln_ms);
+    println!(
+        "{:<12} {:>10} {:>10} {:>10}",
+        "engine", "median ms", "p10 ms", "p90 ms"
+    );
+    println!(
+        "{:<12} {:>10.2} {:>10.2} {:>10.2}",
+        "kiln", k.median, k.p10, k.p90
+    );
+    if ort.is_some() {
+        let o = stats(ort_ms);
+        println!(
+            "{:<12} {:>10.2} {:>10.2} {:>10.2}",
+            "onnxruntime", o.median, o.p10, o.p90
+        );
+        if let (Some(a), Some(b)) = (&last.0, &last.1) {
+            let r = kiln::validate::compare_outputs(b, a, 1e-4, 0.0);
+            let worst = r.iter().map(|r| r.max_abs).fold(0.0, f64::max);
+            println!("max abs diff between the engines' outputs: {worst:.3e}");
+        }
+        println!(
+            "ratio (kiln/ORT throughput = ORT median / kiln median): {:.3}  ({} runs each, medians)",
+            o.median / k.median,
+            args.runs
+        );
+    }
+    Ok(())
+}
+
+/// The inputs: from --inputs, or generated with the symbolic dims resolved from
+/// --batch/--seq/--dim.
+fn inputs(args: &Args, model: &kiln::Model) -> anyhow::Result<Vec<(String, Tensor)>> {
+    let names: Vec<String> = model
+        .graph
+        .inputs
+        .iter()
+        .map(|&i| model.graph.value(i).name.clone())
+        .collect();
+    if let Some(path) = &args.inputs {
+        let arrays = kiln::npz::read_npz(path)?;
+        return Ok(arrays
+            .into_iter()
+            .filter(|(n, _)| names.contains(n))
+            .collect());
+    }
+    let mut dims: HashMap<String, i64> = HashMap::new();
+    for &i in &model.graph.inputs {
+        let v = model.graph.value(i);
+        let Some(shape) =
+            v.ty.as_ref()
+                .and_then(|t| t.as_tensor())
+                .and_then(|t| t.shape.as_ref())
+        else {
+            continue;
+        };
+        for d in shape {
+            for sym in d.symbols() {
+                let lower = sym.to_lowercase();
+                if lower.contains("batch") {
+                    dims.insert(sym.to_string(), args.batch);
+                } else if lower.contains("seq") {
+                    dims.insert(sym.to_string(), args.seq);
+                }
+            }
+        }
+    }
+    dims.extend(args.dims.iter().cloned());
+    kiln::random_inputs(model, &dims, 0).map_err(anyhow::Error::msg)
+}
+
+type OrtRun = Box<dyn FnMut(&[(String, Tensor)]) -> anyhow::Result<(f64, Vec<(String, Tensor)>)>>;
+
+#[cfg(feature = "ort")]
+fn oracle(src: &Source, threads: usize) -> anyhow::Result<OrtRun> {
+    use kiln::oracle::{Oracle, OracleOpt, OracleOptions};
+    let opts = OracleOptions {
+        threads,
+        opt: OracleOpt::All,
+        ..Default::default()
+    };
+    let mut o = match src.path() {
+        Some(p) => Oracle::with_options(p, &opts)?,
+        None => Oracle::from_bytes_with_options(super::DEFAULT_MODEL, &opts)?,
+    };
+    Ok(Box::new(move |inputs| {
+        let t = Instant::now();
+        let out = o.run(inputs)?;
+        Ok((t.elapsed().as_secs_f64() * 1e3, out))
+    }))
+}
+
+#[cfg(not(feature = "ort"))]
+fn oracle(_src: &Source, _threads: usize) -> anyhow::Result<OrtRun> {
+    bail!("--vs-ort needs kiln built with the `ort` feature")
+}
