@@ -5,7 +5,8 @@
 # libc6-dev-arm64-cross (the AArch64 C library under /usr/aarch64-linux-gnu), qemu-user
 # (qemu-aarch64), and the rustup target aarch64-unknown-linux-gnu. The linker and runner are set in .cargo/config.toml.
 #
-# Usage: scripts/neon-test.sh [extra cargo test args…]
+# Usage: scripts/neon-test.sh --install-only   (what scripts/setup.sh calls)
+#        scripts/neon-test.sh [extra cargo test args…]
 #   e.g. PROPTEST_CASES=16 scripts/neon-test.sh            (fewer cases: emulation is slow)
 #        scripts/neon-test.sh -- --nocapture isa_selection
 set -euo pipefail
@@ -33,6 +34,11 @@ fi
 if ! rustup target list --installed | grep -qx aarch64-unknown-linux-gnu; then
     say "adding the rustup target aarch64-unknown-linux-gnu"
     rustup target add aarch64-unknown-linux-gnu
+fi
+
+if [ "${1:-}" = "--install-only" ]; then
+    say "ready: $(qemu-aarch64 --version | head -n1), $(aarch64-linux-gnu-gcc --version | head -n1)"
+    exit 0
 fi
 
 say "$(qemu-aarch64 --version | head -n1)"

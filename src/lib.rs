@@ -1,16 +1,24 @@
-//! kiln: load, optimize, quantize, compile and run ONNX models.
+//! kiln: load, optimize, compile and run ONNX models.
 //!
 //! This crate is the facade over kiln's workspace crates: [`ir`] (the SSA graph, types,
-//! tensors, text printer, verifier) and [`frontend`] (ONNX protobuf import and export).
-//! What exists today is loading a model into the IR with types inferred and the graph verified:
+//! tensors, text printer, verifier), [`frontend`] (ONNX protobuf import and export),
+//! [`transforms`] (the passes behind the optimization levels), and the runtime behind
+//! [`Session`]:
 //!
 //! ```
 //! // The small BERT model that ships with kiln (the `kiln` CLI's embedded default).
 //! let path = concat!(env!("CARGO_MANIFEST_DIR"), "/assets/bert_tiny_eager_opset14.onnx");
-//! let model = kiln::load(path)?;
-//! println!("opset {}, {} nodes", model.onnx_opset(), model.graph.num_nodes());
-//! print!("{}", model.graph); // the IR text form
-//! # Ok::<(), kiln::Error>(())
+//! let mut model = kiln::load(path)?; // import, infer types, verify
+//! kiln::optimize(&mut model, 2, &[])?; // -O2: cleanup, folding, transformer fusions
+//! let session = kiln::Session::new(model)?; // compile once, run from any thread
+//! let ids = |v: Vec<i64>| kiln::ir::Tensor::from_vec(vec![1, 3], v);
+//! let out = session.run(vec![
+//!     ("input_ids".into(), ids(vec![101, 7, 102])?),
+//!     ("attention_mask".into(), ids(vec![1, 1, 1])?),
+//!     ("token_type_ids".into(), ids(vec![0, 0, 0])?),
+//! ])?;
+//! assert_eq!(out[0].1.shape(), &[1, 3, 64]); // last_hidden_state
+//! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 //!
 //! Large weights are not copied: tensors stored as ONNX external data stay memory-mapped.
@@ -137,7 +145,8 @@ pub fn free_input_dims(model: &mut Model) -> Result<InferStats, Error> {
     analyze(model)
 }
 
-/// Optimizes `model` in place at `level` (0 = as imported, 1 = cleanup and folding), not
+/// Optimizes `model` in place at `level` (0 = as imported, 1 = cleanup and folding, 2 = + transformer
+/// fusions, 3 = + Gelu approximated by FastGelu), not
 /// running the passes named in `disabled`. Returns the rewrites each pass made.
 pub fn optimize(
     model: &mut Model,
@@ -145,7 +154,9 @@ pub fn optimize(
     disabled: &[String],
 ) -> Result<kiln_transforms::Report, Error> {
     let level = kiln_transforms::Level::from_number(level).ok_or_else(|| {
-        Error::Optimize(format!("-O{level} is not implemented yet (levels: 0, 1)"))
+        Error::Optimize(format!(
+            "-O{level} is not implemented yet (levels: 0, 1, 2, 3)"
+        ))
     })?;
     let mut opts = kiln_transforms::Options::level(level);
     opts.disabled = disabled.iter().cloned().collect();
