@@ -59,7 +59,9 @@ pub(super) fn build(op: &Op, _cx: &BuildCx) -> Option<Result<Box<dyn Kernel>, Ke
             d => return Err(KernelError::Invalid(format!("unknown direction {d:?}"))),
         };
         if layout != 0 && layout != 1 {
-            return Err(KernelError::Invalid(format!("layout {layout} is not 0 or 1")));
+            return Err(KernelError::Invalid(format!(
+                "layout {layout} is not 0 or 1"
+            )));
         }
         if let Some(c) = clip {
             if c.is_nan() || c < 0.0 {
@@ -187,9 +189,9 @@ fn from_f64(
         DType::F32 => cx.tensor::<f32>(shape, |o| {
             o.iter_mut().zip(v).for_each(|(o, x)| *o = *x as f32)
         })?,
-        DType::F64 => cx.tensor::<f64>(shape, |o| {
-            o.iter_mut().zip(v).for_each(|(o, x)| *o = *x)
-        })?,
+        DType::F64 => {
+            cx.tensor::<f64>(shape, |o| o.iter_mut().zip(v).for_each(|(o, x)| *o = *x))?
+        }
         DType::F16 => cx.tensor::<half::f16>(shape, |o| {
             o.iter_mut()
                 .zip(v)
@@ -365,12 +367,15 @@ impl Kernel for RecurrentK {
         let seq_lens: Vec<usize> = match opt_tensor_input(inputs, 4)? {
             None => vec![t_len; batch],
             Some(t) => {
-                let v = t.to_i64_vec().filter(|_| t.dtype().is_int()).ok_or_else(|| {
-                    KernelError::Invalid(format!(
-                        "sequence_lens must be int32, got {}",
-                        t.dtype()
-                    ))
-                })?;
+                let v = t
+                    .to_i64_vec()
+                    .filter(|_| t.dtype().is_int())
+                    .ok_or_else(|| {
+                        KernelError::Invalid(format!(
+                            "sequence_lens must be int32, got {}",
+                            t.dtype()
+                        ))
+                    })?;
                 if v.len() != batch {
                     return Err(KernelError::Invalid(format!(
                         "sequence_lens has {} entries, batch is {batch}",

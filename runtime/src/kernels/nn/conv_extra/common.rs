@@ -34,9 +34,9 @@ pub(super) fn from_f64(
         DType::F32 => cx.tensor::<f32>(shape, |o| {
             o.iter_mut().zip(v).for_each(|(o, x)| *o = *x as f32)
         })?,
-        DType::F64 => cx.tensor::<f64>(shape, |o| {
-            o.iter_mut().zip(v).for_each(|(o, x)| *o = *x)
-        })?,
+        DType::F64 => {
+            cx.tensor::<f64>(shape, |o| o.iter_mut().zip(v).for_each(|(o, x)| *o = *x))?
+        }
         DType::F16 => cx.tensor::<half::f16>(shape, |o| {
             o.iter_mut()
                 .zip(v)
@@ -57,11 +57,7 @@ pub(super) fn attr_at(v: Option<&Vec<i64>>, i: usize, default: i64) -> i64 {
 }
 
 /// Checks that a per-dim attribute has `want` entries.
-pub(super) fn check_len(
-    name: &str,
-    v: Option<&Vec<i64>>,
-    want: usize,
-) -> Result<(), KernelError> {
+pub(super) fn check_len(name: &str, v: Option<&Vec<i64>>, want: usize) -> Result<(), KernelError> {
     match v {
         Some(v) if v.len() != want => Err(KernelError::Invalid(format!(
             "{name} has {} entries, expected {want}",

@@ -118,8 +118,7 @@ impl Kernel for DeformConvK {
                             unravel(k, kernel, &mut ki);
                             for d in 0..r {
                                 let oc = ((ni * og + ogi) * ksz + k) * r + d;
-                                pos[d] = (oi[d] * win.strides[d] + ki[d] * win.dilations[d])
-                                    as f64
+                                pos[d] = (oi[d] * win.strides[d] + ki[d] * win.dilations[d]) as f64
                                     - win.pad_begin[d] as f64
                                     + ov[oc * out_sz + o];
                             }
@@ -134,8 +133,7 @@ impl Kernel for DeformConvK {
                         let oc = gi * mg + mi;
                         let wrow = &wv[oc * cg * ksz..(oc + 1) * cg * ksz];
                         let acc: f64 = wrow.iter().zip(&col).map(|(a, b)| a * b).sum();
-                        out[(ni * m + oc) * out_sz + o] =
-                            acc + bv.as_ref().map_or(0.0, |b| b[oc]);
+                        out[(ni * m + oc) * out_sz + o] = acc + bv.as_ref().map_or(0.0, |b| b[oc]);
                     }
                 }
             }

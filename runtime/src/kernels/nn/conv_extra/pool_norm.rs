@@ -44,12 +44,7 @@ impl Kernel for LpPoolK {
         )?;
         let p = a.p as f64;
         let xv = floats(x)?;
-        let (nc, in_sz, out_sz, ksz) = (
-            xs[0] * xs[1],
-            w.in_size(),
-            w.out_size(),
-            w.kernel_size(),
-        );
+        let (nc, in_sz, out_sz, ksz) = (xs[0] * xs[1], w.in_size(), w.out_size(), w.kernel_size());
         let taps = w.taps();
         let mut out = vec![0f64; nc * out_sz];
         for pl in 0..nc {
@@ -144,11 +139,7 @@ impl Kernel for LrnK {
         let (n, c) = (xs[0], xs[1]);
         let sp: usize = xs[2..].iter().product();
         let (before, after) = (((size - 1) / 2) as usize, (size / 2) as usize);
-        let (alpha, beta, bias) = (
-            self.0.alpha as f64,
-            self.0.beta as f64,
-            self.0.bias as f64,
-        );
+        let (alpha, beta, bias) = (self.0.alpha as f64, self.0.beta as f64, self.0.bias as f64);
         let xv = floats(x)?;
         let mut out = vec![0f64; xv.len()];
         for ni in 0..n {

@@ -165,13 +165,21 @@ impl Kernel for QLinearConvK {
             DType::I8 => (-128.0, 127.0),
             _ => (0.0, 255.0),
         };
-        let plane = if m == 0 { 0 } else { acc.len() / shape[0].max(1) / m };
+        let plane = if m == 0 {
+            0
+        } else {
+            acc.len() / shape[0].max(1) / m
+        };
         let q: Vec<f64> = acc
             .iter()
             .enumerate()
             .map(|(i, &v)| {
                 let ch = if plane == 0 { 0 } else { (i / plane) % m };
-                let ws = if w_scale.len() == 1 { w_scale[0] } else { w_scale[ch] };
+                let ws = if w_scale.len() == 1 {
+                    w_scale[0]
+                } else {
+                    w_scale[ch]
+                };
                 let mult = (x_scale * ws / y_scale) as f64;
                 (v * mult + yz).round_ties_even().clamp(lo, hi)
             })

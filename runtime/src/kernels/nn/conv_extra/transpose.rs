@@ -275,8 +275,7 @@ mod tests {
                                             let px = (ix * s.1 + kx * d.1) as i64 - pb.1;
                                             if py == oy as i64 && px == ox as i64 {
                                                 acc += x[((ni * c + ci) * h + iy) * w + ix]
-                                                    * wt[((ci * mg + oc % mg) * kh + ky) * kw
-                                                        + kx];
+                                                    * wt[((ci * mg + oc % mg) * kh + ky) * kw + kx];
                                             }
                                         }
                                     }

@@ -44,7 +44,15 @@ fn close(a: &[f64], b: &[f64]) {
 
 /// Scalar LSTM (hidden 1, input 1), gates i, o, f, c, with peepholes.
 #[allow(clippy::too_many_arguments)]
-fn lstm_scalar(xs: &[f64], w: [f64; 4], r: [f64; 4], b: [f64; 4], p: [f64; 3], h0: f64, c0: f64) -> (Vec<f64>, f64, f64) {
+fn lstm_scalar(
+    xs: &[f64],
+    w: [f64; 4],
+    r: [f64; 4],
+    b: [f64; 4],
+    p: [f64; 3],
+    h0: f64,
+    c0: f64,
+) -> (Vec<f64>, f64, f64) {
     let (mut h, mut c) = (h0, c0);
     let mut ys = vec![];
     for &x in xs {
@@ -62,7 +70,13 @@ fn lstm_scalar(xs: &[f64], w: [f64; 4], r: [f64; 4], b: [f64; 4], p: [f64; 3], h
 
 #[test]
 fn lstm_zero_length_entry_keeps_initial_state() {
-    let k = kernel(Cell::Lstm { input_forget: false }, vec![false], false);
+    let k = kernel(
+        Cell::Lstm {
+            input_forget: false,
+        },
+        vec![false],
+        false,
+    );
     let (w, r) = ([0.5, -0.3, 0.8, 0.2], [0.1, 0.4, -0.2, 0.6]);
     let bw = [0.05, -0.1, 0.2, 0.0];
     let br = [0.01, 0.02, 0.03, 0.04];
@@ -78,7 +92,9 @@ fn lstm_zero_length_entry_keeps_initial_state() {
             t64(&[1, 4, 1], w.to_vec()),
             t64(&[1, 4, 1], r.to_vec()),
             t64(&[1, 8], bv),
-            Some(Value::Tensor(Tensor::from_vec(vec![2], vec![3i32, 0]).unwrap())),
+            Some(Value::Tensor(
+                Tensor::from_vec(vec![2], vec![3i32, 0]).unwrap(),
+            )),
             t64(&[1, 2, 1], vec![0.25, -0.75]),
             t64(&[1, 2, 1], vec![0.5, 1.5]),
             t64(&[1, 3], p.to_vec()),
@@ -125,7 +141,11 @@ fn rnn_reverse_short_sequence_and_layout1() {
     let e1_t2 = (w * x[2][1] + b).tanh();
     let e1_t1 = (w * x[1][1] + r * e1_t2 + b).tanh();
     let e1_t0 = (w * x[0][1] + r * e1_t1 + b).tanh();
-    let lens = || Some(Value::Tensor(Tensor::from_vec(vec![2], vec![2i32, 3]).unwrap()));
+    let lens = || {
+        Some(Value::Tensor(
+            Tensor::from_vec(vec![2], vec![2i32, 3]).unwrap(),
+        ))
+    };
     let bias = || t64(&[1, 2], vec![b, 0.0]);
     let k = kernel(Cell::Rnn, vec![true], false);
     let outs = run(
@@ -142,7 +162,9 @@ fn rnn_reverse_short_sequence_and_layout1() {
     close(&outs[1], &[e0_t0, e1_t0]);
     // Same data batch-major.
     let k = kernel(Cell::Rnn, vec![true], true);
-    let xb: Vec<f64> = (0..2).flat_map(|bi| (0..3).map(move |t| x[t][bi])).collect();
+    let xb: Vec<f64> = (0..2)
+        .flat_map(|bi| (0..3).map(move |t| x[t][bi]))
+        .collect();
     let outs = run(
         &k,
         vec![
@@ -204,7 +226,9 @@ fn bad_shapes_and_lengths_error() {
         t64(&[1, 1, 1], vec![1.0]),
         t64(&[1, 1, 1], vec![1.0]),
         None,
-        Some(Value::Tensor(Tensor::from_vec(vec![1], vec![3i32]).unwrap())),
+        Some(Value::Tensor(
+            Tensor::from_vec(vec![1], vec![3i32]).unwrap(),
+        )),
     ];
     let refs: Vec<Option<&Value>> = ins.iter().map(|v| v.as_ref()).collect();
     assert!(k.run(&refs, &mut RunCx::new()).is_err());
