@@ -4,9 +4,9 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use kiln_ir::{Graph, Model, Op, ValueDef, ValueId};
+use kiln_ir::{Attr, DType, Graph, Model, Op, ValueDef, ValueId};
 use kiln_runtime::kernels::control::{
-    IfKernel, LoopKernel, ScanKernel, SequenceMapKernel, SubPlan,
+    FlexAttentionKernel, IfKernel, LoopKernel, Scan8Kernel, ScanKernel, SequenceMapKernel, SubPlan,
 };
 use kiln_runtime::{BuildCx, Kernel, KernelError, Plan, PlanInput, Slot, Step, Value};
 use thiserror::Error;
@@ -112,24 +112,17 @@ pub fn compile_graph(g: &Graph, opsets: &BTreeMap<String, i64>) -> Result<Plan, 
             c
         };
         let kernel: Box<dyn Kernel> = match &node.op {
-            Op::If(_) | Op::Loop(_) | Op::Scan(_) | Op::SequenceMap(_) => {
+            op if matches!(
+                op,
+                Op::If(_) | Op::Loop(_) | Op::Scan(_) | Op::SequenceMap(_)
+            ) || is_scan8(op)
+                || is_flex(op) =>
+            {
                 control_kernel(&node.op, node.inputs.len(), &captures, opsets).map_err(
                     |e| match e {
                         CompileError::Unsupported { .. } | CompileError::Invalid(_) => e,
                     },
                 )?
-            }
-            Op::Opaque(o) => {
-                return Err(unsupported(format!(
-                    "kiln does not know the op {}{} (version {})",
-                    if o.domain.is_empty() {
-                        String::new()
-                    } else {
-                        format!("{}.", o.domain)
-                    },
-                    o.op_type,
-                    o.version
-                )))
             }
             op => {
                 let cx = BuildCx {
@@ -150,9 +143,22 @@ pub fn compile_graph(g: &Graph, opsets: &BTreeMap<String, i64>) -> Result<Plan, 
                         .collect(),
                     graph: g,
                 };
-                kiln_runtime::kernels::build(op, &cx).map_err(|e| match e {
-                    KernelError::Unsupported(m) => unsupported(m),
-                    KernelError::Invalid(m) => {
+                kiln_runtime::kernels::build(op, &cx).map_err(|e| match (e, op) {
+                    // An op outside every kernel family: say kiln does not know it.
+                    (KernelError::Unsupported(m), Op::Opaque(o)) if m.starts_with("no kernel") => {
+                        unsupported(format!(
+                            "kiln does not know the op {}{} (version {})",
+                            if o.domain.is_empty() {
+                                String::new()
+                            } else {
+                                format!("{}.", o.domain)
+                            },
+                            o.op_type,
+                            o.version
+                        ))
+                    }
+                    (KernelError::Unsupported(m), _) => unsupported(m),
+                    (KernelError::Invalid(m), _) => {
                         CompileError::Invalid(format!("node `{}`: {m}", node.name))
                     }
                 })?
@@ -215,6 +221,16 @@ fn sub_plan(
     Ok(SubPlan { plan, captures })
 }
 
+/// `ai.onnx.preview.FlexAttention`, which needs its mod subgraphs compiled.
+fn is_flex(op: &Op) -> bool {
+    matches!(op, Op::Opaque(o) if o.domain == "ai.onnx.preview" && o.op_type == "FlexAttention")
+}
+
+/// A `Scan` of opset 8 or older, which import keeps opaque.
+fn is_scan8(op: &Op) -> bool {
+    matches!(op, Op::Opaque(o) if o.domain.is_empty() && o.op_type == "Scan")
+}
+
 fn control_kernel(
     op: &Op,
     n_explicit: usize,
@@ -262,6 +278,85 @@ fn control_kernel(
             body: sub_plan(&o.body, captures, opsets)?,
             n_explicit,
         }),
+        Op::Opaque(o) if is_flex(op) => {
+            let bad = |m: &str| CompileError::Invalid(format!("FlexAttention: {m}"));
+            let known = ["scale", "score_mod", "prob_mod", "softmax_precision"];
+            if let Some(k) = o.attrs.keys().find(|k| !known.contains(&k.as_str())) {
+                return Err(bad(&format!("unknown attribute `{k}`")));
+            }
+            let graph = |name: &str| match o.attrs.get(name) {
+                None => Ok(None),
+                Some(Attr::Graph(g)) => sub_plan(g, captures, opsets).map(Some),
+                Some(_) => Err(bad(&format!("`{name}` must be a graph"))),
+            };
+            let scale = match o.attrs.get("scale") {
+                None => None,
+                Some(Attr::Float(v)) => Some(*v),
+                Some(_) => return Err(bad("`scale` must be a float")),
+            };
+            let softmax_precision = match o.attrs.get("softmax_precision") {
+                None => None,
+                Some(Attr::Int(v)) => match i32::try_from(*v).ok().and_then(DType::from_onnx) {
+                    Some(d @ (DType::F32 | DType::F64)) => Some(d),
+                    _ => {
+                        return Err(CompileError::Unsupported {
+                            node: String::new(),
+                            op: "FlexAttention".into(),
+                            opset: o.version,
+                            msg: format!("softmax_precision {v}"),
+                        })
+                    }
+                },
+                Some(_) => return Err(bad("`softmax_precision` must be an int")),
+            };
+            Box::new(FlexAttentionKernel {
+                n_explicit,
+                scale,
+                score_mod: graph("score_mod")?,
+                prob_mod: graph("prob_mod")?,
+                softmax_precision,
+            })
+        }
+        // Scan before opset 9 (kept opaque on import): batch axis and `sequence_lens`.
+        Op::Opaque(o) if is_scan8(op) => {
+            let bad = |m: &str| CompileError::Invalid(format!("Scan (opset {}): {m}", o.version));
+            if let Some(k) = o
+                .attrs
+                .keys()
+                .find(|k| !["body", "num_scan_inputs", "directions"].contains(&k.as_str()))
+            {
+                return Err(bad(&format!("unknown attribute `{k}`")));
+            }
+            let Some(Attr::Graph(body)) = o.attrs.get("body") else {
+                return Err(bad("a `body` graph is required"));
+            };
+            let m = match o.attrs.get("num_scan_inputs") {
+                Some(Attr::Int(v)) if *v >= 0 => *v as usize,
+                _ => return Err(bad("`num_scan_inputs` must be a non-negative int")),
+            };
+            let input_reverse = match o.attrs.get("directions") {
+                None => Vec::new(),
+                Some(Attr::Ints(d)) => d.iter().map(|&d| d != 0).collect(),
+                Some(_) => return Err(bad("`directions` must be ints")),
+            };
+            // The inner (opset-9 style) kernel sees the inputs after `sequence_lens`.
+            let n_explicit = n_explicit.saturating_sub(1);
+            let k = body
+                .outputs
+                .len()
+                .saturating_sub(n_explicit.saturating_sub(m));
+            Box::new(Scan8Kernel {
+                inner: ScanKernel {
+                    body: sub_plan(body, captures, opsets)?,
+                    n_explicit,
+                    num_scan_inputs: m,
+                    input_axes: vec![0; m],
+                    input_reverse,
+                    output_axes: vec![0; k],
+                    output_reverse: Vec::new(),
+                },
+            })
+        }
         _ => unreachable!("only control-flow ops reach here"),
     })
 }
