@@ -477,7 +477,7 @@ fn is_position_range(g: &Graph, ids: ValueId, seq: &kiln_ir::Dim) -> Result<(), 
     if ins.len() > 4 && int(4) != Some(vec![1]) {
         return Err("position ids are sliced with a step other than 1".into());
     }
-    if shape(g, ids) != Some(vec![kiln_ir::Dim::from(1), seq.clone()]) {
+    if shape(g, ids) != Some(vec![kiln_ir::Dim::from(1i64), seq.clone()]) {
         return Err("position ids are not [1, seq] for the input ids' seq".into());
     }
     Ok(())
