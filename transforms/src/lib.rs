@@ -3,7 +3,7 @@
 //! | level | passes |
 //! |---|---|
 //! | O0 | none |
-//! | O1 | constant folding, dead-code elimination, CSE, Identity/Dropout/no-op Cast elimination, Reshape shape folding |
+//! | O1 | constant folding, dead-code elimination, CSE, Identity/Dropout/no-op Cast elimination, Reshape shape folding, Conv+BatchNorm folding, MatMul+Add → Gemm |
 //! | O2 | O1 + transformer fusions (Gelu, BiasGelu, FastGelu, LayerNorm, SkipLayerNorm, EmbedLayerNorm, Attention) |
 //! | O3 | O2 + Gelu → FastGelu approximation |
 //!
@@ -19,6 +19,7 @@ use thiserror::Error;
 mod cleanup;
 mod fold;
 mod fusion;
+mod pattern;
 
 /// Optimization level, as in ONNX Runtime / Optimum.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -133,6 +134,8 @@ fn passes(level: Level) -> Vec<Box<dyn Pass>> {
         v.push(Box::new(fold::ReshapeFolding));
         v.push(Box::new(cleanup::Cse));
         v.push(Box::new(cleanup::Dce));
+        v.push(Box::new(fusion::linear::ConvBnFolding));
+        v.push(Box::new(fusion::linear::MatMulAddFusion));
     }
     if level >= Level::O2 {
         v.extend(fusion::passes(level));

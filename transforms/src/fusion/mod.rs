@@ -6,6 +6,7 @@ use crate::{Level, Pass};
 mod attention;
 mod gelu;
 mod layernorm;
+pub(crate) mod linear;
 
 /// The fusion passes of `level` (O2 and up), in the order they must run: normalizations
 /// first (SkipLayerNorm anchors Attention's output), then activations, then attention.

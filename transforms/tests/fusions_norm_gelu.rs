@@ -1,0 +1,490 @@
+//! Snapshot tests of the normalization, Gelu and linear fusions: the printed IR before and
+//! after, the rewrites per pass, and the near misses (`kiln optimize --explain`).
+
+use kiln_ir::op::*;
+use kiln_ir::{DType, Dim, Graph, Model, Op, Tensor, Type, ValueId};
+use kiln_transforms::{optimize, Level, Options};
+
+fn model(g: Graph) -> Model {
+    let mut m = Model {
+        graph: g,
+        ..Default::default()
+    };
+    m.opsets.insert(String::new(), 20);
+    kiln_ir::infer::infer_graph(&mut m.graph).unwrap();
+    m
+}
+
+fn run(g: Graph, level: Level) -> String {
+    let mut m = model(g);
+    let before = m.graph.to_string();
+    let report = optimize(&mut m, &Options::level(level)).unwrap();
+    kiln_ir::verify::verify(&m.graph).unwrap();
+    kiln_ir::infer::check_types(&m.graph).unwrap();
+    let misses: Vec<String> = report
+        .near_misses
+        .iter()
+        .map(|n| format!("near miss: {} at `{}`: {}", n.pass, n.node, n.reason))
+        .collect();
+    format!(
+        "{before}\n--- {:?}\n{}\n\n{}",
+        report
+            .rewrites
+            .iter()
+            .filter(|r| r.1 > 0)
+            .collect::<Vec<_>>(),
+        misses.join("\n"),
+        m.graph
+    )
+}
+
+fn input(g: &mut Graph, name: &str, dims: &[&str]) -> ValueId {
+    let shape = dims
+        .iter()
+        .map(|d| {
+            d.parse::<i64>()
+                .map(Dim::from)
+                .unwrap_or_else(|_| Dim::sym(d))
+        })
+        .collect();
+    g.add_input(name, Some(Type::tensor(DType::F32, shape)))
+}
+
+fn scalar(g: &mut Graph, name: &str, v: f32) -> ValueId {
+    g.add_const(name, Tensor::scalar(v))
+}
+
+fn vector(g: &mut Graph, name: &str, v: &[f32]) -> ValueId {
+    g.add_const(name, Tensor::from_vec(vec![v.len()], v.to_vec()).unwrap())
+}
+
+fn ints(g: &mut Graph, name: &str, v: &[i64]) -> ValueId {
+    g.add_const(name, Tensor::from_vec(vec![v.len()], v.to_vec()).unwrap())
+}
+
+/// Adds `op(inputs)` with one output named `out`; returns that output.
+fn node(g: &mut Graph, op: Op, inputs: &[ValueId], out: &str) -> ValueId {
+    let n = g.add_node(out, op, inputs.iter().map(|&v| Some(v)).collect(), &[out]);
+    g.node(n).outputs[0]
+}
+
+fn add(g: &mut Graph, a: ValueId, b: ValueId, out: &str) -> ValueId {
+    node(g, Op::Add(Add {}), &[a, b], out)
+}
+
+fn mul(g: &mut Graph, a: ValueId, b: ValueId, out: &str) -> ValueId {
+    node(g, Op::Mul(Mul {}), &[a, b], out)
+}
+
+fn mean(g: &mut Graph, x: ValueId, axes: &[i64], out: &str) -> ValueId {
+    let a = ints(g, &format!("{out}_axes"), axes);
+    node(
+        g,
+        Op::ReduceMean(ReduceMean {
+            keepdims: true,
+            noop_with_empty_axes: false,
+        }),
+        &[x, a],
+        out,
+    )
+}
+
+const H: usize = 4;
+
+fn gamma_beta(g: &mut Graph) -> (ValueId, ValueId) {
+    (
+        vector(g, "gamma", &[1.0, 2.0, 3.0, 4.0]),
+        vector(g, "beta", &[0.1, 0.2, 0.3, 0.4]),
+    )
+}
+
+/// The written-out LayerNorm of `x` (axis `axis`, `eps` a value, square by Pow or Mul).
+fn layer_norm_chain(
+    g: &mut Graph,
+    x: ValueId,
+    axis: i64,
+    eps: ValueId,
+    pow: bool,
+) -> (ValueId, ValueId) {
+    let m = mean(g, x, &[axis], "mean");
+    let d = node(g, Op::Sub(Sub {}), &[x, m], "d");
+    let sq = if pow {
+        let two = scalar(g, "two", 2.0);
+        node(g, Op::Pow(Pow {}), &[d, two], "sq")
+    } else {
+        mul(g, d, d, "sq")
+    };
+    let var = mean(g, sq, &[axis], "var");
+    let ve = add(g, var, eps, "var_eps");
+    let sd = node(g, Op::Sqrt(Sqrt {}), &[ve], "std");
+    let n = node(g, Op::Div(Div {}), &[d, sd], "normed");
+    let (gamma, beta) = gamma_beta(g);
+    let s = mul(g, n, gamma, "scaled");
+    (add(g, s, beta, "ln"), d)
+}
+
+#[test]
+fn layer_norm_chain_with_pow() {
+    let mut g = Graph::new("main");
+    let x = input(&mut g, "x", &["batch", "seq", "4"]);
+    let eps = scalar(&mut g, "eps", 1e-12);
+    let (y, _) = layer_norm_chain(&mut g, x, -1, eps, true);
+    g.outputs = vec![y];
+    insta::assert_snapshot!(run(g, Level::O2));
+}
+
+#[test]
+fn layer_norm_chain_with_mul_square() {
+    let mut g = Graph::new("main");
+    let x = input(&mut g, "x", &["batch", "seq", "4"]);
+    let eps = scalar(&mut g, "eps", 1e-5);
+    let (y, _) = layer_norm_chain(&mut g, x, 2, eps, false);
+    g.outputs = vec![y];
+    insta::assert_snapshot!(run(g, Level::O2));
+}
+
+#[test]
+fn near_miss_layer_norm_over_wrong_axis() {
+    let mut g = Graph::new("main");
+    let x = input(&mut g, "x", &["batch", "4", "4"]);
+    let eps = scalar(&mut g, "eps", 1e-5);
+    let (y, _) = layer_norm_chain(&mut g, x, 1, eps, true);
+    g.outputs = vec![y];
+    insta::assert_snapshot!(run(g, Level::O2));
+}
+
+#[test]
+fn near_miss_layer_norm_intermediate_used_twice() {
+    let mut g = Graph::new("main");
+    let x = input(&mut g, "x", &["batch", "seq", "4"]);
+    let eps = scalar(&mut g, "eps", 1e-5);
+    let (y, d) = layer_norm_chain(&mut g, x, -1, eps, true);
+    // x - mean is also returned: the chain must stay.
+    g.outputs = vec![y, d];
+    insta::assert_snapshot!(run(g, Level::O2));
+}
+
+#[test]
+fn near_miss_layer_norm_eps_not_a_constant() {
+    let mut g = Graph::new("main");
+    let x = input(&mut g, "x", &["batch", "seq", "4"]);
+    let eps = input(&mut g, "eps", &[]);
+    let (y, _) = layer_norm_chain(&mut g, x, -1, eps, true);
+    g.outputs = vec![y];
+    insta::assert_snapshot!(run(g, Level::O2));
+}
+
+fn ln_op(g: &mut Graph, x: ValueId, out: &str) -> ValueId {
+    let (gamma, beta) = gamma_beta(g);
+    node(
+        g,
+        Op::LayerNormalization(LayerNormalization {
+            axis: -1,
+            epsilon: 1e-12,
+            stash_type: 1,
+        }),
+        &[x, gamma, beta],
+        out,
+    )
+}
+
+#[test]
+fn skip_layer_norm_of_opset17_layer_norm() {
+    let mut g = Graph::new("main");
+    let a = input(&mut g, "a", &["batch", "seq", "4"]);
+    let b = input(&mut g, "b", &["batch", "seq", "4"]);
+    let s = add(&mut g, a, b, "sum");
+    let y = ln_op(&mut g, s, "y");
+    g.outputs = vec![y];
+    insta::assert_snapshot!(run(g, Level::O2));
+}
+
+#[test]
+fn bias_skip_layer_norm_of_written_out_layer_norm() {
+    // LayerNorm((h + bias) + residual): BERT's output projection and residual.
+    let mut g = Graph::new("main");
+    let h = input(&mut g, "h", &["batch", "seq", "4"]);
+    let r = input(&mut g, "residual", &["batch", "seq", "4"]);
+    let bias = vector(&mut g, "bias", &[0.5, -0.5, 1.0, -1.0]);
+    let hb = add(&mut g, h, bias, "h_bias");
+    let s = add(&mut g, r, hb, "sum");
+    let eps = scalar(&mut g, "eps", 1e-12);
+    let (y, _) = layer_norm_chain(&mut g, s, -1, eps, true);
+    g.outputs = vec![y];
+    insta::assert_snapshot!(run(g, Level::O2));
+}
+
+#[test]
+fn skip_layer_norm_keeps_shared_sum_as_fourth_output() {
+    // Pre-LN residual stream (GPT-2): the sum feeds the LayerNorm and the next residual Add.
+    let mut g = Graph::new("main");
+    let a = input(&mut g, "a", &["batch", "seq", "4"]);
+    let b = input(&mut g, "b", &["batch", "seq", "4"]);
+    let s = add(&mut g, a, b, "sum");
+    let y = ln_op(&mut g, s, "y");
+    let next = add(&mut g, y, s, "next_residual");
+    g.outputs = vec![next];
+    insta::assert_snapshot!(run(g, Level::O2));
+}
+
+#[test]
+fn near_miss_skip_layer_norm_broadcast_add() {
+    let mut g = Graph::new("main");
+    let a = input(&mut g, "a", &["batch", "seq", "4"]);
+    let b = input(&mut g, "b", &["1", "seq", "4"]);
+    let s = add(&mut g, a, b, "sum");
+    let y = ln_op(&mut g, s, "y");
+    g.outputs = vec![y];
+    insta::assert_snapshot!(run(g, Level::O2));
+}
+
+#[test]
+fn near_miss_skip_layer_norm_broadcast_bias() {
+    // The bias is [seq, 4], not 1-D: it stays a separate Add (the skip still fuses).
+    let mut g = Graph::new("main");
+    let h = input(&mut g, "h", &["batch", "2", "4"]);
+    let r = input(&mut g, "residual", &["batch", "2", "4"]);
+    let bias = g.add_const(
+        "bias2d",
+        Tensor::from_vec(vec![2, H], vec![0.5f32; 2 * H]).unwrap(),
+    );
+    let hb = add(&mut g, h, bias, "h_bias");
+    let s = add(&mut g, hb, r, "sum");
+    let y = ln_op(&mut g, s, "y");
+    g.outputs = vec![y];
+    insta::assert_snapshot!(run(g, Level::O2));
+}
+
+/// `x · 0.5 · (1 + erf(x / √2))` as BERT exports it.
+fn gelu_erf_bert(g: &mut Graph, x: ValueId, half: f32) -> ValueId {
+    let c = scalar(g, "sqrt2", std::f32::consts::SQRT_2);
+    let u = node(g, Op::Div(Div {}), &[x, c], "u");
+    let e = node(g, Op::Erf(Erf {}), &[u], "erf");
+    let one = scalar(g, "one", 1.0);
+    let p = add(g, e, one, "p");
+    let h = scalar(g, "half", half);
+    let xh = mul(g, x, h, "xh");
+    mul(g, xh, p, "gelu")
+}
+
+#[test]
+fn bias_gelu_erf_div_form() {
+    let mut g = Graph::new("main");
+    let y = input(&mut g, "y", &["batch", "seq", "4"]);
+    let bias = vector(&mut g, "bias", &[0.1, 0.2, 0.3, 0.4]);
+    let x = add(&mut g, y, bias, "x");
+    let out = gelu_erf_bert(&mut g, x, 0.5);
+    g.outputs = vec![out];
+    insta::assert_snapshot!(run(g, Level::O2));
+}
+
+#[test]
+fn gelu_erf_mul_form_halved_last() {
+    // (x · (1 + erf(x · 0.7071…))) · 0.5
+    let mut g = Graph::new("main");
+    let x = input(&mut g, "x", &["batch", "seq", "4"]);
+    let c = scalar(&mut g, "inv_sqrt2", std::f32::consts::FRAC_1_SQRT_2);
+    let u = mul(&mut g, c, x, "u");
+    let e = node(&mut g, Op::Erf(Erf {}), &[u], "erf");
+    let one = scalar(&mut g, "one", 1.0);
+    let p = add(&mut g, one, e, "p");
+    let xp = mul(&mut g, x, p, "xp");
+    let h = scalar(&mut g, "half", 0.5);
+    let out = mul(&mut g, xp, h, "gelu");
+    g.outputs = vec![out];
+    insta::assert_snapshot!(run(g, Level::O2));
+}
+
+#[test]
+fn gelu_erf_x_times_halved_sum() {
+    // x · ((1 + erf(x / √2)) · 0.5)
+    let mut g = Graph::new("main");
+    let x = input(&mut g, "x", &["batch", "seq", "4"]);
+    let c = scalar(&mut g, "sqrt2", std::f32::consts::SQRT_2);
+    let u = node(&mut g, Op::Div(Div {}), &[x, c], "u");
+    let e = node(&mut g, Op::Erf(Erf {}), &[u], "erf");
+    let one = scalar(&mut g, "one", 1.0);
+    let p = add(&mut g, e, one, "p");
+    let h = scalar(&mut g, "half", 0.5);
+    let ph = mul(&mut g, p, h, "ph");
+    let out = mul(&mut g, x, ph, "gelu");
+    g.outputs = vec![out];
+    insta::assert_snapshot!(run(g, Level::O2));
+}
+
+/// GPT-2's `0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³)))`.
+fn fast_gelu_chain(g: &mut Graph, x: ValueId, pow: bool) -> ValueId {
+    let h = scalar(g, "half", 0.5);
+    let xh = mul(g, x, h, "xh");
+    let cube = if pow {
+        let three = scalar(g, "three", 3.0);
+        node(g, Op::Pow(Pow {}), &[x, three], "cube")
+    } else {
+        let sq = mul(g, x, x, "square");
+        mul(g, sq, x, "cube")
+    };
+    let k = scalar(g, "k", 0.044715);
+    let kc = mul(g, cube, k, "kc");
+    let w = add(g, x, kc, "w");
+    let s = scalar(g, "s", 0.797_884_6);
+    let v = mul(g, w, s, "v");
+    let t = node(g, Op::Tanh(Tanh {}), &[v], "tanh");
+    let one = scalar(g, "one", 1.0);
+    let p = add(g, t, one, "p");
+    mul(g, xh, p, "fast_gelu")
+}
+
+#[test]
+fn fast_gelu_pow_form_with_bias() {
+    let mut g = Graph::new("main");
+    let y = input(&mut g, "y", &["batch", "seq", "4"]);
+    let bias = vector(&mut g, "bias", &[0.1, 0.2, 0.3, 0.4]);
+    let x = add(&mut g, bias, y, "x");
+    let out = fast_gelu_chain(&mut g, x, true);
+    g.outputs = vec![out];
+    insta::assert_snapshot!(run(g, Level::O2));
+}
+
+#[test]
+fn fast_gelu_cube_as_products() {
+    let mut g = Graph::new("main");
+    let x = input(&mut g, "x", &["batch", "seq", "4"]);
+    let out = fast_gelu_chain(&mut g, x, false);
+    g.outputs = vec![out];
+    insta::assert_snapshot!(run(g, Level::O2));
+}
+
+#[test]
+fn opset20_gelu_ops() {
+    let mut g = Graph::new("main");
+    let x = input(&mut g, "x", &["batch", "4"]);
+    let a = node(
+        &mut g,
+        Op::Gelu(Gelu {
+            approximate: "none".into(),
+        }),
+        &[x],
+        "exact",
+    );
+    let b = node(
+        &mut g,
+        Op::Gelu(Gelu {
+            approximate: "tanh".into(),
+        }),
+        &[x],
+        "tanh",
+    );
+    g.outputs = vec![a, b];
+    insta::assert_snapshot!(run(g, Level::O2));
+}
+
+#[test]
+fn near_miss_gelu_wrong_constant() {
+    let mut g = Graph::new("main");
+    let x = input(&mut g, "x", &["batch", "seq", "4"]);
+    let out = gelu_erf_bert(&mut g, x, 0.6);
+    g.outputs = vec![out];
+    insta::assert_snapshot!(run(g, Level::O2));
+}
+
+#[test]
+fn near_miss_gelu_intermediate_used_twice() {
+    let mut g = Graph::new("main");
+    let x = input(&mut g, "x", &["batch", "seq", "4"]);
+    let out = gelu_erf_bert(&mut g, x, 0.5);
+    let e = g.value_ids().find(|&v| g.value(v).name == "erf").unwrap();
+    let also = add(&mut g, e, out, "also");
+    g.outputs = vec![also];
+    insta::assert_snapshot!(run(g, Level::O2));
+}
+
+#[test]
+fn near_miss_gelu_broadcast_bias() {
+    // The bias is [2, 4] over [batch, 2, 4]: Gelu fuses, the bias Add stays.
+    let mut g = Graph::new("main");
+    let y = input(&mut g, "y", &["batch", "2", "4"]);
+    let bias = g.add_const(
+        "bias2d",
+        Tensor::from_vec(vec![2, H], vec![0.5f32; 2 * H]).unwrap(),
+    );
+    let x = add(&mut g, y, bias, "x");
+    let out = gelu_erf_bert(&mut g, x, 0.5);
+    g.outputs = vec![out];
+    insta::assert_snapshot!(run(g, Level::O2));
+}
+
+#[test]
+fn o3_approximates_gelu_with_fast_gelu() {
+    let mut g = Graph::new("main");
+    let y = input(&mut g, "y", &["batch", "seq", "4"]);
+    let bias = vector(&mut g, "bias", &[0.1, 0.2, 0.3, 0.4]);
+    let x = add(&mut g, y, bias, "x");
+    let a = gelu_erf_bert(&mut g, x, 0.5);
+    let b = node(
+        &mut g,
+        Op::Gelu(Gelu {
+            approximate: "none".into(),
+        }),
+        &[y],
+        "exact",
+    );
+    g.outputs = vec![a, b];
+    insta::assert_snapshot!(run(g, Level::O3));
+}
+
+#[test]
+fn conv_batch_norm_folds() {
+    let mut g = Graph::new("main");
+    let x = input(&mut g, "x", &["batch", "1", "3", "3"]);
+    let w = g.add_const(
+        "w",
+        Tensor::from_vec(vec![2, 1, 1, 1], vec![1.0f32, 2.0]).unwrap(),
+    );
+    let c = node(
+        &mut g,
+        Op::Conv(Conv {
+            auto_pad: "NOTSET".into(),
+            dilations: None,
+            group: 1,
+            kernel_shape: Some(vec![1, 1]),
+            pads: None,
+            strides: None,
+        }),
+        &[x, w],
+        "conv",
+    );
+    let scale = vector(&mut g, "scale", &[2.0, 0.5]);
+    let b = vector(&mut g, "b", &[1.0, -1.0]);
+    let m = vector(&mut g, "mean", &[0.5, 1.0]);
+    let v = vector(&mut g, "var", &[4.0, 0.25]);
+    let y = node(
+        &mut g,
+        Op::BatchNormalization(BatchNormalization {
+            epsilon: 0.0,
+            momentum: 0.9,
+            training_mode: false,
+        }),
+        &[c, scale, b, m, v],
+        "bn",
+    );
+    g.outputs = vec![y];
+    insta::assert_snapshot!(run(g, Level::O1));
+}
+
+#[test]
+fn matmul_add_becomes_gemm_only_in_2d() {
+    let mut g = Graph::new("main");
+    let a = input(&mut g, "a", &["batch", "4"]);
+    let a3 = input(&mut g, "a3", &["batch", "seq", "4"]);
+    let w = g.add_const(
+        "w",
+        Tensor::from_vec(vec![4, 2], vec![1.0f32, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0]).unwrap(),
+    );
+    let bias = vector(&mut g, "bias", &[0.5, -0.5]);
+    let m = node(&mut g, Op::MatMul(MatMul {}), &[a, w], "mm");
+    let y = add(&mut g, m, bias, "y");
+    let m3 = node(&mut g, Op::MatMul(MatMul {}), &[a3, w], "mm3");
+    let y3 = add(&mut g, m3, bias, "y3");
+    g.outputs = vec![y, y3];
+    insta::assert_snapshot!(run(g, Level::O1));
+}
