@@ -488,3 +488,74 @@ fn matmul_add_becomes_gemm_only_in_2d() {
     g.outputs = vec![y, y3];
     insta::assert_snapshot!(run(g, Level::O1));
 }
+
+/// word[ids] + segment[type_ids] + position[Slice(arange, start, start + seq)] → LayerNorm.
+fn embeddings(start: i64) -> Graph {
+    let mut g = Graph::new("main");
+    let i64_input = |g: &mut Graph, name: &str| {
+        g.add_input(
+            name,
+            Some(Type::tensor(
+                DType::I64,
+                vec![Dim::sym("batch"), Dim::sym("seq")],
+            )),
+        )
+    };
+    let ids = i64_input(&mut g, "input_ids");
+    let types = i64_input(&mut g, "token_type_ids");
+    let table = |g: &mut Graph, name: &str, rows: usize| {
+        let v: Vec<f32> = (0..rows * H).map(|i| i as f32 * 0.01).collect();
+        g.add_const(name, Tensor::from_vec(vec![rows, H], v).unwrap())
+    };
+    let word = table(&mut g, "word", 10);
+    let seg = table(&mut g, "segment", 2);
+    let pos = table(&mut g, "position", 8);
+    let gather = |g: &mut Graph, t: ValueId, i: ValueId, out: &str| {
+        node(g, Op::Gather(Gather { axis: 0 }), &[t, i], out)
+    };
+    let w = gather(&mut g, word, ids, "w");
+    let s = gather(&mut g, seg, types, "s");
+    let ws = add(&mut g, w, s, "ws");
+    let range = g.add_const(
+        "range",
+        Tensor::from_vec(vec![1, 8], (0..8i64).collect::<Vec<_>>()).unwrap(),
+    );
+    let starts = ints(&mut g, "starts", &[start]);
+    let seq = node(
+        &mut g,
+        Op::Shape(Shape {
+            start: 1,
+            end: Some(2),
+        }),
+        &[ids],
+        "seq",
+    );
+    let ends = if start == 0 {
+        seq
+    } else {
+        let k = ints(&mut g, "start", &[start]);
+        add(&mut g, seq, k, "ends")
+    };
+    let axes = ints(&mut g, "axes", &[1]);
+    let pids = node(
+        &mut g,
+        Op::Slice(Slice {}),
+        &[range, starts, ends, axes],
+        "pids",
+    );
+    let p = gather(&mut g, pos, pids, "p");
+    let e = add(&mut g, ws, p, "emb");
+    let y = ln_op(&mut g, e, "y");
+    g.outputs = vec![y];
+    g
+}
+
+#[test]
+fn embed_layer_norm() {
+    insta::assert_snapshot!(run(embeddings(0), Level::O2));
+}
+
+#[test]
+fn near_miss_embed_layer_norm_positions_not_from_zero() {
+    insta::assert_snapshot!(run(embeddings(1), Level::O2));
+}
