@@ -64,7 +64,9 @@ fn from_f64(
 ) -> Result<Tensor, KernelError> {
     macro_rules! cast {
         ($t:ty, $f:expr) => {
-            cx.tensor::<$t>(shape, |o| o.iter_mut().zip(v).for_each(|(o, x)| *o = $f(*x)))?
+            cx.tensor::<$t>(shape, |o| {
+                o.iter_mut().zip(v).for_each(|(o, x)| *o = $f(*x))
+            })?
         };
     }
     Ok(match dtype {

@@ -12,9 +12,17 @@ pub(super) fn build_roi_align(r: &RoiAlign) -> Result<Box<dyn Kernel>, KernelErr
     let max = match r.mode.to_ascii_lowercase().as_str() {
         "avg" => false,
         "max" => true,
-        m => return Err(KernelError::Invalid(format!("RoiAlign: unknown mode `{m}`"))),
+        m => {
+            return Err(KernelError::Invalid(format!(
+                "RoiAlign: unknown mode `{m}`"
+            )))
+        }
     };
-    let half_pixel = match r.coordinate_transformation_mode.to_ascii_lowercase().as_str() {
+    let half_pixel = match r
+        .coordinate_transformation_mode
+        .to_ascii_lowercase()
+        .as_str()
+    {
         "half_pixel" => true,
         "output_half_pixel" => false,
         m => {
@@ -176,7 +184,9 @@ impl Kernel for RoiAlignK {
                 }
             }
         }
-        Ok(vec![from_f64(cx, x.dtype(), vec![nr, c, ph_n, pw_n], &y)?.into()])
+        Ok(vec![
+            from_f64(cx, x.dtype(), vec![nr, c, ph_n, pw_n], &y)?.into()
+        ])
     }
 }
 
@@ -192,7 +202,12 @@ fn corners(b: &[f64], center: bool) -> Corners {
         let (hw, hh) = (b[2] / 2.0, b[3] / 2.0);
         [b[0] - hw, b[1] - hh, b[0] + hw, b[1] + hh]
     } else {
-        [b[1].min(b[3]), b[0].min(b[2]), b[1].max(b[3]), b[0].max(b[2])]
+        [
+            b[1].min(b[3]),
+            b[0].min(b[2]),
+            b[1].max(b[3]),
+            b[0].max(b[2]),
+        ]
     }
 }
 
@@ -241,7 +256,12 @@ impl Kernel for NmsK {
         let mut sel: Vec<i64> = Vec::new();
         for b in 0..nb {
             let bx: Vec<Corners> = (0..nn)
-                .map(|i| corners(&boxes[(b * nn + i) * 4..(b * nn + i) * 4 + 4], self.center_point_box))
+                .map(|i| {
+                    corners(
+                        &boxes[(b * nn + i) * 4..(b * nn + i) * 4 + 4],
+                        self.center_point_box,
+                    )
+                })
                 .collect();
             for c in 0..nc {
                 let sc = &scores[(b * nc + c) * nn..(b * nc + c + 1) * nn];

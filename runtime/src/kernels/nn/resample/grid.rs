@@ -27,7 +27,11 @@ pub(super) fn build_grid_sample(g: &GridSample) -> Result<Box<dyn Kernel>, Kerne
         "nearest" => Interp::Nearest,
         "linear" | "bilinear" => Interp::Linear,
         "cubic" | "bicubic" => Interp::Cubic,
-        m => return Err(KernelError::Invalid(format!("GridSample: unknown mode `{m}`"))),
+        m => {
+            return Err(KernelError::Invalid(format!(
+                "GridSample: unknown mode `{m}`"
+            )))
+        }
     };
     let padding = match g.padding_mode.as_str() {
         "zeros" => Padding::Zeros,
@@ -95,7 +99,13 @@ impl GridSampleK {
 
     /// Taps `(index or zero, weight)` along one axis of length `len` for normalized
     /// coordinate `g`.
-    fn axis_taps(&self, g: f64, len: usize, rank: usize, single: bool) -> Vec<(Option<usize>, f64)> {
+    fn axis_taps(
+        &self,
+        g: f64,
+        len: usize,
+        rank: usize,
+        single: bool,
+    ) -> Vec<(Option<usize>, f64)> {
         let l = len as f64;
         let mut x = if self.align_corners {
             (g + 1.0) / 2.0 * (l - 1.0)

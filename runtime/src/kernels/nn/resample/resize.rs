@@ -67,7 +67,11 @@ pub(super) fn build_resize(r: &Resize) -> Result<Box<dyn Kernel>, KernelError> {
         "round_prefer_ceil" => Nearest::RoundPreferCeil,
         "floor" => Nearest::Floor,
         "ceil" => Nearest::Ceil,
-        m => return Err(KernelError::Invalid(format!("Resize: unknown nearest_mode `{m}`"))),
+        m => {
+            return Err(KernelError::Invalid(format!(
+                "Resize: unknown nearest_mode `{m}`"
+            )))
+        }
     };
     let mode = match r.mode.as_str() {
         "nearest" => Mode::Nearest(nearest),
@@ -123,7 +127,11 @@ pub(super) fn build_upsample(u: &Upsample) -> Result<Box<dyn Kernel>, KernelErro
     let mode = match u.mode.as_str() {
         "nearest" => Mode::Nearest(Nearest::Floor),
         "linear" | "bilinear" => Mode::Linear,
-        m => return Err(KernelError::Invalid(format!("Upsample: unknown mode `{m}`"))),
+        m => {
+            return Err(KernelError::Invalid(format!(
+                "Upsample: unknown mode `{m}`"
+            )))
+        }
     };
     Ok(Box::new(ResizeK {
         spec: Spec {
@@ -609,8 +617,7 @@ mod tests {
         let mut s = spec(Mode::Linear, Ctm::TfCropAndResize);
         s.extrapolation = -1.0;
         // Crop [0.5, 1.5] of a length-3 axis resized to 3: src = 1, 2, 3 -> last is outside.
-        let (out, passes, mask) =
-            plan(&s, &[3], Some(&[0.5, 1.5]), None, Some(&[3])).unwrap();
+        let (out, passes, mask) = plan(&s, &[3], Some(&[0.5, 1.5]), None, Some(&[3])).unwrap();
         assert_eq!(out, vec![3]);
         assert!(mask);
         let y = resample(&[0.0, 10.0, 20.0], &[3], &passes, &mask, -1.0);

@@ -9,7 +9,12 @@ use crate::kernels::util::strides;
 use crate::value::Value;
 
 /// `v[i]` or `default` where the attribute is absent; errors if present with a wrong length.
-fn attr(v: &Option<Vec<i64>>, len: usize, default: i64, what: &str) -> Result<Vec<i64>, KernelError> {
+fn attr(
+    v: &Option<Vec<i64>>,
+    len: usize,
+    default: i64,
+    what: &str,
+) -> Result<Vec<i64>, KernelError> {
     match v {
         None => Ok(vec![default; len]),
         Some(v) if v.len() == len => Ok(v.clone()),
@@ -153,7 +158,9 @@ impl Kernel for MaxUnpoolK {
         let shape: Vec<usize> = match out_shape {
             Some(s) => {
                 if s.len() != inferred.len()
-                    || s.iter().zip(&inferred).any(|(&o, &i)| o < 0 || (o as usize) < i)
+                    || s.iter()
+                        .zip(&inferred)
+                        .any(|(&o, &i)| o < 0 || (o as usize) < i)
                 {
                     return Err(KernelError::Invalid(format!(
                         "MaxUnpool: output_shape {s:?} is smaller than the unpooled shape \
@@ -233,9 +240,18 @@ mod tests {
             strides: Some(vec![2]),
         });
         let x = Tensor::from_vec(vec![1, 1, 1], vec![5.0f32]).unwrap();
-        let ok = run(&k, vec![x.clone(), Tensor::from_vec(vec![1, 1, 1], vec![1i64]).unwrap()]);
+        let ok = run(
+            &k,
+            vec![
+                x.clone(),
+                Tensor::from_vec(vec![1, 1, 1], vec![1i64]).unwrap(),
+            ],
+        );
         assert_eq!(ok.unwrap().to_vec::<f32>().unwrap(), vec![0.0, 5.0]);
-        let bad = run(&k, vec![x, Tensor::from_vec(vec![1, 1, 1], vec![2i64]).unwrap()]);
+        let bad = run(
+            &k,
+            vec![x, Tensor::from_vec(vec![1, 1, 1], vec![2i64]).unwrap()],
+        );
         assert!(bad.is_err());
     }
 }
