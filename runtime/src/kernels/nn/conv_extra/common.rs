@@ -217,6 +217,7 @@ impl Window {
 
 /// Direct grouped convolution in f64: `x` is [N, C, in_sp...], `w` is [M, C/group, kernel...],
 /// `bias` has M entries. Padding taps read zero. Returns [N, M, out_sp...] row-major.
+#[allow(clippy::too_many_arguments)]
 pub(super) fn conv_f64(
     x: &[f64],
     n: usize,

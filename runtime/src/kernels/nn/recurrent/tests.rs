@@ -134,8 +134,8 @@ fn lstm_input_forget_couples_gates() {
 fn rnn_reverse_short_sequence_and_layout1() {
     // Hidden 1, input 1: h = tanh(w x + r h + b). Entry 0 has length 2 of T = 3 and runs
     // t = 1 then t = 0; entry 1 runs t = 2, 1, 0.
-    let (w, r, b) = (0.7, -0.4, 0.1);
-    let x = [[0.3, -1.0], [0.8, 0.5], [9.0, 0.2]]; // [t][batch]
+    let (w, r, b): (f64, f64, f64) = (0.7, -0.4, 0.1);
+    let x: [[f64; 2]; 3] = [[0.3, -1.0], [0.8, 0.5], [9.0, 0.2]]; // [t][batch]
     let e0_t1 = (w * x[1][0] + b).tanh();
     let e0_t0 = (w * x[0][0] + r * e0_t1 + b).tanh();
     let e1_t2 = (w * x[2][1] + b).tanh();
