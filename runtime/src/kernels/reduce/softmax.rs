@@ -52,8 +52,9 @@ impl Kernel for SoftmaxK {
 }
 
 /// Softmax-family op along the middle axis of `(outer, n, inner)`. For `f16`/`bf16` each
-/// elementwise step rounds to the element type (the sum accumulates in f32), as the ONNX
-/// reference computes in the element type.
+/// elementwise step rounds to the element type, as the ONNX reference computes in the
+/// element type; the sum accumulates in f32 for f16 (as numpy does) and rounds after each
+/// addition for bf16 (as numpy with ml_dtypes does).
 pub(crate) fn softmax<T: Float>(
     x: &[T],
     outer: usize,
@@ -71,7 +72,7 @@ pub(crate) fn softmax<T: Float>(
             for (b, &v) in buf.iter_mut().zip(row) {
                 *b = v.to_r();
             }
-            softmax_row_with(&mut buf, kind, |v| T::from_r(v).to_r());
+            softmax_row_with(&mut buf, kind, |v| T::from_r(v).to_r(), bf16_sum::<T>());
             for (o, &b) in orow.iter_mut().zip(&buf) {
                 *o = T::from_r(b);
             }
@@ -86,7 +87,7 @@ pub(crate) fn softmax<T: Float>(
             for (j, b) in buf.iter_mut().enumerate() {
                 *b = x[base + j * inner].to_r();
             }
-            softmax_row_with(&mut buf, kind, |v| T::from_r(v).to_r());
+            softmax_row_with(&mut buf, kind, |v| T::from_r(v).to_r(), bf16_sum::<T>());
             for (j, &b) in buf.iter().enumerate() {
                 out[base + j * inner] = T::from_r(b);
             }
@@ -96,12 +97,19 @@ pub(crate) fn softmax<T: Float>(
 
 /// Softmax-family op over one row, in place.
 pub(crate) fn softmax_row<R: Real>(row: &mut [R], kind: Kind) {
-    softmax_row_with(row, kind, |v| v)
+    softmax_row_with(row, kind, |v| v, false)
+}
+
+/// Whether the softmax sum rounds after every addition: numpy sums bf16 (ml_dtypes) in
+/// bf16, but f16 in f32.
+fn bf16_sum<T: Float>() -> bool {
+    T::DTYPE == kiln_ir::DType::BF16
 }
 
 /// [`softmax_row`], rounding the result of every elementwise step with `rt`.
 #[inline]
-fn softmax_row_with<R: Real>(row: &mut [R], kind: Kind, rt: impl Fn(R) -> R) {
+fn softmax_row_with<R: Real>(row: &mut [R], kind: Kind, rt: impl Fn(R) -> R, round_sum: bool) {
+    let add = |s: R, v: R| if round_sum { rt(s + v) } else { s + v };
     let mut m = R::NEG_INF;
     let mut arg = 0;
     for (j, &v) in row.iter().enumerate() {
@@ -120,7 +128,7 @@ fn softmax_row_with<R: Real>(row: &mut [R], kind: Kind, rt: impl Fn(R) -> R) {
             let mut s = R::ZERO;
             for v in row.iter_mut() {
                 *v = rt(rt(*v - m).exp());
-                s += *v;
+                s = add(s, *v);
             }
             let s = rt(s);
             for v in row.iter_mut() {
@@ -130,7 +138,7 @@ fn softmax_row_with<R: Real>(row: &mut [R], kind: Kind, rt: impl Fn(R) -> R) {
         Kind::LogSoftmax => {
             let mut s = R::ZERO;
             for &v in row.iter() {
-                s += rt(rt(v - m).exp());
+                s = add(s, rt(rt(v - m).exp()));
             }
             let l = rt(rt(s).ln());
             for v in row.iter_mut() {
