@@ -2,8 +2,8 @@
 //! hand-built graphs (hidden 8, 2 heads of 4), and near misses with their reasons.
 
 use kiln_ir::op::{
-    Add, Cast, Concat, Div, Gemm, IsNaN, MatMul, Mul, Reshape, Shape, Softmax, Split, Sub, Transpose, Unsqueeze,
-    Where,
+    Add, Cast, Concat, Div, Gemm, IsNaN, MatMul, Mul, Reshape, Shape, Softmax, Split, Sub,
+    Transpose, Unsqueeze, Where,
 };
 use kiln_ir::{DType, Dim, Graph, Model, Op, Tensor, Type, ValueId};
 use kiln_transforms::{optimize, Level, Options};
@@ -223,7 +223,12 @@ fn attention(spec: &Spec) -> Graph {
         MaskKind::Legacy => {
             let am = input(&mut g, "attention_mask", DType::I64, &["batch", "seq"]);
             let ax = ints(&mut g, "mask_axes", &[1, 2]);
-            let u = node(&mut g, "mask/Unsqueeze", Op::Unsqueeze(Unsqueeze {}), &[am, ax]);
+            let u = node(
+                &mut g,
+                "mask/Unsqueeze",
+                Op::Unsqueeze(Unsqueeze {}),
+                &[am, ax],
+            );
             let c = node(
                 &mut g,
                 "mask/Cast",

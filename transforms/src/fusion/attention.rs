@@ -102,7 +102,10 @@ enum Mask {
     /// Raw 2-D 0/1 mask (a graph input) and the value added where it is 0.
     Index(ValueId, f32),
     /// Additive `[B|1, 1|N, S, T]` bias; `dead_rows`: add the fully-masked-row guard.
-    Bias { bias: ValueId, dead_rows: bool },
+    Bias {
+        bias: ValueId,
+        dead_rows: bool,
+    },
 }
 
 struct Found {
@@ -296,7 +299,9 @@ impl Matcher<'_> {
         }
         let dead_rows = nan_guard && self.can_be_neg_inf(bias);
         if dead_rows && bs[1].known() != Some(1) {
-            return Err("the -inf mask differs per head: fully-masked rows cannot be guarded".into());
+            return Err(
+                "the -inf mask differs per head: fully-masked rows cannot be guarded".into(),
+            );
         }
         Ok(Mask::Bias { bias, dead_rows })
     }
@@ -353,7 +358,12 @@ impl Matcher<'_> {
             }
         }
         let is = shape(self.g, m)?;
-        let want = [is.first()?.clone(), Dim::from(1i64), Dim::from(1i64), is.get(1)?.clone()];
+        let want = [
+            is.first()?.clone(),
+            Dim::from(1i64),
+            Dim::from(1i64),
+            is.get(1)?.clone(),
+        ];
         (is.len() == 2 && ms[..] == want[..] && &is[1] == t && c.is_finite())
             .then_some(Mask::Index(m, c as f32))
     }
@@ -554,13 +564,7 @@ impl Matcher<'_> {
         Ok((x, w, bias))
     }
 
-    fn projections(
-        &mut self,
-        q: ValueId,
-        k: ValueId,
-        v: ValueId,
-        d: i64,
-    ) -> R<(ValueId, Proj)> {
+    fn projections(&mut self, q: ValueId, k: ValueId, v: ValueId, d: i64) -> R<(ValueId, Proj)> {
         let g = self.g;
         // GPT-2: one Split.
         let split = |v: ValueId| match g.value(v).def {
@@ -765,10 +769,7 @@ fn apply(g: &mut Graph, f: Found) -> Result<(), IrError> {
             }),
             vec![Some(mx)],
         );
-        let zero = g.add_const(
-            g.unique_name(&format!("{base}/zero")),
-            Tensor::scalar(0f32),
-        );
+        let zero = g.add_const(g.unique_name(&format!("{base}/zero")), Tensor::scalar(0f32));
         out = add(
             g,
             &format!("{base}/zero_dead_rows"),
