@@ -266,6 +266,11 @@ fn attention(spec: &Spec) -> Graph {
     let ctx = node(&mut g, "PV/MatMul", Op::MatMul(MatMul {}), &[p, vh]);
     let t = transpose(&mut g, "ctx/Transpose", ctx, &spec.out_perm);
     let merged = reshape(&mut g, "ctx/merge_heads", t, &[0, 0, -1]);
+    if spec.out_perm != [0, 2, 1, 3] {
+        // The merged shape is not [batch, seq, 8]: no output projection fits; return it.
+        g.outputs = vec![merged];
+        return g;
+    }
     let wo = weights(&mut g, "out.w", D, D, 3.0);
     let y = node(&mut g, "out/MatMul", Op::MatMul(MatMul {}), &[merged, wo]);
     g.outputs = vec![y];
