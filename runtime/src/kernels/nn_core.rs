@@ -284,13 +284,18 @@ impl ConvK {
         cx: &mut RunCx,
     ) -> Result<Tensor, KernelError> {
         let xv = view::<f32>(x)?;
-        let wv = view::<f32>(wt)?;
         let bv = b.map(view::<f32>).transpose()?;
         let packed = self
             .packed
             .as_ref()
             .filter(|(s, _)| s == wt.shape())
             .map(|(_, p)| &p[..]);
+        // With packed weights the raw ones are not read (and not copied when they are
+        // memory-mapped without f32 alignment).
+        let wv = match packed {
+            Some(_) => std::borrow::Cow::Borrowed(&[][..]),
+            None => view::<f32>(wt)?,
+        };
         cx.tensor::<f32>(shape.to_vec(), |o| {
             conv::conv2d(geom, &xv, &wv, packed, bv.as_deref(), o)
         })

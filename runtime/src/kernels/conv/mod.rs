@@ -104,12 +104,11 @@ pub(crate) fn conv2d(
     let (cg, mg, kd) = (g.cg(), g.mg(), g.kdim());
     let in_img = g.c * g.h * g.w;
     let pointwise = g.is_pointwise();
-    let mut col = if pointwise {
-        Vec::new()
-    } else {
-        vec![0f32; kd * p]
-    };
-    let mut t = vec![0f32; p * g.m];
+    // Scratch (im2col matrix, pixel-major output) reused across calls on this thread: fresh
+    // large allocations cost a page fault per 4 KiB on every run.
+    let (mut col, mut t) = SCRATCH.with(|s| std::mem::take(&mut *s.borrow_mut()));
+    col.resize(if pointwise { 0 } else { kd * p }, 0.0);
+    t.resize(p * g.m, 0.0);
     for ni in 0..g.n {
         let xi = &x[ni * in_img..(ni + 1) * in_img];
         for gi in 0..g.g {
@@ -148,6 +147,13 @@ pub(crate) fn conv2d(
         }
         transpose(&t, p, g.m, &mut y[ni * g.m * p..(ni + 1) * g.m * p]);
     }
+    SCRATCH.with(|s| *s.borrow_mut() = (col, t));
+}
+
+thread_local! {
+    static SCRATCH: std::cell::RefCell<(Vec<f32>, Vec<f32>)> = const {
+        std::cell::RefCell::new((Vec::new(), Vec::new()))
+    };
 }
 
 /// `col[(ci·kh + ki)·kw + kj][oy·ow + ox] = x[ci][oy·sh − ph + ki·dh][ox·sw − pw + kj·dw]`
