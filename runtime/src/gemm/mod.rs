@@ -38,6 +38,7 @@ mod avx512;
 mod neon;
 mod pack;
 mod scalar;
+pub mod vmath;
 
 pub use pack::PackedB;
 

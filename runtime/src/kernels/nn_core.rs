@@ -6,12 +6,18 @@ use kiln_ir::op::{AveragePool, BatchNormalization, Conv, MaxPool};
 use kiln_ir::{DType, Op, Tensor};
 
 use crate::error::KernelError;
+use crate::gemm::PackedB;
 use crate::kernel::{opt_tensor_input, tensor_input, BuildCx, Kernel, RunCx};
+use crate::kernels::reduce::num::view;
 use crate::value::Value;
 
-pub(super) fn build(op: &Op, _cx: &BuildCx) -> Option<Result<Box<dyn Kernel>, KernelError>> {
+/// f32 Conv on the packed GEMM (im2col, 1×1 and depthwise paths).
+#[path = "conv/mod.rs"]
+pub(crate) mod conv;
+
+pub(super) fn build(op: &Op, cx: &BuildCx) -> Option<Result<Box<dyn Kernel>, KernelError>> {
     Some(Ok(match op {
-        Op::Conv(c) => Box::new(ConvK(c.clone())),
+        Op::Conv(c) => Box::new(ConvK::new(c, cx)),
         Op::MaxPool(p) => Box::new(PoolK {
             spec: PoolSpec::max(p),
             kind: PoolKind::Max,
@@ -174,7 +180,127 @@ fn for_each_tap(w: &Window, mut f: impl FnMut(usize, usize, Option<usize>)) {
     }
 }
 
-struct ConvK(Conv);
+struct ConvK {
+    attr: Conv,
+    /// Constant f32 weights (1 or 2 spatial dims, not depthwise) packed for the GEMM at build
+    /// time: the weight shape and one packed `Wᵀ` per group.
+    packed: Option<(Vec<usize>, Vec<PackedB>)>,
+}
+
+impl ConvK {
+    fn new(c: &Conv, cx: &BuildCx) -> ConvK {
+        let g = c.group.max(1) as usize;
+        let packed = cx.const_inputs.get(1).copied().flatten().and_then(|w| {
+            let ws = w.shape();
+            let depthwise = g > 1 && ws.get(1) == Some(&1) && ws.first() == Some(&g);
+            if w.dtype() != DType::F32
+                || !(ws.len() == 3 || ws.len() == 4)
+                || ws[0] % g != 0
+                || depthwise
+            {
+                return None;
+            }
+            let data = w.as_slice::<f32>()?;
+            let kd: usize = ws[1..].iter().product();
+            Some((ws.to_vec(), conv::pack_weights_raw(data, ws[0], g, kd)))
+        });
+        ConvK {
+            attr: c.clone(),
+            packed,
+        }
+    }
+
+    /// The f32 path for 1 or 2 spatial dims; `None` when it does not apply.
+    #[allow(clippy::too_many_arguments)]
+    fn run_f32(
+        &self,
+        x: &Tensor,
+        wt: &Tensor,
+        b: Option<&Tensor>,
+        w: &Window,
+        g: usize,
+        shape: &[usize],
+        cx: &mut RunCx,
+    ) -> Option<Result<Tensor, KernelError>> {
+        let (xs, ws) = (x.shape(), wt.shape());
+        if x.dtype() != DType::F32
+            || wt.dtype() != DType::F32
+            || b.is_some_and(|b| {
+                b.dtype() != DType::F32 || b.shape().iter().product::<usize>() != ws[0]
+            })
+            || !(xs.len() == 3 || xs.len() == 4)
+        {
+            return None;
+        }
+        let geom = if xs.len() == 4 {
+            conv::Geom {
+                n: xs[0],
+                c: xs[1],
+                h: xs[2],
+                w: xs[3],
+                m: ws[0],
+                g,
+                kh: ws[2],
+                kw: ws[3],
+                sh: w.strides[0],
+                sw: w.strides[1],
+                dh: w.dilations[0],
+                dw: w.dilations[1],
+                ph: w.pad_begin[0],
+                pw: w.pad_begin[1],
+                oh: w.out_sp[0],
+                ow: w.out_sp[1],
+            }
+        } else {
+            conv::Geom {
+                n: xs[0],
+                c: xs[1],
+                h: 1,
+                w: xs[2],
+                m: ws[0],
+                g,
+                kh: 1,
+                kw: ws[2],
+                sh: 1,
+                sw: w.strides[0],
+                dh: 1,
+                dw: w.dilations[0],
+                ph: 0,
+                pw: w.pad_begin[0],
+                oh: 1,
+                ow: w.out_sp[0],
+            }
+        };
+        Some(self.conv_f32(&geom, x, wt, b, shape, cx))
+    }
+
+    fn conv_f32(
+        &self,
+        geom: &conv::Geom,
+        x: &Tensor,
+        wt: &Tensor,
+        b: Option<&Tensor>,
+        shape: &[usize],
+        cx: &mut RunCx,
+    ) -> Result<Tensor, KernelError> {
+        let xv = view::<f32>(x)?;
+        let bv = b.map(view::<f32>).transpose()?;
+        let packed = self
+            .packed
+            .as_ref()
+            .filter(|(s, _)| s == wt.shape())
+            .map(|(_, p)| &p[..]);
+        // With packed weights the raw ones are not read (and not copied when they are
+        // memory-mapped without f32 alignment).
+        let wv = match packed {
+            Some(_) => std::borrow::Cow::Borrowed(&[][..]),
+            None => view::<f32>(wt)?,
+        };
+        cx.tensor::<f32>(shape.to_vec(), |o| {
+            conv::conv2d(geom, &xv, &wv, packed, bv.as_deref(), o)
+        })
+    }
+}
 
 impl Kernel for ConvK {
     fn run(&self, inputs: &[Option<&Value>], cx: &mut RunCx) -> Result<Vec<Value>, KernelError> {
@@ -188,7 +314,7 @@ impl Kernel for ConvK {
             )));
         }
         let (n, c, m) = (xs[0], xs[1], ws[0]);
-        let g = self.0.group.max(1) as usize;
+        let g = self.attr.group.max(1) as usize;
         if c % g != 0 || m % g != 0 || ws[1] * g != c {
             return Err(KernelError::Invalid(format!(
                 "Conv group {g}: X channels {c}, W {ws:?} do not match"
@@ -198,12 +324,17 @@ impl Kernel for ConvK {
         let w = window(
             &xs[2..],
             &kernel,
-            self.0.strides.as_ref(),
-            self.0.dilations.as_ref(),
-            self.0.pads.as_ref(),
-            &self.0.auto_pad,
+            self.attr.strides.as_ref(),
+            self.attr.dilations.as_ref(),
+            self.attr.pads.as_ref(),
+            &self.attr.auto_pad,
             false,
         )?;
+        let mut out_shape = vec![n, m];
+        out_shape.extend(&w.out_sp);
+        if let Some(t) = self.run_f32(x, wt, b, &w, g, &out_shape, cx) {
+            return Ok(vec![Value::Tensor(t?)]);
+        }
         let xv = floats(x)?;
         let wv = floats(wt)?;
         let bv = b.map(floats).transpose()?;
@@ -320,7 +451,16 @@ impl Kernel for PoolK {
             &s.auto_pad,
             s.ceil_mode,
         )?;
-        let xv = floats(x)?;
+        let xf = if x.dtype() == DType::F32 {
+            Some(view::<f32>(x)?)
+        } else {
+            None
+        };
+        let xd = if xf.is_none() { floats(x)? } else { Vec::new() };
+        let xv = |i: usize| match &xf {
+            Some(s) => s[i] as f64,
+            None => xd[i],
+        };
         let (nc, in_sz) = (xs[0] * xs[1], w.in_sp.iter().product::<usize>());
         let out_sz: usize = w.out_sp.iter().product();
         let ksz: usize = kernel.iter().product();
@@ -367,8 +507,9 @@ impl Kernel for PoolK {
                         let mut best = f64::NEG_INFINITY;
                         let mut at = 0usize;
                         for &i in t.iter().flatten() {
-                            if xv[base + i] > best {
-                                best = xv[base + i];
+                            let v = xv(base + i);
+                            if v > best {
+                                best = v;
                                 at = i;
                             }
                         }
@@ -393,16 +534,16 @@ impl Kernel for PoolK {
                         best
                     }
                     PoolKind::Avg(include_pad) => {
-                        let vals: Vec<f64> = t.iter().flatten().map(|&i| xv[base + i]).collect();
-                        let count = if include_pad {
-                            in_pad_count[o]
-                        } else {
-                            vals.len()
-                        };
+                        let (mut sum, mut inside) = (0f64, 0usize);
+                        for &i in t.iter().flatten() {
+                            sum += xv(base + i);
+                            inside += 1;
+                        }
+                        let count = if include_pad { in_pad_count[o] } else { inside };
                         if count == 0 {
                             0.0
                         } else {
-                            vals.iter().sum::<f64>() / count as f64
+                            sum / count as f64
                         }
                     }
                 };
@@ -435,8 +576,24 @@ impl Kernel for GlobalPoolK {
                 "global pooling needs [N,C,...], got {xs:?}"
             )));
         }
-        let xv = floats(x)?;
         let sp: usize = xs[2..].iter().product();
+        if x.dtype() == DType::F32 {
+            let xv = view::<f32>(x)?;
+            let mut shape = xs[..2].to_vec();
+            shape.extend(std::iter::repeat_n(1, xs.len() - 2));
+            let max = self.max;
+            let t = cx.tensor::<f32>(shape, |o| {
+                for (o, c) in o.iter_mut().zip(xv.chunks(sp.max(1))) {
+                    *o = if max {
+                        c.iter().copied().fold(f32::NEG_INFINITY, f32::max)
+                    } else {
+                        (c.iter().map(|&v| v as f64).sum::<f64>() / sp as f64) as f32
+                    };
+                }
+            })?;
+            return Ok(vec![Value::Tensor(t)]);
+        }
+        let xv = floats(x)?;
         let out: Vec<f64> = xv
             .chunks(sp.max(1))
             .take(xs[0] * xs[1])

@@ -192,6 +192,16 @@ impl Kernel for Unary {
                     _ => map(&x, o, |v| v.to_c().is_nan() as u8),
                 })?
             }, else return Err(unsupported(&name(), dt))),
+            // f32 Erf / Sigmoid / Gelu: vectorized polynomial approximations (gemm::vmath).
+            U::Erf | U::Sigmoid | U::Gelu if dt == DType::F32 => {
+                use crate::gemm::vmath;
+                let x = view::<f32>(x)?;
+                new_tensor::<f32>(cx, dt, shape, |o| match op {
+                    U::Erf => vmath::erf_slice(&x, o),
+                    U::Sigmoid => vmath::sigmoid_slice(&x, o),
+                    _ => vmath::gelu_slice(&x, o),
+                })?
+            }
             _ => with_float!(dt, T => {
                 let x = view::<T>(x)?;
                 new_tensor::<T>(cx, dt, shape, |o| float_map(op, &x, o))?

@@ -36,7 +36,56 @@ pub(crate) fn gemm_f32(
     c: &mut [f32],
     ldc: usize,
 ) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k > 0 {
+        if let (Some((lda, ta)), Some((ldb, tb))) = (
+            ld_of(m, k, rsa, csa, a.len()),
+            ld_of(k, n, rsb, csb, b.len()),
+        ) {
+            crate::gemm::sgemm(
+                m,
+                n,
+                k,
+                alpha,
+                a,
+                lda,
+                ta,
+                b,
+                ldb,
+                tb,
+                beta,
+                c,
+                ldc,
+                crate::gemm::Epilogue::NONE,
+            );
+            return;
+        }
+    }
     gemm_real(m, n, k, alpha, a, rsa, csa, b, rsb, csb, beta, c, ldc)
+}
+
+/// The packed GEMM's `(ld, trans)` for a `rows × cols` matrix with element `(i, j)` at
+/// `i·rs + j·cs` held in a slice of `len` elements, or `None` when neither stride is unit (or
+/// a stride is too small for the layout, e.g. 0 for broadcast rows).
+pub(crate) fn ld_of(
+    rows: usize,
+    cols: usize,
+    rs: usize,
+    cs: usize,
+    len: usize,
+) -> Option<(usize, bool)> {
+    let fits = |r: usize, c: usize, ld: usize| r == 0 || c == 0 || (r - 1) * ld + c <= len;
+    if (cs == 1 || cols <= 1) && (rows <= 1 || rs >= cols) {
+        let ld = if rows <= 1 { cols.max(1) } else { rs };
+        return fits(rows, cols, ld).then_some((ld, false));
+    }
+    if (rs == 1 || rows <= 1) && (cols <= 1 || cs >= rows) {
+        let ld = if cols <= 1 { rows.max(1) } else { cs };
+        return fits(cols, rows, ld).then_some((ld, true));
+    }
+    None
 }
 
 /// [`gemm_f32`] for f64.
@@ -268,7 +317,7 @@ impl MatView {
     }
 
     /// True when the batch is laid out row-major, matrix after matrix, each row-major.
-    fn is_dense(&self) -> bool {
+    pub(crate) fn is_dense(&self) -> bool {
         let mat = self.rows * self.cols;
         self.cs == 1 && self.rs == self.cols && {
             let bs = strides(&self.batch);
@@ -296,7 +345,7 @@ pub(crate) fn batched_shape(a: &MatView, b: &MatView) -> Result<Vec<usize>, Kern
 }
 
 /// Strides of `v`'s batch dims broadcast to `out_batch` (0 along broadcast dims).
-fn batch_strides(v: &MatView, out_batch: &[usize]) -> Vec<usize> {
+pub(crate) fn batch_strides(v: &MatView, out_batch: &[usize]) -> Vec<usize> {
     let off = out_batch.len() - v.batch.len();
     (0..out_batch.len())
         .map(|i| {

@@ -2,20 +2,25 @@
 
 use kiln_ir::{DType, Op, Tensor};
 
-use super::gemm::{batched_matmul, batched_shape, gemm_f32, widen, Field, MatView};
+use rayon::prelude::*;
+
+use super::gemm::{batch_strides, batched_matmul, batched_shape, ld_of, widen, Field, MatView};
 use super::KResult;
 use crate::error::KernelError;
+use crate::gemm::{default_gemm, Epilogue, PackedB};
 use crate::kernel::{opt_tensor_input, tensor_input, BuildCx, Kernel, RunCx};
 use crate::kernels::reduce::norm::broadcast_param;
 use crate::kernels::reduce::num::{view, Acc, Float, Num, Real};
-use crate::kernels::util::strides;
+use crate::kernels::util::{for_each_broadcast, strides};
 use crate::value::Value;
 
-pub(super) fn build(op: &Op, _cx: &BuildCx) -> Option<Result<Box<dyn Kernel>, KernelError>> {
+pub(super) fn build(op: &Op, cx: &BuildCx) -> Option<Result<Box<dyn Kernel>, KernelError>> {
+    let const_b = cx.const_inputs.get(1).copied().flatten();
     let k: Box<dyn Kernel> = match op {
         Op::MatMul(_) => Box::new(MatMulK {
             t: Trans::default(),
             alpha: 1.0,
+            packed: const_b.and_then(|b| pack_const_b(b, false)),
         }),
         Op::FusedMatMul(o) => Box::new(MatMulK {
             t: Trans {
@@ -25,17 +30,149 @@ pub(super) fn build(op: &Op, _cx: &BuildCx) -> Option<Result<Box<dyn Kernel>, Ke
                 batch_b: o.trans_batch_b,
             },
             alpha: o.alpha,
+            packed: if o.trans_batch_b {
+                None
+            } else {
+                const_b.and_then(|b| pack_const_b(b, o.trans_b))
+            },
         }),
-        Op::Gemm(o) => Box::new(GemmK {
-            alpha: o.alpha,
-            beta: o.beta,
-            ta: o.trans_a,
-            tb: o.trans_b,
-        }),
+        Op::Gemm(o) => {
+            let packed = if const_b.is_some_and(|b| b.rank() == 2) {
+                const_b.and_then(|b| pack_const_b(b, o.trans_b))
+            } else {
+                None
+            };
+            Box::new(GemmK {
+                alpha: o.alpha,
+                beta: o.beta,
+                ta: o.trans_a,
+                tb: o.trans_b,
+                packed,
+            })
+        }
         Op::Det(_) => Box::new(DetK),
         _ => return None,
     };
     Some(Ok(k))
+}
+
+/// A constant f32 `B` of rank ≥ 2 whose batch dims are all 1, packed once for the default GEMM
+/// (`op(B)` is the last two dims, transposed when `trans`), with the shape it was packed from.
+struct ConstB {
+    shape: Vec<usize>,
+    b: PackedB,
+}
+
+fn pack_const_b(b: &Tensor, trans: bool) -> Option<ConstB> {
+    let sh = b.shape();
+    let r = sh.len();
+    if b.dtype() != DType::F32 || r < 2 || sh[..r - 2].iter().any(|&d| d != 1) {
+        return None;
+    }
+    let data = b.as_slice::<f32>()?;
+    let (rows, cols) = (sh[r - 2], sh[r - 1]);
+    let (k, n) = if trans { (cols, rows) } else { (rows, cols) };
+    Some(ConstB {
+        shape: sh.to_vec(),
+        b: PackedB::new(k, n, data, cols, trans),
+    })
+}
+
+/// `out = alpha · A @ B` over broadcast batches for f32, through the packed GEMM: one tall
+/// GEMM when A's batches stack, else one GEMM per batch (spread over threads when there are
+/// enough of them).
+pub(crate) fn matmul_f32(
+    a: &[f32],
+    av: &MatView,
+    b: &[f32],
+    bv: &MatView,
+    alpha: f32,
+    out: &mut [f32],
+) -> KResult<()> {
+    let shape = batched_shape(av, bv)?;
+    let (m, n, k) = (av.rows, bv.cols, av.cols);
+    let out_batch = &shape[..shape.len() - 2];
+    let nb: usize = out_batch.iter().product();
+    if nb == 0 || m == 0 || n == 0 {
+        return Ok(());
+    }
+    let mat = m * n;
+    if k == 0 {
+        out[..nb * mat].fill(0.0);
+        return Ok(());
+    }
+    let (Some((lda, ta)), Some((ldb, tb))) = (
+        ld_of(m, k, av.rs, av.cs, usize::MAX),
+        ld_of(k, n, bv.rs, bv.cs, usize::MAX),
+    ) else {
+        // Neither stride unit (not produced by MatMul's own views): the reference loops.
+        batched_matmul::<f32>(a, av, b, bv, out)?;
+        if alpha != 1.0 {
+            out.iter_mut().for_each(|v| *v *= alpha);
+        }
+        return Ok(());
+    };
+    let g = default_gemm();
+    let b_single = bv.batch.iter().product::<usize>() == 1;
+    let a_full = av.batch.iter().product::<usize>() == nb;
+    if b_single && a_full && av.is_dense() {
+        g.sgemm(
+            nb * m,
+            n,
+            k,
+            alpha,
+            a,
+            k,
+            false,
+            b,
+            ldb,
+            tb,
+            0.0,
+            out,
+            n,
+            Epilogue::NONE,
+        );
+        return Ok(());
+    }
+    let mut offs = Vec::with_capacity(nb);
+    if out_batch.is_empty() {
+        offs.push((0, 0));
+    } else {
+        let st = [batch_strides(av, out_batch), batch_strides(bv, out_batch)];
+        for_each_broadcast(out_batch, &st, |_, o| offs.push((o[0], o[1])));
+    }
+    let threads = rayon::current_num_threads();
+    let one = |g: &crate::gemm::Gemm, c: &mut [f32], (oa, ob): (usize, usize)| {
+        g.sgemm(
+            m,
+            n,
+            k,
+            alpha,
+            &a[oa..],
+            lda,
+            ta,
+            &b[ob..],
+            ldb,
+            tb,
+            0.0,
+            c,
+            n,
+            Epilogue::NONE,
+        )
+    };
+    if threads > 1 && nb >= threads && 2 * m * n * k * nb >= 1 << 18 {
+        let g1 = g.with_threads(1);
+        out[..nb * mat]
+            .par_chunks_mut(mat)
+            .zip(offs.par_iter())
+            .with_max_len(1)
+            .for_each(|(c, &o)| one(&g1, c, o));
+    } else {
+        for (c, &o) in out[..nb * mat].chunks_mut(mat).zip(&offs) {
+            one(g, c, o);
+        }
+    }
+    Ok(())
 }
 
 #[derive(Clone, Copy, Default, Debug)]
@@ -147,6 +284,43 @@ where
 struct MatMulK {
     t: Trans,
     alpha: f32,
+    /// B when it is a constant f32 matrix, packed at build time.
+    packed: Option<ConstB>,
+}
+
+impl MatMulK {
+    /// `A @ packed B` when A is f32, not transposed within its batch, and stacks into one
+    /// row-major matrix; `None` when the packed B does not apply.
+    fn run_packed(&self, a: &Tensor, b: &Tensor, cx: &mut RunCx) -> Option<KResult<Tensor>> {
+        let pb = self.packed.as_ref()?;
+        if a.dtype() != DType::F32 || b.dtype() != DType::F32 || b.shape() != pb.shape {
+            return None;
+        }
+        let (av, bv, out_shape) = match matmul_views(a.shape(), b.shape(), self.t) {
+            Ok(v) => v,
+            Err(e) => return Some(Err(e)),
+        };
+        if self.t.a || !av.is_dense() || bv.rows != pb.b.k() || bv.cols != pb.b.n() {
+            return None;
+        }
+        let x = a.as_slice::<f32>()?;
+        let rows: usize = av.rows * av.batch.iter().product::<usize>();
+        let (alpha, k) = (self.alpha, av.cols);
+        Some(cx.tensor::<f32>(out_shape, |o| {
+            default_gemm().sgemm_packed(
+                rows,
+                alpha,
+                x,
+                k.max(1),
+                false,
+                &pb.b,
+                0.0,
+                o,
+                pb.b.n().max(1),
+                Epilogue::NONE,
+            )
+        }))
+    }
 }
 
 impl Kernel for MatMulK {
@@ -160,8 +334,20 @@ impl Kernel for MatMulK {
                 b.dtype()
             )));
         }
+        if let Some(r) = self.run_packed(a, b, cx) {
+            return Ok(vec![r?.into()]);
+        }
         let (av, bv, out_shape) = matmul_views(a.shape(), b.shape(), self.t)?;
         let alpha = self.alpha;
+        if dt == DType::F32 {
+            let (x, y) = (view::<f32>(a)?, view::<f32>(b)?);
+            let mut res = Ok(());
+            let t = cx.tensor::<f32>(out_shape, |o| {
+                res = matmul_f32(&x, &av, &y, &bv, alpha, o);
+            })?;
+            res?;
+            return Ok(vec![t.into()]);
+        }
         let y = crate::with_numeric!(dt, T => {
             let (x, y) = (view::<T>(a)?, view::<T>(b)?);
             let mut res = Ok(());
@@ -188,6 +374,8 @@ struct GemmK {
     beta: f32,
     ta: bool,
     tb: bool,
+    /// B when it is a constant f32 matrix, packed at build time.
+    packed: Option<ConstB>,
 }
 
 impl Kernel for GemmK {
@@ -215,23 +403,61 @@ impl Kernel for GemmK {
         }
         let (alpha, beta) = (self.alpha, self.beta);
         if dt == DType::F32 {
-            // C broadcast (times beta) first, then the product accumulates onto it.
-            let cb: Option<Vec<f32>> = match c {
-                Some(c) if beta != 0.0 => Some(broadcast_param::<f32>(c, &shape, "Gemm C")?),
+            let c = c.filter(|_| beta != 0.0);
+            // A C that is one row (`[N]`, `[1, N]`) is the epilogue's bias (times beta);
+            // any other C is broadcast into the output first and accumulated with beta.
+            let row_c = c.filter(|c| {
+                c.shape().iter().product::<usize>() == n && {
+                    let s = c.shape();
+                    s.len() <= 1 && s.first().is_none_or(|&d| d == n)
+                        || s.len() == 2 && s[0] == 1 && s[1] == n
+                }
+            });
+            let bias: Option<Vec<f32>> = match row_c {
+                Some(c) if n > 0 && c.rank() > 0 => {
+                    let v = view::<f32>(c)?;
+                    Some(v.iter().map(|&x| beta * x).collect())
+                }
                 _ => None,
             };
-            let (x, y) = (view::<f32>(a)?, view::<f32>(b)?);
+            let cb: Option<Vec<f32>> = match c {
+                Some(c) if bias.is_none() => Some(broadcast_param::<f32>(c, &shape, "Gemm C")?),
+                _ => None,
+            };
+            let epi = match &bias {
+                Some(b) => Epilogue::bias(b),
+                None => Epilogue::NONE,
+            };
+            let x = view::<f32>(a)?;
+            let (lda, ldn) = (a.shape()[1].max(1), n.max(1));
+            let packed = self
+                .packed
+                .as_ref()
+                .filter(|p| p.shape == b.shape() && p.b.k() == k && p.b.n() == n);
+            let y = if packed.is_none() {
+                Some(view::<f32>(b)?)
+            } else {
+                None
+            };
             let t = cx.tensor::<f32>(shape, |o| {
                 let bt = match &cb {
                     Some(cb) => {
-                        for (o, &v) in o.iter_mut().zip(cb) {
-                            *o = beta * v;
-                        }
-                        1.0
+                        o.copy_from_slice(cb);
+                        beta
                     }
                     None => 0.0,
                 };
-                gemm_f32(m, n, k, alpha, &x, av.rs, av.cs, &y, bv.rs, bv.cs, bt, o, n);
+                if m == 0 || n == 0 {
+                    return;
+                }
+                if let Some(p) = packed {
+                    default_gemm().sgemm_packed(m, alpha, &x, lda, self.ta, &p.b, bt, o, ldn, epi);
+                } else if let Some(y) = &y {
+                    let ldb = b.shape()[1].max(1);
+                    default_gemm().sgemm(
+                        m, n, k, alpha, &x, lda, self.ta, y, ldb, self.tb, bt, o, ldn, epi,
+                    );
+                }
             })?;
             return Ok(vec![t.into()]);
         }

@@ -43,6 +43,12 @@ impl Kernel for SoftmaxK {
         };
         let dt = x.dtype();
         let kind = self.kind;
+        if dt == kiln_ir::DType::F32 && kind == Kind::Softmax && inner == 1 {
+            // Vectorized exp, rows over threads (gemm::vmath).
+            let xs = view::<f32>(x)?;
+            let t = cx.tensor::<f32>(shape, |o| crate::gemm::vmath::softmax_rows(&xs, n, o))?;
+            return Ok(vec![t.into()]);
+        }
         crate::with_float!(dt, T => {
             let xs = view::<T>(x)?;
             let t = cx.tensor::<T>(shape, |o| softmax::<T>(&xs, outer, n, inner, kind, o))?;

@@ -1,0 +1,358 @@
+//! Property tests of the f32 `Conv` kernel (im2col + packed GEMM, 1×1 and depthwise paths,
+//! weights packed at build time or per run) and of the f32 pooling kernels, against naive f64
+//! references: odd sizes, strides, dilations, asymmetric pads, groups, 1-D and 2-D, batches,
+//! bias or none, zero-size outputs.
+//!
+//! `PROPTEST_CASES` sets the number of cases per property (default 64).
+
+use kiln_ir::op::{AveragePool, Conv, MaxPool};
+use kiln_ir::{Graph, Op, Tensor};
+use kiln_runtime::{BuildCx, RunCx, Value};
+use proptest::prelude::*;
+
+fn data(len: usize, seed: u64) -> Vec<f32> {
+    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+        })
+        .collect()
+}
+
+/// Runs `op`'s kernel; `consts[i]` marks input `i` as a build-time constant.
+fn run(op: &Op, inputs: &[Option<Tensor>], consts: &[bool], n_out: usize) -> Vec<Tensor> {
+    let g = Graph::new("t");
+    let cx = BuildCx {
+        input_types: vec![None; inputs.len()],
+        const_inputs: inputs
+            .iter()
+            .zip(consts)
+            .map(|(t, &c)| if c { t.as_ref() } else { None })
+            .collect(),
+        output_types: vec![None; n_out],
+        graph: &g,
+    };
+    let k = kiln_runtime::kernels::build(op, &cx).unwrap();
+    let vals: Vec<Option<Value>> = inputs
+        .iter()
+        .map(|t| t.clone().map(Value::Tensor))
+        .collect();
+    let refs: Vec<Option<&Value>> = vals.iter().map(|v| v.as_ref()).collect();
+    let mut rcx = RunCx::new();
+    k.run(&refs, &mut rcx)
+        .unwrap()
+        .into_iter()
+        .map(|v| v.into_tensor().unwrap())
+        .collect()
+}
+
+#[derive(Clone, Debug)]
+struct Case {
+    rank: usize,
+    n: usize,
+    g: usize,
+    cg: usize,
+    mg: usize,
+    sp: [usize; 2],
+    k: [usize; 2],
+    s: [usize; 2],
+    d: [usize; 2],
+    pb: [usize; 2],
+    pe: [usize; 2],
+    bias: bool,
+    seed: u64,
+}
+
+fn case() -> impl Strategy<Value = Case> {
+    (
+        (1usize..=2, 1usize..=2, 1usize..=3, 1usize..=4, 1usize..=5),
+        (
+            [1usize..=11, 1usize..=11],
+            [1usize..=4, 1usize..=4],
+            [1usize..=3, 1usize..=3],
+            [1usize..=2, 1usize..=2],
+        ),
+        ([0usize..=2, 0usize..=2], [0usize..=2, 0usize..=2]),
+        (any::<bool>(), any::<u64>(), 0u8..4),
+    )
+        .prop_map(
+            |((rank, n, g, cg, mg), (sp, k, s, d), (pb, pe), (bias, seed, kind))| {
+                let (mut cg, mut mg, mut k, mut s, mut pb, mut pe) = (cg, mg, k, s, pb, pe);
+                match kind {
+                    // Depthwise.
+                    0 => {
+                        cg = 1;
+                        mg = 1;
+                    }
+                    // 1×1, stride 1, no padding (no im2col).
+                    1 => {
+                        k = [1, 1];
+                        s = [1, 1];
+                        pb = [0, 0];
+                        pe = [0, 0];
+                    }
+                    _ => {}
+                }
+                let mut c = Case {
+                    rank,
+                    n,
+                    g: if kind == 0 { g.max(2) } else { g },
+                    cg,
+                    mg,
+                    sp,
+                    k,
+                    s,
+                    d,
+                    pb,
+                    pe,
+                    bias,
+                    seed,
+                };
+                // The padded input must hold one dilated kernel.
+                for i in 0..2 {
+                    let ek = (c.k[i] - 1) * c.d[i] + 1;
+                    while c.sp[i] + c.pb[i] + c.pe[i] < ek {
+                        c.sp[i] += 1;
+                    }
+                }
+                c
+            },
+        )
+}
+
+struct Built {
+    x: Tensor,
+    w: Tensor,
+    b: Option<Tensor>,
+    op: Op,
+    want: Vec<f64>,
+    scale: Vec<f64>,
+    shape: Vec<usize>,
+}
+
+fn build(c: &Case) -> Built {
+    let (cin, m) = (c.g * c.cg, c.g * c.mg);
+    let sp = &c.sp[2 - c.rank..];
+    let ks = &c.k[2 - c.rank..];
+    let (s, d) = (&c.s[2 - c.rank..], &c.d[2 - c.rank..]);
+    let (pb, pe) = (&c.pb[2 - c.rank..], &c.pe[2 - c.rank..]);
+    let (h, w) = if c.rank == 2 {
+        (sp[0], sp[1])
+    } else {
+        (1, sp[0])
+    };
+    let (kh, kw) = if c.rank == 2 {
+        (ks[0], ks[1])
+    } else {
+        (1, ks[0])
+    };
+    // (height, width) of a per-dim parameter; 1-D convolutions have a unit height dim.
+    let hw = |v: &[usize], unit: usize| {
+        if c.rank == 2 {
+            (v[0], v[1])
+        } else {
+            (unit, v[0])
+        }
+    };
+    let (sh, sw) = hw(s, 1);
+    let (dh, dw) = hw(d, 1);
+    let (ph, pw) = hw(pb, 0);
+    let out: Vec<usize> = (0..c.rank)
+        .map(|i| (sp[i] + pb[i] + pe[i] - ((ks[i] - 1) * d[i] + 1)) / s[i] + 1)
+        .collect();
+    let (oh, ow) = if c.rank == 2 {
+        (out[0], out[1])
+    } else {
+        (1, out[0])
+    };
+    let xv = data(c.n * cin * h * w, c.seed);
+    let wv = data(m * c.cg * kh * kw, c.seed ^ 1);
+    let bv = data(m, c.seed ^ 2);
+    let mut want = vec![0f64; c.n * m * oh * ow];
+    let mut scale = vec![0f64; want.len()];
+    for ni in 0..c.n {
+        for oc in 0..m {
+            let gi = oc / c.mg;
+            for oy in 0..oh {
+                for ox in 0..ow {
+                    let mut acc = if c.bias { bv[oc] as f64 } else { 0.0 };
+                    let mut sc = acc.abs();
+                    for ci in 0..c.cg {
+                        for ki in 0..kh {
+                            for kj in 0..kw {
+                                let iy = (oy * sh + ki * dh) as isize - ph as isize;
+                                let ix = (ox * sw + kj * dw) as isize - pw as isize;
+                                if iy < 0 || ix < 0 || iy >= h as isize || ix >= w as isize {
+                                    continue;
+                                }
+                                let xi = ((ni * cin + gi * c.cg + ci) * h + iy as usize) * w
+                                    + ix as usize;
+                                let wi = ((oc * c.cg + ci) * kh + ki) * kw + kj;
+                                let p = xv[xi] as f64 * wv[wi] as f64;
+                                acc += p;
+                                sc += p.abs();
+                            }
+                        }
+                    }
+                    let o = ((ni * m + oc) * oh + oy) * ow + ox;
+                    want[o] = acc;
+                    scale[o] = sc;
+                }
+            }
+        }
+    }
+    let mut xs = vec![c.n, cin];
+    xs.extend(sp);
+    let mut wsh = vec![m, c.cg];
+    wsh.extend(ks);
+    let mut shape = vec![c.n, m];
+    shape.extend(&out);
+    let v64 = |v: &[usize]| Some(v.iter().map(|&x| x as i64).collect::<Vec<_>>());
+    let mut pads: Vec<i64> = pb.iter().map(|&x| x as i64).collect();
+    pads.extend(pe.iter().map(|&x| x as i64));
+    let op = Op::Conv(Conv {
+        group: c.g as i64,
+        strides: v64(s),
+        dilations: v64(d),
+        pads: Some(pads),
+        ..Default::default()
+    });
+    Built {
+        x: Tensor::from_vec(xs, xv).unwrap(),
+        w: Tensor::from_vec(wsh, wv).unwrap(),
+        b: c.bias.then(|| Tensor::from_vec(vec![m], bv).unwrap()),
+        op,
+        want,
+        scale,
+        shape,
+    }
+}
+
+fn check(got: &Tensor, b: &Built) -> Result<(), TestCaseError> {
+    prop_assert_eq!(got.shape(), &b.shape[..]);
+    let g = got.as_slice::<f32>().unwrap();
+    for (i, ((&g, &w), &s)) in g.iter().zip(&b.want).zip(&b.scale).enumerate() {
+        let tol = 1e-5 * (1.0 + s);
+        prop_assert!(
+            (g as f64 - w).abs() <= tol,
+            "element {}: got {}, want {} (tol {})",
+            i,
+            g,
+            w,
+            tol
+        );
+    }
+    Ok(())
+}
+
+fn cases() -> u32 {
+    std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(64)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(cases()))]
+
+    /// Weights constant (packed at build) and weights given at run time both match the
+    /// reference.
+    #[test]
+    fn conv_f32_matches_reference(c in case()) {
+        let b = build(&c);
+        let inputs = vec![Some(b.x.clone()), Some(b.w.clone()), b.b.clone()];
+        let got = run(&b.op, &inputs, &[false, true, true], 1);
+        check(&got[0], &b)?;
+        let got = run(&b.op, &inputs, &[false, false, false], 1);
+        check(&got[0], &b)?;
+    }
+
+    /// MaxPool / AveragePool on f32 against the f64 path (the same kernel on f64 input).
+    #[test]
+    fn pools_f32_match_f64(
+        n in 1usize..=2, ch in 1usize..=3, h in 1usize..=9, w in 1usize..=9,
+        k in [1usize..=3, 1usize..=3], s in [1usize..=3, 1usize..=3],
+        p in [0usize..=1, 0usize..=1], ceil in any::<bool>(), pad_count in any::<bool>(),
+        seed in any::<u64>(),
+    ) {
+        let k = [k[0].min(h + 2 * p[0]), k[1].min(w + 2 * p[1])];
+        // ONNX requires pads smaller than the kernel.
+        let p = [p[0].min(k[0] - 1), p[1].min(k[1] - 1)];
+        let xv = data(n * ch * h * w, seed);
+        let x32 = Tensor::from_vec(vec![n, ch, h, w], xv.clone()).unwrap();
+        let x64 = Tensor::from_vec(vec![n, ch, h, w], xv.iter().map(|&v| v as f64).collect::<Vec<f64>>()).unwrap();
+        let ks: Vec<i64> = k.iter().map(|&v| v as i64).collect();
+        let st = Some(s.iter().map(|&v| v as i64).collect::<Vec<_>>());
+        let pads = Some(vec![p[0] as i64, p[1] as i64, p[0] as i64, p[1] as i64]);
+        let ops = [
+            Op::MaxPool(MaxPool { kernel_shape: ks.clone(), strides: st.clone(), pads: pads.clone(), ceil_mode: ceil, ..Default::default() }),
+            Op::AveragePool(AveragePool { kernel_shape: ks, strides: st, pads, ceil_mode: ceil, count_include_pad: pad_count, ..Default::default() }),
+        ];
+        for op in &ops {
+            let a = run(op, &[Some(x32.clone())], &[false], 1);
+            let b = run(op, &[Some(x64.clone())], &[false], 1);
+            prop_assert_eq!(a[0].shape(), b[0].shape());
+            let (a, b) = (a[0].as_slice::<f32>().unwrap(), b[0].as_slice::<f64>().unwrap());
+            for (x, y) in a.iter().zip(b) {
+                prop_assert!((*x as f64 - y).abs() <= 1e-6, "{} vs {}", x, y);
+            }
+        }
+    }
+}
+
+/// Zero-size outputs (no images, no output channels) and empty input channels per group.
+#[test]
+fn conv_zero_sizes() {
+    let op = Op::Conv(Conv::default());
+    for (xs, ws) in [
+        (vec![0, 3, 5, 5], vec![4, 3, 3, 3]),
+        (vec![2, 3, 5, 5], vec![0, 3, 3, 3]),
+        (vec![1, 2, 4], vec![3, 2, 2]),
+    ] {
+        let xn: usize = xs.iter().product();
+        let wn: usize = ws.iter().product();
+        let x = Tensor::from_vec(xs.clone(), data(xn, 1)).unwrap();
+        let w = Tensor::from_vec(ws.clone(), data(wn, 2)).unwrap();
+        for consts in [[false, true], [false, false]] {
+            let got = run(&op, &[Some(x.clone()), Some(w.clone())], &consts, 1);
+            let o: Vec<usize> = xs[2..]
+                .iter()
+                .zip(&ws[2..])
+                .map(|(a, b)| a - b + 1)
+                .collect();
+            let mut want = vec![xs[0], ws[0]];
+            want.extend(o);
+            assert_eq!(got[0].shape(), &want[..]);
+        }
+    }
+}
+
+/// GlobalAveragePool / GlobalMaxPool f32 against direct sums.
+#[test]
+fn global_pools_f32() {
+    use kiln_ir::op::{GlobalAveragePool, GlobalMaxPool};
+    let xv = data(2 * 3 * 7 * 5, 9);
+    let x = Tensor::from_vec(vec![2, 3, 7, 5], xv.clone()).unwrap();
+    let avg = run(
+        &Op::GlobalAveragePool(GlobalAveragePool::default()),
+        &[Some(x.clone())],
+        &[false],
+        1,
+    );
+    let max = run(
+        &Op::GlobalMaxPool(GlobalMaxPool::default()),
+        &[Some(x)],
+        &[false],
+        1,
+    );
+    assert_eq!(avg[0].shape(), &[2, 3, 1, 1]);
+    for (i, c) in xv.chunks(35).enumerate() {
+        let s: f64 = c.iter().map(|&v| v as f64).sum::<f64>() / 35.0;
+        let m = c.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        assert!((avg[0].as_slice::<f32>().unwrap()[i] as f64 - s).abs() < 1e-6);
+        assert_eq!(max[0].as_slice::<f32>().unwrap()[i], m);
+    }
+}

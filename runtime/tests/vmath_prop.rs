@@ -1,0 +1,116 @@
+//! Accuracy of the vectorized f32 math (`kiln_runtime::gemm::vmath`) against f64 libm, measured
+//! over dense sweeps and random inputs; the measured maxima are printed (`--nocapture`).
+
+use kiln_runtime::gemm::vmath;
+use proptest::prelude::*;
+
+/// Every `step`-th f32 in `[lo, hi]` (by bit pattern walk of the value) plus specials.
+fn sweep(lo: f32, hi: f32, count: usize) -> Vec<f32> {
+    (0..=count)
+        .map(|i| lo + (hi - lo) * (i as f32 / count as f32))
+        .collect()
+}
+
+#[test]
+fn exp_max_relative_error() {
+    let xs = sweep(-87.0, 88.0, 400_000);
+    let mut out = vec![0f32; xs.len()];
+    vmath::exp_slice(&xs, &mut out);
+    let mut worst = 0f64;
+    for (&x, &y) in xs.iter().zip(&out) {
+        let want = (x as f64).exp();
+        let rel = ((y as f64 - want) / want).abs();
+        worst = worst.max(rel);
+    }
+    println!("exp: max relative error {worst:.3e} on [-87, 88]");
+    assert!(worst < 2.5e-7, "exp relative error {worst:e}");
+    let special = [
+        f32::NAN,
+        f32::INFINITY,
+        f32::NEG_INFINITY,
+        89.0,
+        -200.0,
+        0.0,
+    ];
+    let mut o = [0f32; 6];
+    vmath::exp_slice(&special, &mut o);
+    assert!(o[0].is_nan());
+    assert_eq!(o[1], f32::INFINITY);
+    assert_eq!(o[2], 0.0);
+    assert_eq!(o[3], f32::INFINITY);
+    assert_eq!(o[4], 0.0);
+    assert_eq!(o[5], 1.0);
+}
+
+#[test]
+fn erf_max_absolute_error() {
+    let xs = sweep(-6.0, 6.0, 400_000);
+    let mut out = vec![0f32; xs.len()];
+    vmath::erf_slice(&xs, &mut out);
+    let mut worst = 0f64;
+    for (&x, &y) in xs.iter().zip(&out) {
+        worst = worst.max((y as f64 - libm::erf(x as f64)).abs());
+    }
+    println!("erf: max absolute error {worst:.3e} on [-6, 6]");
+    assert!(worst < 5e-7, "erf absolute error {worst:e}");
+    let mut o = [0f32; 3];
+    vmath::erf_slice(&[f32::NAN, f32::INFINITY, f32::NEG_INFINITY], &mut o);
+    assert!(o[0].is_nan());
+    assert_eq!(&o[1..], &[1.0, -1.0]);
+}
+
+#[test]
+fn sigmoid_and_gelu_errors() {
+    let xs = sweep(-30.0, 30.0, 200_000);
+    let mut s = vec![0f32; xs.len()];
+    let mut g = vec![0f32; xs.len()];
+    vmath::sigmoid_slice(&xs, &mut s);
+    vmath::gelu_slice(&xs, &mut g);
+    let (mut ws, mut wg) = (0f64, 0f64);
+    for ((&x, &sv), &gv) in xs.iter().zip(&s).zip(&g) {
+        let x = x as f64;
+        ws = ws.max((sv as f64 - 1.0 / (1.0 + (-x).exp())).abs());
+        let gw = 0.5 * x * (1.0 + libm::erf(x / std::f64::consts::SQRT_2));
+        wg = wg.max((gv as f64 - gw).abs() / (1.0 + gw.abs()));
+    }
+    println!("sigmoid: max absolute error {ws:.3e}; gelu: max error/(1+|y|) {wg:.3e}");
+    assert!(ws < 2e-7 && wg < 1e-6, "sigmoid {ws:e}, gelu {wg:e}");
+}
+
+proptest! {
+    /// Softmax rows against f64 (odd row lengths, tails, ±inf and NaN rows, many rows so that
+    /// the threaded path runs too).
+    #[test]
+    fn softmax_rows_match_f64(n in 0usize..=70, rows in 0usize..=40, big in any::<bool>(),
+                              special in 0u8..4, seed in any::<u64>()) {
+        let rows = if big { rows * 64 } else { rows };
+        let mut s = seed | 1;
+        let mut x: Vec<f32> = (0..rows * n).map(|_| {
+            s ^= s << 13; s ^= s >> 7; s ^= s << 17;
+            ((s >> 40) as f32 / (1u64 << 24) as f32) * 40.0 - 20.0
+        }).collect();
+        if rows * n > 0 {
+            match special {
+                1 => x[0] = f32::INFINITY,
+                2 => x[0] = f32::NEG_INFINITY,
+                3 => x[0] = f32::NAN,
+                _ => {}
+            }
+        }
+        let mut out = vec![0f32; x.len()];
+        vmath::softmax_rows(&x, n, &mut out);
+        for (r, o) in x.chunks(n.max(1)).zip(out.chunks(n.max(1))) {
+            let m = r.iter().map(|&v| v as f64).fold(f64::NEG_INFINITY, f64::max);
+            let e: Vec<f64> = r.iter().map(|&v| (v as f64 - m).exp()).collect();
+            let sum: f64 = e.iter().sum();
+            for (&g, &w) in o.iter().zip(&e) {
+                let w = w / sum;
+                if w.is_nan() || r.iter().any(|v| v.is_nan()) {
+                    prop_assert!(g.is_nan());
+                } else {
+                    prop_assert!((g as f64 - w).abs() <= 1e-6, "got {}, want {}", g, w);
+                }
+            }
+        }
+    }
+}
