@@ -99,13 +99,7 @@ impl GridSampleK {
 
     /// Taps `(index or zero, weight)` along one axis of length `len` for normalized
     /// coordinate `g`.
-    fn axis_taps(
-        &self,
-        g: f64,
-        len: usize,
-        rank: usize,
-        single: bool,
-    ) -> Vec<(Option<usize>, f64)> {
+    fn axis_taps(&self, g: f64, len: usize, single: bool) -> Vec<(Option<usize>, f64)> {
         let l = len as f64;
         let mut x = if self.align_corners {
             (g + 1.0) / 2.0 * (l - 1.0)
@@ -121,11 +115,9 @@ impl GridSampleK {
             (-0.5, l - 0.5)
         };
         if self.interp == Interp::Nearest {
-            x = if rank == 3 {
-                x.round()
-            } else {
-                x.round_ties_even()
-            };
+            // Half to even in every rank: the conformance data of 3-D grids also rounds
+            // -0.5 to 0 (PyTorch's 3-D kernel would round it away from zero).
+            x = x.round_ties_even();
         }
         if x < lo || x > hi {
             match self.padding {
@@ -199,7 +191,7 @@ impl Kernel for GridSampleK {
                 let gp = &g[(b * n_out + o) * r..(b * n_out + o + 1) * r];
                 // grid's last axis lists coordinates innermost-first (x, y, z).
                 let per_axis: Vec<Vec<(Option<usize>, f64)>> = (0..r)
-                    .map(|d| self.axis_taps(gp[r - 1 - d], in_sp[d], r, single))
+                    .map(|d| self.axis_taps(gp[r - 1 - d], in_sp[d], single))
                     .collect();
                 taps.clear();
                 let counts: Vec<usize> = per_axis.iter().map(|t| t.len()).collect();
@@ -324,24 +316,28 @@ mod tests {
             align_corners: false,
         };
         // Normalized 0 on a length-2 axis is pixel coordinate 0.5: equal weights.
-        let t = k.axis_taps(0.0, 2, 2, false);
+        let t = k.axis_taps(0.0, 2, false);
         assert_eq!(t, vec![(Some(0), 0.5), (Some(1), 0.5)]);
         // -1 without align_corners is -0.5: half of it falls on the zero padding.
-        let t = k.axis_taps(-1.0, 2, 2, false);
+        let t = k.axis_taps(-1.0, 2, false);
         assert_eq!(t, vec![(None, 0.5), (Some(0), 0.5)]);
     }
 
     #[test]
-    fn nearest_rounding_differs_by_rank() {
+    fn nearest_rounds_half_to_even() {
         let k = GridSampleK {
             interp: Interp::Nearest,
-            padding: Padding::Border,
+            padding: Padding::Zeros,
             align_corners: true,
         };
-        // Normalized -0.5 on length 4 with align_corners is 0.75 -> 1; 0.0 is 1.5:
-        // half-to-even gives 2 in 2-D, half-away-from-zero gives 2 in 3-D too;
-        // normalized -1/3 on length 4 is 1.0 exactly. Length 2, g = 0: 0.5 -> 0 (2-D), 1 (3-D).
-        assert_eq!(k.axis_taps(0.0, 2, 2, false), vec![(Some(0), 1.0)]);
-        assert_eq!(k.axis_taps(0.0, 2, 3, false), vec![(Some(1), 1.0)]);
+        // Length 2, g = 0 with align_corners is pixel 0.5 -> 0; length 4, g = 0 is 1.5 -> 2.
+        assert_eq!(k.axis_taps(0.0, 2, false), vec![(Some(0), 1.0)]);
+        assert_eq!(k.axis_taps(0.0, 4, false), vec![(Some(2), 1.0)]);
+        // Without align_corners, g = -1 is -0.5 -> 0 (inside), not -1 (padding).
+        let k = GridSampleK {
+            align_corners: false,
+            ..k
+        };
+        assert_eq!(k.axis_taps(-1.0, 2, false), vec![(Some(0), 1.0)]);
     }
 }
