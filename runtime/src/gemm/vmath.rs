@@ -68,8 +68,11 @@ pub fn erf(x: f32) -> f32 {
     q = q * x2 + -7.373_329_2e-3;
     q = q * x2 + -1.426_474e-2;
     let v = p / q;
+    // The rational form gives 0.9999999 at the clamp; f32 erf is exactly ±1 there.
     if x.is_nan() {
         x
+    } else if x.abs() >= 4.0 {
+        1.0f32.copysign(x)
     } else {
         v
     }

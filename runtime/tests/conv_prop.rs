@@ -10,6 +10,21 @@ use kiln_ir::{Graph, Op, Tensor};
 use kiln_runtime::{BuildCx, RunCx, Value};
 use proptest::prelude::*;
 
+/// An op struct with ONNX's attribute defaults (not Rust's `Default`: `group` is 1, not 0).
+macro_rules! onnx_default {
+    ($t:ident) => {
+        $t::from_attrs(&mut kiln_ir::AttrMap::new()).expect("ONNX defaults")
+    };
+    // Pools require `kernel_shape`; every other field keeps its ONNX default.
+    ($t:ident, kernel_shape = $ks:expr) => {
+        $t::from_attrs(&mut kiln_ir::AttrMap::from([(
+            "kernel_shape".to_string(),
+            kiln_ir::Attr::Ints($ks.clone()),
+        )]))
+        .expect("ONNX defaults")
+    };
+}
+
 fn data(len: usize, seed: u64) -> Vec<f32> {
     let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
     (0..len)
@@ -218,7 +233,7 @@ fn build(c: &Case) -> Built {
         strides: v64(s),
         dilations: v64(d),
         pads: Some(pads),
-        ..Default::default()
+        ..onnx_default!(Conv)
     });
     Built {
         x: Tensor::from_vec(xs, xv).unwrap(),
@@ -288,8 +303,8 @@ proptest! {
         let st = Some(s.iter().map(|&v| v as i64).collect::<Vec<_>>());
         let pads = Some(vec![p[0] as i64, p[1] as i64, p[0] as i64, p[1] as i64]);
         let ops = [
-            Op::MaxPool(MaxPool { kernel_shape: ks.clone(), strides: st.clone(), pads: pads.clone(), ceil_mode: ceil, ..Default::default() }),
-            Op::AveragePool(AveragePool { kernel_shape: ks, strides: st, pads, ceil_mode: ceil, count_include_pad: pad_count, ..Default::default() }),
+            Op::MaxPool(MaxPool { kernel_shape: ks.clone(), strides: st.clone(), pads: pads.clone(), ceil_mode: ceil, ..onnx_default!(MaxPool, kernel_shape = ks) }),
+            Op::AveragePool(AveragePool { kernel_shape: ks.clone(), strides: st, pads, ceil_mode: ceil, count_include_pad: pad_count, ..onnx_default!(AveragePool, kernel_shape = ks) }),
         ];
         for op in &ops {
             let a = run(op, &[Some(x32.clone())], &[false], 1);
@@ -306,7 +321,7 @@ proptest! {
 /// Zero-size outputs (no images, no output channels) and empty input channels per group.
 #[test]
 fn conv_zero_sizes() {
-    let op = Op::Conv(Conv::default());
+    let op = Op::Conv(onnx_default!(Conv));
     for (xs, ws) in [
         (vec![0, 3, 5, 5], vec![4, 3, 3, 3]),
         (vec![2, 3, 5, 5], vec![0, 3, 3, 3]),
@@ -337,13 +352,13 @@ fn global_pools_f32() {
     let xv = data(2 * 3 * 7 * 5, 9);
     let x = Tensor::from_vec(vec![2, 3, 7, 5], xv.clone()).unwrap();
     let avg = run(
-        &Op::GlobalAveragePool(GlobalAveragePool::default()),
+        &Op::GlobalAveragePool(onnx_default!(GlobalAveragePool)),
         &[Some(x.clone())],
         &[false],
         1,
     );
     let max = run(
-        &Op::GlobalMaxPool(GlobalMaxPool::default()),
+        &Op::GlobalMaxPool(onnx_default!(GlobalMaxPool)),
         &[Some(x)],
         &[false],
         1,

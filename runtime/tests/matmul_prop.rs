@@ -10,6 +10,13 @@ use kiln_ir::{Graph, Op, Tensor};
 use kiln_runtime::{BuildCx, RunCx, Value};
 use proptest::prelude::*;
 
+/// An op struct with ONNX's attribute defaults (not Rust's `Default`: `group` is 1, not 0).
+macro_rules! onnx_default {
+    ($t:ident) => {
+        $t::from_attrs(&mut kiln_ir::AttrMap::new()).expect("ONNX defaults")
+    };
+}
+
 fn data(len: usize, seed: u64) -> Vec<f32> {
     let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
     (0..len)
@@ -213,7 +220,7 @@ proptest! {
         let (a, av) = tensor(&ash, seed);
         let (b, bv) = tensor(&bsh, seed ^ 7);
         let (shape, want, sc) = ref_matmul(&ash, &av, &bsh, &bv);
-        let op = Op::MatMul(MatMul::default());
+        let op = Op::MatMul(onnx_default!(MatMul));
         for consts in [[false, false], [false, true]] {
             let got = run(&op, &[Some(a.clone()), Some(b.clone())], &consts);
             close(&got, &shape, &want, &sc)?;
@@ -244,7 +251,7 @@ proptest! {
         let (shape, want, sc) = ref_matmul(&[b, h, s, d], &qv, &[b, h, d, s], &kref);
         let want: Vec<f64> = want.iter().map(|v| v * alpha as f64).collect();
         let sc: Vec<f64> = sc.iter().map(|v| v * alpha.abs() as f64).collect();
-        let op = Op::FusedMatMul(FusedMatMul { alpha, trans_b, ..Default::default() });
+        let op = Op::FusedMatMul(FusedMatMul { alpha, trans_b, ..onnx_default!(FusedMatMul) });
         for consts in [[false, false], [false, true]] {
             let got = run(&op, &[Some(q.clone()), Some(kt.clone())], &consts);
             close(&got, &shape, &want, &sc)?;
@@ -282,11 +289,11 @@ proptest! {
                     t += (at(i, p) * bt(p, j)).abs();
                 }
                 let cv = match (&csh, &c) {
-                    (Some(sh), Some((_, cv))) => match sh.len() {
+                    (Some(sh), Some((_, cv))) => (match sh.len() {
                         0 => cv[0],
                         1 => cv[j],
                         _ => cv[(if sh[0] == 1 { 0 } else { i }) * sh[1] + if sh[1] == 1 { 0 } else { j }],
-                    } as f64,
+                    }) as f64,
                     _ => 0.0,
                 };
                 want[i * n + j] = alpha as f64 * s + beta as f64 * cv;
