@@ -27,6 +27,7 @@ use std::path::Path;
 
 pub use kiln_frontend as frontend;
 pub use kiln_ir as ir;
+pub use kiln_runtime as runtime;
 pub use kiln_transforms as transforms;
 
 pub use kiln_ir::infer::InferStats;

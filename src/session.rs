@@ -61,6 +61,31 @@ impl Session {
     ) -> Result<Vec<(String, Value)>, SessionError> {
         Ok(self.plan.run(inputs)?)
     }
+
+    /// [`Session::run`] that also adds each op type's wall time to `profile`.
+    pub fn run_profiled(
+        &self,
+        inputs: Vec<(String, Tensor)>,
+        profile: &mut kiln_runtime::Profile,
+    ) -> Result<Vec<(String, Tensor)>, SessionError> {
+        let mut cx = kiln_runtime::RunCx::new();
+        cx.profile = Some(std::mem::take(profile));
+        let outs = self.plan.run_with(
+            inputs
+                .into_iter()
+                .map(|(n, t)| (n, Value::Tensor(t)))
+                .collect(),
+            &mut cx,
+        );
+        *profile = cx.profile.take().unwrap_or_default();
+        outs?
+            .into_iter()
+            .map(|(n, v)| match v {
+                Value::Tensor(t) => Ok((n, t)),
+                _ => Err(SessionError::NotATensor(n)),
+            })
+            .collect()
+    }
 }
 
 /// Deterministic random inputs for `model`'s graph inputs (those without defaults).

@@ -33,6 +33,30 @@ pub struct RunCx {
     pool: Vec<AlignedBuf>,
     /// Bytes of buffers handed out that came from the pool (for tests of reuse).
     pub reused_bytes: usize,
+    /// When set, the executor adds each step's wall time here, by op type.
+    pub profile: Option<Profile>,
+}
+
+/// Wall time per op type over one or more runs (`kiln bench --profile`).
+#[derive(Default, Clone, Debug)]
+pub struct Profile {
+    /// op type → (total seconds, number of steps run).
+    pub by_op: std::collections::HashMap<String, (f64, u64)>,
+    /// Key by op type and input shapes rather than op type alone.
+    pub by_shape: bool,
+}
+
+impl Profile {
+    /// Entries sorted by total time, largest first.
+    pub fn sorted(&self) -> Vec<(&str, f64, u64)> {
+        let mut v: Vec<(&str, f64, u64)> = self
+            .by_op
+            .iter()
+            .map(|(k, &(t, n))| (k.as_str(), t, n))
+            .collect();
+        v.sort_by(|a, b| b.1.total_cmp(&a.1));
+        v
+    }
 }
 
 /// Buffers larger than this many times the request are not handed out, so a small

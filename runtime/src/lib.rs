@@ -14,6 +14,6 @@ pub mod plan;
 pub mod value;
 
 pub use error::{KernelError, RuntimeError};
-pub use kernel::{BuildCx, Kernel, RunCx};
+pub use kernel::{BuildCx, Kernel, Profile, RunCx};
 pub use plan::{Plan, PlanInput, Slot, Step};
 pub use value::Value;

@@ -48,6 +48,15 @@ pub struct Plan {
 impl Plan {
     /// Runs the plan on named inputs; returns the named outputs in graph order.
     pub fn run(&self, inputs: Vec<(String, Value)>) -> Result<Vec<(String, Value)>, RuntimeError> {
+        self.run_with(inputs, &mut RunCx::new())
+    }
+
+    /// [`Plan::run`] with a caller-provided context (e.g. one that collects a profile).
+    pub fn run_with(
+        &self,
+        inputs: Vec<(String, Value)>,
+        cx: &mut RunCx,
+    ) -> Result<Vec<(String, Value)>, RuntimeError> {
         let mut by_name: HashMap<String, Value> = HashMap::with_capacity(inputs.len());
         for (n, v) in inputs {
             if !self.inputs.iter().any(|i| i.name == n) {
@@ -74,8 +83,7 @@ impl Plan {
             }
         }
         check_inputs(&self.inputs, &ordered)?;
-        let mut cx = RunCx::new();
-        let outs = self.run_positional(ordered, &mut cx)?;
+        let outs = self.run_positional(ordered, cx)?;
         Ok(self
             .outputs
             .iter()
@@ -108,13 +116,34 @@ impl Plan {
                     .iter()
                     .map(|s| s.and_then(|s| slots[s as usize].as_ref()))
                     .collect();
-                step.kernel
+                let t0 = cx.profile.as_ref().map(|_| std::time::Instant::now());
+                let outs = step
+                    .kernel
                     .run(&ins, cx)
                     .map_err(|source| RuntimeError::Kernel {
                         node: step.node.clone(),
                         op: step.op.clone(),
                         source,
-                    })?
+                    })?;
+                if let (Some(t0), Some(p)) = (t0, cx.profile.as_mut()) {
+                    let key = if p.by_shape {
+                        let shapes: Vec<String> = ins
+                            .iter()
+                            .map(|v| match v {
+                                Some(Value::Tensor(t)) => format!("{:?}", t.shape()),
+                                Some(_) => "seq".into(),
+                                None => "-".into(),
+                            })
+                            .collect();
+                        format!("{} {}", step.op, shapes.join(" "))
+                    } else {
+                        step.op.clone()
+                    };
+                    let e = p.by_op.entry(key).or_default();
+                    e.0 += t0.elapsed().as_secs_f64();
+                    e.1 += 1;
+                }
+                outs
             };
             for (k, v) in outs.into_iter().enumerate() {
                 match step.outputs.get(k).copied().flatten() {

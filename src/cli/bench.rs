@@ -50,6 +50,13 @@ pub struct Args {
     /// Threads for both engines (default: the number of cores).
     #[arg(long)]
     pub threads: Option<usize>,
+    /// After the timed runs, run kiln once more per timed run with a per-op timer and print
+    /// where the time goes, by op type.
+    #[arg(long)]
+    pub profile: bool,
+    /// With --profile: one line per op type and input shapes.
+    #[arg(long)]
+    pub profile_shapes: bool,
 }
 
 /// Latency statistics of one engine, in milliseconds.
@@ -181,6 +188,25 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             o.median / k.median,
             args.runs
         );
+    }
+    if args.profile {
+        let mut p = kiln::runtime::Profile {
+            by_shape: args.profile_shapes,
+            ..Default::default()
+        };
+        for _ in 0..args.runs {
+            session.run_profiled(inputs.clone(), &mut p)?;
+        }
+        let total: f64 = p.by_op.values().map(|e| e.0).sum();
+        println!("\nkiln profile ({} runs): op, ms per run, share, steps per run", args.runs);
+        for (op, t, n) in p.sorted() {
+            println!(
+                "{op:<28} {:>9.2} {:>6.1}% {:>6}",
+                t * 1e3 / args.runs as f64,
+                100.0 * t / total,
+                n / args.runs as u64
+            );
+        }
     }
     Ok(())
 }
