@@ -71,7 +71,24 @@ impl AlignedBuf {
 
     /// Resizes to `len` bytes, keeping the allocation when it is large enough. New bytes are zero.
     pub fn resize(&mut self, len: usize) {
+        // Bytes past the old length may be stale (see `resize_stale`): clear them.
+        let keep = self.len.min(len);
+        self.lines.truncate(keep.div_ceil(64));
+        if let Some(last) = self.lines.last_mut() {
+            last.0[keep - (keep - 1) / 64 * 64..].fill(0);
+        }
         self.lines.resize(len.div_ceil(64), Line([0; 64]));
+        self.len = len;
+    }
+
+    /// Resizes to `len` bytes without clearing: bytes that held data before keep it (stale),
+    /// bytes never written before are zero. For outputs a kernel overwrites entirely, where
+    /// zeroing a pooled buffer first would be a wasted pass over memory.
+    pub fn resize_stale(&mut self, len: usize) {
+        let lines = len.div_ceil(64);
+        if lines > self.lines.len() {
+            self.lines.resize(lines, Line([0; 64]));
+        }
         self.len = len;
     }
 

@@ -71,23 +71,39 @@ impl RunCx {
 
     /// A zeroed buffer of `bytes` bytes, reusing a pooled allocation when one fits.
     pub fn alloc(&mut self, bytes: usize) -> AlignedBuf {
-        let best = self
-            .pool
-            .iter()
-            .enumerate()
-            .filter(|(_, b)| b.capacity() >= bytes && b.capacity() <= bytes.max(64) * POOL_SLACK)
-            .min_by_key(|(_, b)| b.capacity())
-            .map(|(i, _)| i);
-        match best {
-            Some(i) => {
-                let mut b = self.pool.swap_remove(i);
-                self.reused_bytes += bytes;
+        match self.take_pooled(bytes) {
+            Some(mut b) => {
                 b.resize(0);
                 b.resize(bytes);
                 b
             }
             None => AlignedBuf::zeroed(bytes),
         }
+    }
+
+    /// A buffer of `bytes` bytes whose contents are unspecified (a pooled buffer keeps its
+    /// old data), for outputs the caller overwrites entirely.
+    pub fn alloc_dirty(&mut self, bytes: usize) -> AlignedBuf {
+        match self.take_pooled(bytes) {
+            Some(mut b) => {
+                b.resize_stale(bytes);
+                b
+            }
+            None => AlignedBuf::zeroed(bytes),
+        }
+    }
+
+    /// The smallest pooled buffer that holds `bytes` without pinning far more.
+    fn take_pooled(&mut self, bytes: usize) -> Option<AlignedBuf> {
+        let best = self
+            .pool
+            .iter()
+            .enumerate()
+            .filter(|(_, b)| b.capacity() >= bytes && b.capacity() <= bytes.max(64) * POOL_SLACK)
+            .min_by_key(|(_, b)| b.capacity())
+            .map(|(i, _)| i)?;
+        self.reused_bytes += bytes;
+        Some(self.pool.swap_remove(best))
     }
 
     /// Returns a dead value's buffers to the pool.
@@ -121,6 +137,38 @@ impl RunCx {
         let mut buf = self.alloc(bytes);
         fill(buf.as_mut_slice::<T>());
         Ok(Tensor::from_buf(T::DTYPE, shape, buf)?)
+    }
+
+    /// [`RunCx::tensor`] for a `fill` that writes every element: the buffer is not cleared
+    /// first, so `fill` sees unspecified values (never uninitialized memory).
+    pub fn tensor_dirty<T: Element>(
+        &mut self,
+        shape: Vec<usize>,
+        fill: impl FnOnce(&mut [T]),
+    ) -> Result<Tensor, KernelError> {
+        let n = checked_numel(&shape)?;
+        let bytes = n.checked_mul(std::mem::size_of::<T>()).ok_or_else(|| {
+            KernelError::Invalid(format!("tensor of shape {shape:?} is too large"))
+        })?;
+        let mut buf = self.alloc_dirty(bytes);
+        fill(buf.as_mut_slice::<T>());
+        Ok(Tensor::from_buf(T::DTYPE, shape, buf)?)
+    }
+
+    /// [`RunCx::tensor_bytes`] for a `fill` that writes every byte (see [`RunCx::tensor_dirty`]).
+    pub fn tensor_bytes_dirty(
+        &mut self,
+        dtype: DType,
+        shape: Vec<usize>,
+        fill: impl FnOnce(&mut [u8]),
+    ) -> Result<Tensor, KernelError> {
+        let n = checked_numel(&shape)?;
+        let bytes = dtype.storage_bytes(n).ok_or_else(|| {
+            KernelError::Invalid(format!("tensor of shape {shape:?} is too large"))
+        })?;
+        let mut buf = self.alloc_dirty(bytes);
+        fill(buf.as_bytes_mut());
+        Ok(Tensor::from_buf(dtype, shape, buf)?)
     }
 
     /// A new tensor of any fixed-size `dtype` whose raw bytes `fill` writes.

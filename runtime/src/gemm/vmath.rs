@@ -146,13 +146,23 @@ pub fn softmax_rows(x: &[f32], n: usize, out: &mut [f32]) {
     if n == 0 {
         return;
     }
+    // Eight independent lanes per reduction so that the loops vectorize (a single running
+    // max or sum is a serial dependency chain the compiler must keep in order).
     #[inline(always)]
     fn row_base(x: &[f32], o: &mut [f32]) {
-        let mut m = f32::NEG_INFINITY;
+        let mut mx = [f32::NEG_INFINITY; 8];
         let mut nan = false;
-        for &v in x {
-            m = m.max(v);
+        let mut chunks = x.chunks_exact(8);
+        for c in &mut chunks {
+            for j in 0..8 {
+                nan |= c[j].is_nan();
+                mx[j] = if c[j] > mx[j] { c[j] } else { mx[j] };
+            }
+        }
+        let mut m = f32::NEG_INFINITY;
+        for &v in chunks.remainder().iter().chain(&mx) {
             nan |= v.is_nan();
+            m = if v > m { v } else { m };
         }
         if nan {
             o.fill(f32::NAN);
@@ -168,11 +178,17 @@ pub fn softmax_rows(x: &[f32], n: usize, out: &mut [f32]) {
             o.iter_mut().for_each(|v| *v /= s);
             return;
         }
-        let mut s = 0f32;
         for (o, &v) in o.iter_mut().zip(x) {
             *o = exp(v - m);
-            s += *o;
         }
+        let mut acc = [0f32; 8];
+        let mut chunks = o.chunks_exact(8);
+        for c in &mut chunks {
+            for j in 0..8 {
+                acc[j] += c[j];
+            }
+        }
+        let s = chunks.remainder().iter().sum::<f32>() + acc.iter().sum::<f32>();
         let inv = 1.0 / s;
         for o in o.iter_mut() {
             *o *= inv;

@@ -59,7 +59,8 @@ pub(crate) fn view<T: Element>(t: &Tensor) -> Result<Cow<'_, [T]>, KernelError> 
     }
 }
 
-/// A new tensor of `dtype` (whose elements are stored as `T`) filled by `fill`.
+/// A new tensor of `dtype` (whose elements are stored as `T`) filled by `fill`, which must
+/// write every element (the buffer is not cleared first).
 pub(crate) fn new_tensor<T: Element>(
     cx: &mut RunCx,
     dtype: DType,
@@ -67,7 +68,7 @@ pub(crate) fn new_tensor<T: Element>(
     fill: impl FnOnce(&mut [T]),
 ) -> Result<Tensor, KernelError> {
     debug_assert_eq!(dtype.bits(), 8 * std::mem::size_of::<T>());
-    cx.tensor_bytes(dtype, shape, |b| fill(bytemuck::cast_slice_mut(b)))
+    cx.tensor_bytes_dirty(dtype, shape, |b| fill(bytemuck::cast_slice_mut(b)))
 }
 
 pub(crate) fn unsupported(op: &str, dt: DType) -> KernelError {

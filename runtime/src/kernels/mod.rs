@@ -16,6 +16,7 @@ mod linalg;
 mod misc;
 mod nn;
 mod nn_core;
+pub(crate) mod par;
 mod reduce;
 mod sequence;
 mod shape_ops;

@@ -8,6 +8,7 @@ use super::num::{Calc, Float, Int, Num};
 use super::{new_tensor, unsupported, view};
 use crate::error::KernelError;
 use crate::kernel::{opt_tensor_input, tensor_input, Kernel, RunCx};
+use crate::kernels::par::for_chunks;
 use crate::value::Value;
 
 /// A unary op and its attributes.
@@ -169,7 +170,9 @@ impl Kernel for Unary {
         let out = match op {
             U::Abs | U::Neg | U::Sign | U::Relu => with_numeric!(dt, T => {
                 let x = view::<T>(x)?;
-                new_tensor::<T>(cx, dt, shape, |o| num_map(op, &x, o))?
+                new_tensor::<T>(cx, dt, shape, |o| {
+                    for_chunks(o, 1, |s, o| num_map(op, &x[s..s + o.len()], o))
+                })?
             }, else return Err(unsupported(&name(), dt))),
             U::BitwiseNot => with_int!(dt, T => {
                 let x = view::<T>(x)?;
@@ -196,15 +199,22 @@ impl Kernel for Unary {
             U::Erf | U::Sigmoid | U::Gelu if dt == DType::F32 => {
                 use crate::gemm::vmath;
                 let x = view::<f32>(x)?;
-                new_tensor::<f32>(cx, dt, shape, |o| match op {
-                    U::Erf => vmath::erf_slice(&x, o),
-                    U::Sigmoid => vmath::sigmoid_slice(&x, o),
-                    _ => vmath::gelu_slice(&x, o),
+                new_tensor::<f32>(cx, dt, shape, |o| {
+                    for_chunks(o, 1, |s, o| {
+                        let x = &x[s..s + o.len()];
+                        match op {
+                            U::Erf => vmath::erf_slice(x, o),
+                            U::Sigmoid => vmath::sigmoid_slice(x, o),
+                            _ => vmath::gelu_slice(x, o),
+                        }
+                    })
                 })?
             }
             _ => with_float!(dt, T => {
                 let x = view::<T>(x)?;
-                new_tensor::<T>(cx, dt, shape, |o| float_map(op, &x, o))?
+                new_tensor::<T>(cx, dt, shape, |o| {
+                    for_chunks(o, 1, |s, o| float_map(op, &x[s..s + o.len()], o))
+                })?
             }, else return Err(unsupported(&name(), dt))),
         };
         Ok(vec![Value::Tensor(out)])

@@ -105,7 +105,9 @@ pub(crate) fn matmul_f32(
         ld_of(m, k, av.rs, av.cs, usize::MAX),
         ld_of(k, n, bv.rs, bv.cs, usize::MAX),
     ) else {
-        // Neither stride unit (not produced by MatMul's own views): the reference loops.
+        // Neither stride unit (not produced by MatMul's own views): the reference loops,
+        // which accumulate into `out`.
+        out.fill(0.0);
         batched_matmul::<f32>(a, av, b, bv, out)?;
         if alpha != 1.0 {
             out.iter_mut().for_each(|v| *v *= alpha);
@@ -306,7 +308,8 @@ impl MatMulK {
         let x = a.as_slice::<f32>()?;
         let rows: usize = av.rows * av.batch.iter().product::<usize>();
         let (alpha, k) = (self.alpha, av.cols);
-        Some(cx.tensor::<f32>(out_shape, |o| {
+        // beta = 0: the GEMM writes every element without reading it.
+        Some(cx.tensor_dirty::<f32>(out_shape, |o| {
             default_gemm().sgemm_packed(
                 rows,
                 alpha,
@@ -342,7 +345,8 @@ impl Kernel for MatMulK {
         if dt == DType::F32 {
             let (x, y) = (view::<f32>(a)?, view::<f32>(b)?);
             let mut res = Ok(());
-            let t = cx.tensor::<f32>(out_shape, |o| {
+            // matmul_f32 writes every element.
+            let t = cx.tensor_dirty::<f32>(out_shape, |o| {
                 res = matmul_f32(&x, &av, &y, &bv, alpha, o);
             })?;
             res?;
@@ -439,7 +443,8 @@ impl Kernel for GemmK {
             } else {
                 None
             };
-            let t = cx.tensor::<f32>(shape, |o| {
+            // Either C is copied in first or beta = 0: every element is written.
+            let t = cx.tensor_dirty::<f32>(shape, |o| {
                 let bt = match &cb {
                     Some(cb) => {
                         o.copy_from_slice(cb);
