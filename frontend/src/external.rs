@@ -68,6 +68,20 @@ impl Storage for MmapStorage {
     fn is_mapped(&self) -> bool {
         self.map.is_some()
     }
+
+    fn release(&self, offset: usize, len: usize) {
+        if let Some(m) = &self.map {
+            if len == 0 || offset.checked_add(len).is_none_or(|e| e > m.len()) {
+                return;
+            }
+            // SAFETY: the map is read-only and file-backed: dropped pages hold nothing that
+            // is not in the file, and reading them again faults them back in from it. A
+            // failure only means the pages stay resident.
+            let _ = unsafe {
+                m.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, offset, len)
+            };
+        }
+    }
 }
 
 /// Where a model came from, for resolving external data.

@@ -16,6 +16,10 @@ pub trait Storage: Send + Sync + fmt::Debug {
     fn is_mapped(&self) -> bool {
         false
     }
+    /// Hint that bytes `offset..offset + len` will not be read again soon (a weight that was
+    /// copied into a packed layout). A memory map hands their pages back to the OS; they
+    /// are read from the file again if they are needed. Other storages ignore it.
+    fn release(&self, _offset: usize, _len: usize) {}
     /// The owned buffer behind this storage, when it is an [`AlignedBuf`] nobody else holds.
     fn into_aligned_buf(self: Arc<Self>) -> Option<AlignedBuf> {
         None
@@ -341,6 +345,19 @@ impl Tensor {
         match &self.data {
             TensorData::Strings(s) => Some(s),
             TensorData::Bytes { .. } => None,
+        }
+    }
+
+    /// See [`Storage::release`]: for a mapped tensor, returns its resident pages to the OS
+    /// (the contents stay readable).
+    pub fn release_pages(&self) {
+        if let TensorData::Bytes {
+            storage,
+            offset,
+            len,
+        } = &self.data
+        {
+            storage.release(*offset, *len);
         }
     }
 

@@ -143,9 +143,23 @@ fn passes(level: Level) -> Vec<Box<dyn Pass>> {
     v
 }
 
+/// Passes that run once the pipeline has reached its fixpoint, because they would take
+/// apart patterns the pipeline's fusions match (the transformer fusions read MatMul + Add).
+fn late_passes(level: Level) -> Vec<Box<dyn Pass>> {
+    let mut v: Vec<Box<dyn Pass>> = Vec::new();
+    if level >= Level::O1 {
+        v.push(Box::new(fusion::linear::MatMulAddReshapeFusion));
+    }
+    v
+}
+
 /// Names of every pass, for `--disable` validation and help.
 pub fn pass_names() -> Vec<&'static str> {
-    passes(Level::O3).iter().map(|p| p.name()).collect()
+    passes(Level::O3)
+        .iter()
+        .chain(late_passes(Level::O3).iter())
+        .map(|p| p.name())
+        .collect()
 }
 
 /// Optimizes the model's main graph in place.
@@ -156,41 +170,59 @@ pub fn optimize(model: &mut Model, opts: &Options) -> Result<Report, TransformEr
             return Err(TransformError::UnknownPass(d.clone(), known.join(", ")));
         }
     }
+    let main = passes(opts.level).len();
     let pipeline: Vec<Box<dyn Pass>> = passes(opts.level)
         .into_iter()
-        .filter(|p| !opts.disabled.contains(p.name()))
+        .chain(late_passes(opts.level))
+        .collect();
+    let enabled: Vec<bool> = pipeline
+        .iter()
+        .map(|p| !opts.disabled.contains(p.name()))
         .collect();
     let mut report = Report::default();
     let mut log = Log::default();
     let mut totals: Vec<usize> = vec![0; pipeline.len()];
-    // Each round can only shrink or simplify the graph; the bound is a guard against a pass
-    // that keeps rewriting its own output.
-    for round in 0..32 {
-        let mut changed = 0;
-        for (p, total) in pipeline.iter().zip(totals.iter_mut()) {
-            let n = p
-                .run(&mut model.graph, &mut log)
-                .map_err(|source| TransformError::Ir {
-                    pass: p.name(),
-                    source,
-                })?;
-            if n > 0 {
-                *total += n;
-                changed += n;
-                if cfg!(debug_assertions) {
-                    check(&model.graph).map_err(|source| TransformError::Ir {
+    // Phase 1: the main passes to their fixpoint. Phase 2: the late passes join them, to a
+    // fixpoint again (cleanup runs on what the late passes produce).
+    for phase_len in [main, pipeline.len()] {
+        // Each round can only shrink or simplify the graph; the bound is a guard against a
+        // pass that keeps rewriting its own output.
+        for _ in 0..32 {
+            let mut changed = 0;
+            for (i, p) in pipeline.iter().enumerate().take(phase_len) {
+                if !enabled[i] {
+                    continue;
+                }
+                let n = p
+                    .run(&mut model.graph, &mut log)
+                    .map_err(|source| TransformError::Ir {
                         pass: p.name(),
                         source,
                     })?;
+                if n > 0 {
+                    totals[i] += n;
+                    changed += n;
+                    if cfg!(debug_assertions) {
+                        check(&model.graph).map_err(|source| TransformError::Ir {
+                            pass: p.name(),
+                            source,
+                        })?;
+                    }
                 }
             }
-        }
-        report.iterations = round + 1;
-        if changed == 0 {
-            break;
+            report.iterations += 1;
+            if changed == 0 {
+                break;
+            }
         }
     }
-    report.rewrites = pipeline.iter().map(|p| p.name()).zip(totals).collect();
+    report.rewrites = pipeline
+        .iter()
+        .zip(&enabled)
+        .zip(totals)
+        .filter(|((_, &on), _)| on)
+        .map(|((p, _), n)| (p.name(), n))
+        .collect();
     report.near_misses = log.near_misses;
     if report.rewrites.iter().any(|r| r.1 > 0) {
         model.graph.compact().map_err(|source| TransformError::Ir {

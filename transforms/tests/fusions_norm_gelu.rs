@@ -472,7 +472,7 @@ fn conv_batch_norm_folds() {
 }
 
 #[test]
-fn matmul_add_becomes_gemm_only_in_2d() {
+fn matmul_add_becomes_gemm_with_reshapes_beyond_2d() {
     let mut g = Graph::new("main");
     let a = input(&mut g, "a", &["batch", "4"]);
     let a3 = input(&mut g, "a3", &["batch", "seq", "4"]);

@@ -11,11 +11,7 @@ pub(crate) const PAR_MIN: usize = 1 << 15;
 /// Calls `f(start, chunk)` on contiguous chunks of `out` whose lengths are multiples of
 /// `unit` (except the last), in parallel when `out` has at least [`PAR_MIN`] elements.
 /// `start` is the chunk's offset in `out`.
-pub(crate) fn for_chunks<O: Send>(
-    out: &mut [O],
-    unit: usize,
-    f: impl Fn(usize, &mut [O]) + Sync,
-) {
+pub(crate) fn for_chunks<O: Send>(out: &mut [O], unit: usize, f: impl Fn(usize, &mut [O]) + Sync) {
     for_chunks_weighted(out, unit, 1, f)
 }
 

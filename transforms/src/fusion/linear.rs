@@ -4,20 +4,25 @@
 //!   the normalization folded into its weights and bias:
 //!   `W'[o] = W[o] · s[o]`, `b'[o] = (b[o] − mean[o]) · s[o] + β[o]`, `s = γ / √(var + eps)`.
 //! - **MatMul + Add(bias)** with a 2-D `A`, a 2-D `B` and a 1-D constant bias of `B`'s column
-//!   count → `Gemm(A, B, bias)`. (ONNX Runtime's FusedMatMul takes no bias, and a 3-D `A`
-//!   would need Reshapes around a Gemm, so only the 2-D case is fused.)
+//!   count → `Gemm(A, B, bias)`.
+//! - The same with an `A` of rank ≥ 3 (a transformer's `[batch, seq, hidden]` activations)
+//!   → `Reshape(Gemm(Reshape(A, [-1, K]), B, bias), shape(A)[:-1] ++ [N])`, as ONNX Runtime's
+//!   MatMulAddFusion does: the bias is added in the GEMM's store instead of in another pass
+//!   over the output. This one runs after the transformer fusions (see [`late_passes`]),
+//!   which match the MatMul + Add pairs themselves.
 
-use kiln_ir::op::{Conv, Gemm};
-use kiln_ir::{DType, Graph, IrError, NodeId, Op, Tensor};
+use kiln_ir::op::{Concat, Conv, Gemm, Reshape, Shape, Slice};
+use kiln_ir::{DType, Dim, Graph, IrError, NodeId, Op, Tensor, ValueId};
 
 use crate::pattern::{
-    const_vector_of, dtype, other, out0, private, produced_by, remove_dead, replace_with, shape,
-    sole_reader, Uses,
+    const_vector_of, dtype, node_name, other, out0, private, produced_by, remove_dead,
+    replace_with, shape, sole_reader, Uses,
 };
 use crate::{Log, Pass};
 
 const CONV_BN: &str = "conv-bn-folding";
 const GEMM: &str = "matmul-add-fusion";
+const GEMM_ND: &str = "matmul-add-reshape-fusion";
 
 /// `BatchNormalization(Conv(x, W[, b]))` → `Conv(x, W', b')`.
 pub struct ConvBnFolding;
@@ -153,6 +158,78 @@ impl Pass for ConvBnFolding {
     }
 }
 
+/// A matched `Add(MatMul(A, B), bias)`: the operands, the Add, and A's and B's shapes.
+struct MatMulAdd {
+    a: ValueId,
+    b: ValueId,
+    bias: ValueId,
+    add: NodeId,
+    sa: Vec<Dim>,
+    sb: Vec<Dim>,
+}
+
+/// `Add(MatMul(A, B), bias)` with a 2-D B, float operands of one type and a constant bias
+/// of B's column count; `a_2d` says which ranks of A the caller takes (2, or ≥ 3).
+fn match_matmul_add(
+    g: &Graph,
+    uses: &Uses,
+    mm: NodeId,
+    a_2d: bool,
+    pass: &'static str,
+    log: &mut Log,
+) -> Option<MatMulAdd> {
+    if !g.is_live(mm) || !matches!(g.node(mm).op, Op::MatMul(_)) {
+        return None;
+    }
+    let y = out0(g, mm);
+    let (a, b) = match g.node(mm).inputs.as_slice() {
+        [Some(a), Some(b)] => (*a, *b),
+        _ => return None,
+    };
+    let add = sole_reader(g, uses, y).filter(|&r| matches!(g.node(r).op, Op::Add(_)))?;
+    let (_, ins) = produced_by(g, out0(g, add), |o| matches!(o, Op::Add(_)))?;
+    let bias = other(&ins, y).filter(|&v| g.const_value(v).is_some())?;
+    let name = g.node(mm).name.clone();
+    let (sa, sb) = (shape(g, a)?, shape(g, b)?);
+    if (sa.len() == 2) != a_2d || sa.len() < 2 {
+        return None;
+    }
+    if sb.len() != 2 {
+        log.near_miss(pass, name, "B is not 2-D (Gemm's B is a matrix)");
+        return None;
+    }
+    let floats = [a, b, bias]
+        .iter()
+        .all(|&v| matches!(dtype(g, v), Some(DType::F32 | DType::F16 | DType::F64)));
+    if !floats || dtype(g, a) != dtype(g, b) || dtype(g, a) != dtype(g, bias) {
+        log.near_miss(pass, name, "operands are not all of one float type");
+        return None;
+    }
+    if const_vector_of(g, bias, &sb[1]).is_none() {
+        log.near_miss(
+            pass,
+            name,
+            "bias is not 1-D of B's column count (broadcast bias)",
+        );
+        return None;
+    }
+    Some(MatMulAdd {
+        a,
+        b,
+        bias,
+        add,
+        sa,
+        sb,
+    })
+}
+
+const GEMM_OP: Op = Op::Gemm(Gemm {
+    alpha: 1.0,
+    beta: 1.0,
+    trans_a: false,
+    trans_b: false,
+});
+
 /// `Add(MatMul(A, B), bias)` with 2-D A and B and a 1-D constant bias → `Gemm(A, B, bias)`.
 pub struct MatMulAddFusion;
 
@@ -164,62 +241,118 @@ impl Pass for MatMulAddFusion {
         let mut n = 0;
         let mut uses = Uses::of(g);
         for mm in g.topo_order()? {
-            if !g.is_live(mm) || !matches!(g.node(mm).op, Op::MatMul(_)) {
-                continue;
-            }
-            let y = out0(g, mm);
-            let Some((a, b)) = (match g.node(mm).inputs.as_slice() {
-                [Some(a), Some(b)] => Some((*a, *b)),
-                _ => None,
-            }) else {
-                continue;
-            };
-            let Some(add) =
-                sole_reader(g, &uses, y).filter(|&r| matches!(g.node(r).op, Op::Add(_)))
-            else {
-                continue;
-            };
-            let Some((_, ins)) = produced_by(g, out0(g, add), |o| matches!(o, Op::Add(_))) else {
-                continue;
-            };
-            let Some(bias) = other(&ins, y).filter(|&v| g.const_value(v).is_some()) else {
+            let Some(m) = match_matmul_add(g, &uses, mm, true, GEMM, log) else {
                 continue;
             };
             let name = g.node(mm).name.clone();
-            let (Some(sa), Some(sb)) = (shape(g, a), shape(g, b)) else {
-                continue;
-            };
-            if sa.len() != 2 || sb.len() != 2 {
-                log.near_miss(GEMM, name, "A or B is not 2-D (Gemm is 2-D only)");
-                continue;
-            }
-            let floats = [a, b, bias]
-                .iter()
-                .all(|&v| matches!(dtype(g, v), Some(DType::F32 | DType::F16 | DType::F64)));
-            if !floats || dtype(g, a) != dtype(g, b) || dtype(g, a) != dtype(g, bias) {
-                log.near_miss(GEMM, name, "operands are not all of one float type");
-                continue;
-            }
-            if const_vector_of(g, bias, &sb[1]).is_none() {
-                log.near_miss(
-                    GEMM,
-                    name,
-                    "bias is not 1-D of B's column count (broadcast bias)",
-                );
-                continue;
-            }
-            let out = out0(g, add);
-            let op = Op::Gemm(Gemm {
-                alpha: 1.0,
-                beta: 1.0,
-                trans_a: false,
-                trans_b: false,
-            });
-            replace_with(g, out, &name, op, vec![Some(a), Some(b), Some(bias)], &[]);
-            remove_dead(g, &[add]);
+            let out = out0(g, m.add);
+            let ins = vec![Some(m.a), Some(m.b), Some(m.bias)];
+            replace_with(g, out, &name, GEMM_OP, ins, &[]);
+            remove_dead(g, &[m.add]);
             uses = Uses::of(g);
             n += 1;
         }
         Ok(n)
     }
+}
+
+/// `Add(MatMul(A, B), bias)` with A of rank ≥ 3 → Reshape to 2-D, Gemm, Reshape back.
+pub struct MatMulAddReshapeFusion;
+
+impl Pass for MatMulAddReshapeFusion {
+    fn name(&self) -> &'static str {
+        GEMM_ND
+    }
+    fn run(&self, g: &mut Graph, log: &mut Log) -> Result<usize, IrError> {
+        let mut n = 0;
+        let mut uses = Uses::of(g);
+        for mm in g.topo_order()? {
+            let Some(m) = match_matmul_add(g, &uses, mm, false, GEMM_ND, log) else {
+                continue;
+            };
+            let name = g.node(mm).name.clone();
+            let (Some(k), Some(cols)) = (m.sb[0].known(), m.sb[1].known()) else {
+                log.near_miss(GEMM_ND, name, "B's dims are not known numbers");
+                continue;
+            };
+            if m.sa.last().and_then(|d| d.known()) != Some(k) {
+                log.near_miss(GEMM_ND, name, "A's last dim is not B's row count");
+                continue;
+            }
+            let i64s = |g: &mut Graph, what: &str, v: Vec<i64>| {
+                let cname = g.unique_name(&format!("{name}/{what}"));
+                let len = v.len();
+                g.add_const(cname, Tensor::from_vec(vec![len], v).expect("1-D"))
+            };
+            let flat = i64s(g, "rows_k", vec![-1, k]);
+            let (zero, minus1, n_dim) = (
+                i64s(g, "zero", vec![0]),
+                i64s(g, "minus_one", vec![-1]),
+                i64s(g, "cols", vec![cols]),
+            );
+            let a2 = node(
+                g,
+                &name,
+                "a_2d",
+                Op::Reshape(Reshape { allowzero: false }),
+                vec![Some(m.a), Some(flat)],
+            );
+            let sh = node(
+                g,
+                &name,
+                "shape",
+                Op::Shape(Shape {
+                    start: 0,
+                    end: None,
+                }),
+                vec![Some(m.a)],
+            );
+            let lead = node(
+                g,
+                &name,
+                "lead",
+                Op::Slice(Slice {}),
+                vec![Some(sh), Some(zero), Some(minus1), Some(zero)],
+            );
+            let to = node(
+                g,
+                &name,
+                "out_shape",
+                Op::Concat(Concat { axis: 0 }),
+                vec![Some(lead), Some(n_dim)],
+            );
+            let y2 = node(
+                g,
+                &name,
+                "gemm",
+                GEMM_OP,
+                vec![Some(a2), Some(m.b), Some(m.bias)],
+            );
+            let out = out0(g, m.add);
+            replace_with(
+                g,
+                out,
+                &format!("{name}/reshape_back"),
+                Op::Reshape(Reshape { allowzero: false }),
+                vec![Some(y2), Some(to)],
+                &[],
+            );
+            remove_dead(g, &[m.add]);
+            uses = Uses::of(g);
+            n += 1;
+        }
+        if n > 0 {
+            // Types of the new values, for the passes and the export that follow.
+            kiln_ir::infer::infer_graph(g)?;
+        }
+        Ok(n)
+    }
+}
+
+/// A new single-output node named `{base}/{what}`; returns its output.
+fn node(g: &mut Graph, base: &str, what: &str, op: Op, inputs: Vec<Option<ValueId>>) -> ValueId {
+    let name = node_name(g, &format!("{base}/{what}"));
+    let out = g.unique_name(&name);
+    let n = g.add_node(name, op, inputs, &[out.as_str()]);
+    g.node(n).outputs[0]
 }

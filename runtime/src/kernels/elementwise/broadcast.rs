@@ -252,13 +252,17 @@ pub(crate) fn ternary_into<A: Sync, B: Sync, C: Sync, O: Send>(
                     }
                     (1, 0, 1) => {
                         let y = &b[ib];
-                        for ((o, x), z) in out.iter_mut().zip(&a[ia..ia + len]).zip(&c[ic..ic + len]) {
+                        for ((o, x), z) in
+                            out.iter_mut().zip(&a[ia..ia + len]).zip(&c[ic..ic + len])
+                        {
                             *o = f(x, y, z);
                         }
                     }
                     (1, 1, 0) => {
                         let z = &c[ic];
-                        for ((o, x), y) in out.iter_mut().zip(&a[ia..ia + len]).zip(&b[ib..ib + len]) {
+                        for ((o, x), y) in
+                            out.iter_mut().zip(&a[ia..ia + len]).zip(&b[ib..ib + len])
+                        {
                             *o = f(x, y, z);
                         }
                     }
@@ -331,7 +335,11 @@ mod tests {
                 for r0 in 0..runs.count {
                     runs.walk(r0, runs.count, |o, [ia, ib], [sa, sb], len| {
                         for j in 0..len {
-                            assert_eq!((ia + j * sa, ib + j * sb), want[o + j], "{a:?} {b:?} from {r0}");
+                            assert_eq!(
+                                (ia + j * sa, ib + j * sb),
+                                want[o + j],
+                                "{a:?} {b:?} from {r0}"
+                            );
                         }
                     });
                 }

@@ -72,9 +72,12 @@ fn pack_const_b(b: &Tensor, trans: bool) -> Option<ConstB> {
     let data = b.as_slice::<f32>()?;
     let (rows, cols) = (sh[r - 2], sh[r - 1]);
     let (k, n) = if trans { (cols, rows) } else { (rows, cols) };
+    let packed = PackedB::new(k, n, data, cols, trans);
+    // The packed copy is what runs: a mapped weight's pages need not stay resident too.
+    b.release_pages();
     Some(ConstB {
         shape: sh.to_vec(),
-        b: PackedB::new(k, n, data, cols, trans),
+        b: packed,
     })
 }
 

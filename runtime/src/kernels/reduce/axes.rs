@@ -8,8 +8,8 @@ use super::num::{ints, view, Acc, Num};
 use super::{split_at_axis, KResult};
 use crate::error::KernelError;
 use crate::kernel::{opt_tensor_input, tensor_input, BuildCx, Kernel, RunCx};
-use crate::kernels::util::{for_each_broadcast, norm_axis, strides};
 use crate::kernels::par::for_chunks_weighted;
+use crate::kernels::util::{for_each_broadcast, norm_axis, strides};
 use crate::value::Value;
 
 pub(super) fn build(op: &Op, _cx: &BuildCx) -> Option<Result<Box<dyn Kernel>, KernelError>> {

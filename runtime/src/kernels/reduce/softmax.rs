@@ -46,7 +46,8 @@ impl Kernel for SoftmaxK {
         if dt == kiln_ir::DType::F32 && kind == Kind::Softmax && inner == 1 {
             // Vectorized exp, rows over threads (gemm::vmath).
             let xs = view::<f32>(x)?;
-            let t = cx.tensor_dirty::<f32>(shape, |o| crate::gemm::vmath::softmax_rows(&xs, n, o))?;
+            let t =
+                cx.tensor_dirty::<f32>(shape, |o| crate::gemm::vmath::softmax_rows(&xs, n, o))?;
             return Ok(vec![t.into()]);
         }
         crate::with_float!(dt, T => {
