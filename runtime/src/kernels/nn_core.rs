@@ -6,7 +6,6 @@ use kiln_ir::op::{AveragePool, BatchNormalization, Conv, MaxPool};
 use kiln_ir::{DType, Op, Tensor};
 
 use crate::error::KernelError;
-use crate::gemm::PackedB;
 use crate::kernel::{opt_tensor_input, tensor_input, BuildCx, Kernel, RunCx};
 use crate::kernels::reduce::num::view;
 use crate::value::Value;
@@ -182,32 +181,11 @@ fn for_each_tap(w: &Window, mut f: impl FnMut(usize, usize, Option<usize>)) {
 
 struct ConvK {
     attr: Conv,
-    /// Constant f32 weights (1 or 2 spatial dims, not depthwise) packed for the GEMM at build
-    /// time: the weight shape and one packed `Wᵀ` per group.
-    packed: Option<(Vec<usize>, Vec<PackedB>)>,
 }
 
 impl ConvK {
-    fn new(c: &Conv, cx: &BuildCx) -> ConvK {
-        let g = c.group.max(1) as usize;
-        let packed = cx.const_inputs.get(1).copied().flatten().and_then(|w| {
-            let ws = w.shape();
-            let depthwise = g > 1 && ws.get(1) == Some(&1) && ws.first() == Some(&g);
-            if w.dtype() != DType::F32
-                || !(ws.len() == 3 || ws.len() == 4)
-                || ws[0] % g != 0
-                || depthwise
-            {
-                return None;
-            }
-            let data = w.as_slice::<f32>()?;
-            let kd: usize = ws[1..].iter().product();
-            Some((ws.to_vec(), conv::pack_weights_raw(data, ws[0], g, kd)))
-        });
-        ConvK {
-            attr: c.clone(),
-            packed,
-        }
+    fn new(c: &Conv, _cx: &BuildCx) -> ConvK {
+        ConvK { attr: c.clone() }
     }
 
     /// The f32 path for 1 or 2 spatial dims; `None` when it does not apply.
@@ -285,19 +263,10 @@ impl ConvK {
     ) -> Result<Tensor, KernelError> {
         let xv = view::<f32>(x)?;
         let bv = b.map(view::<f32>).transpose()?;
-        let packed = self
-            .packed
-            .as_ref()
-            .filter(|(s, _)| s == wt.shape())
-            .map(|(_, p)| &p[..]);
-        // With packed weights the raw ones are not read (and not copied when they are
-        // memory-mapped without f32 alignment).
-        let wv = match packed {
-            Some(_) => std::borrow::Cow::Borrowed(&[][..]),
-            None => view::<f32>(wt)?,
-        };
-        cx.tensor::<f32>(shape.to_vec(), |o| {
-            conv::conv2d(geom, &xv, &wv, packed, bv.as_deref(), o)
+        let wv = view::<f32>(wt)?;
+        // conv2d writes every output element.
+        cx.tensor_dirty::<f32>(shape.to_vec(), |o| {
+            conv::conv2d(geom, &xv, &wv, bv.as_deref(), o)
         })
     }
 }

@@ -1,16 +1,19 @@
 //! f32 `Conv` over 1 or 2 spatial dims on the packed GEMM.
 //!
-//! Per image and group, the output is computed pixel-major, `T[P, Mg] = op(A)[P, K] · Wᵀ[K, Mg]`
-//! (`P` output pixels, `K = Cg·kh·kw`), so that the weights are the GEMM's `B` — packed once at
-//! build time when they are constant — and the bias is the epilogue's per-column bias. `op(A)`
-//! is the im2col matrix `col[K, P]` read transposed, or the input itself for 1×1 stride-1
-//! unpadded convolutions (no im2col). `T` (all groups side by side, `[P, M]`) is then
-//! transposed into the NCHW output. Depthwise convolutions (`group = C = M`) run a direct
-//! kernel instead.
+//! Per image and group, the output is computed channel-major, straight into NCHW:
+//! `Y[Mg, P] = W[Mg, K] · col[K, P]` (`P` output pixels, `K = Cg·kh·kw`). `col` is the im2col
+//! matrix, or the input itself for 1×1 stride-1 unpadded convolutions (no im2col, no copy).
+//! The wide operand (`col`, `K × P`) is the GEMM's `B`, so when the threads split the
+//! columns each packs only its own pixels; the small one (the weights) is packed per block
+//! as `A`. (Computing `Yᵀ = colᵀ·Wᵀ` with pre-packed weights instead made every thread pack
+//! the whole im2col matrix and needed a transpose of the output: ResNet-50 took 298 ms
+//! instead of 252 under the same load.)
+//! The bias is written into `Y` first and accumulated with `beta = 1`. Depthwise
+//! convolutions (`group = C = M`) run a direct kernel instead.
 
 use rayon::prelude::*;
 
-use crate::gemm::{default_gemm, Epilogue, PackedB};
+use crate::gemm::{default_gemm, Epilogue};
 
 /// Geometry of a 2-D convolution (1-D ones have `h = kh = oh = 1`).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -59,30 +62,9 @@ impl Geom {
     }
 }
 
-/// The weights `[M, Cg, kh, kw]`, transposed and packed per group as the GEMM's `B`
-/// (`K × Mg`).
-pub(crate) fn pack_weights(w: &[f32], g: &Geom) -> Vec<PackedB> {
-    pack_weights_raw(w, g.m, g.g, g.kdim())
-}
-
-/// [`pack_weights`] for `m` output channels in `groups` groups of `kd = Cg·kh·kw` inputs.
-pub(crate) fn pack_weights_raw(w: &[f32], m: usize, groups: usize, kd: usize) -> Vec<PackedB> {
-    let mg = m / groups.max(1);
-    (0..groups)
-        .map(|gi| PackedB::new(kd, mg, &w[gi * mg * kd..], kd.max(1), true))
-        .collect()
-}
-
 /// `y = conv(x, w) + bias` for NCHW `x` (`[n, c, h, w]`), `w` (`[m, c/g, kh, kw]`), `y`
-/// (`[n, m, oh, ow]`). `packed` is [`pack_weights`] of `w` when the caller has it.
-pub(crate) fn conv2d(
-    g: &Geom,
-    x: &[f32],
-    w: &[f32],
-    packed: Option<&[PackedB]>,
-    bias: Option<&[f32]>,
-    y: &mut [f32],
-) {
+/// (`[n, m, oh, ow]`).
+pub(crate) fn conv2d(g: &Geom, x: &[f32], w: &[f32], bias: Option<&[f32]>, y: &mut [f32]) {
     let p = g.oh * g.ow;
     let out_len = g.n * g.m * p;
     let y = &mut y[..out_len];
@@ -93,67 +75,60 @@ pub(crate) fn conv2d(
         depthwise(g, x, w, bias, y);
         return;
     }
-    let owned;
-    let packed = match packed {
-        Some(p) => p,
-        None => {
-            owned = pack_weights(w, g);
-            &owned[..]
-        }
-    };
     let (cg, mg, kd) = (g.cg(), g.mg(), g.kdim());
     let in_img = g.c * g.h * g.w;
     let pointwise = g.is_pointwise();
-    // Scratch (im2col matrix, pixel-major output) reused across calls on this thread: fresh
-    // large allocations cost a page fault per 4 KiB on every run.
-    let (mut col, mut t) = SCRATCH.with(|s| std::mem::take(&mut *s.borrow_mut()));
+    // The im2col matrix, reused across calls on this thread: a fresh large allocation
+    // costs a page fault per 4 KiB on every run.
+    let mut col = SCRATCH.with(|s| std::mem::take(&mut *s.borrow_mut()));
     col.resize(if pointwise { 0 } else { kd * p }, 0.0);
-    t.resize(p * g.m, 0.0);
     for ni in 0..g.n {
         let xi = &x[ni * in_img..(ni + 1) * in_img];
         for gi in 0..g.g {
             let xg = &xi[gi * cg * g.h * g.w..(gi + 1) * cg * g.h * g.w];
-            let a: &[f32] = if pointwise {
+            let yg = &mut y[(ni * g.m + gi * mg) * p..(ni * g.m + (gi + 1) * mg) * p];
+            match bias {
+                Some(b) => {
+                    for (row, &bv) in yg.chunks_mut(p).zip(&b[gi * mg..(gi + 1) * mg]) {
+                        row.fill(bv);
+                    }
+                }
+                None => yg.fill(0.0),
+            }
+            if kd == 0 {
+                // No input channels: the output is the bias.
+                continue;
+            }
+            let b: &[f32] = if pointwise {
                 xg
             } else {
                 im2col(g, xg, &mut col);
                 &col
             };
-            let epi = match bias {
-                Some(b) => Epilogue::bias(&b[gi * mg..]),
-                None => Epilogue::NONE,
-            };
-            if kd == 0 {
-                // No input channels: the output is the bias.
-                for row in t.chunks_mut(g.m) {
-                    for (j, v) in row[gi * mg..(gi + 1) * mg].iter_mut().enumerate() {
-                        *v = bias.map_or(0.0, |b| b[gi * mg + j]);
-                    }
-                }
-                continue;
-            }
-            default_gemm().sgemm_packed(
+            let wg = &w[gi * mg * kd..(gi + 1) * mg * kd];
+            default_gemm().sgemm(
+                mg,
                 p,
+                kd,
                 1.0,
-                a,
+                wg,
+                kd,
+                false,
+                b,
                 p,
-                true,
-                &packed[gi],
-                0.0,
-                &mut t[gi * mg..],
-                g.m,
-                epi,
+                false,
+                1.0,
+                yg,
+                p,
+                Epilogue::NONE,
             );
         }
-        transpose(&t, p, g.m, &mut y[ni * g.m * p..(ni + 1) * g.m * p]);
     }
-    SCRATCH.with(|s| *s.borrow_mut() = (col, t));
+    SCRATCH.with(|s| *s.borrow_mut() = col);
 }
 
 thread_local! {
-    static SCRATCH: std::cell::RefCell<(Vec<f32>, Vec<f32>)> = const {
-        std::cell::RefCell::new((Vec::new(), Vec::new()))
-    };
+    static SCRATCH: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 /// `col[(ci·kh + ki)·kw + kj][oy·ow + ox] = x[ci][oy·sh − ph + ki·dh][ox·sw − pw + kj·dw]`
@@ -213,38 +188,6 @@ pub(crate) fn im2col(g: &Geom, x: &[f32], col: &mut [f32]) {
         col.chunks_mut(p)
             .enumerate()
             .for_each(|(r, dst)| fill(r, dst));
-    }
-}
-
-/// `y[j][i] = t[i][j]` for `t` of `rows × cols` (`y` is `cols × rows`), in tiles.
-pub(crate) fn transpose(t: &[f32], rows: usize, cols: usize, y: &mut [f32]) {
-    const CB: usize = 16;
-    const RB: usize = 64;
-    if rows == 0 || cols == 0 {
-        return;
-    }
-    let block = |bi: usize, yb: &mut [f32]| {
-        let c0 = bi * CB;
-        let cb = yb.len() / rows;
-        for r0 in (0..rows).step_by(RB) {
-            let r1 = (r0 + RB).min(rows);
-            for cj in 0..cb {
-                let yr = &mut yb[cj * rows + r0..cj * rows + r1];
-                for (k, v) in yr.iter_mut().enumerate() {
-                    *v = t[(r0 + k) * cols + c0 + cj];
-                }
-            }
-        }
-    };
-    let y = &mut y[..rows * cols];
-    if rows * cols >= 1 << 15 {
-        y.par_chunks_mut(CB * rows)
-            .enumerate()
-            .for_each(|(bi, yb)| block(bi, yb));
-    } else {
-        y.chunks_mut(CB * rows)
-            .enumerate()
-            .for_each(|(bi, yb)| block(bi, yb));
     }
 }
 
