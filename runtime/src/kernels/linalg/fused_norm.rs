@@ -13,7 +13,7 @@ use crate::kernel::{opt_tensor_input, tensor_input, BuildCx, Kernel, RunCx};
 use crate::kernels::reduce::norm::{
     affine_norm_rows, norm_param, norm_rows_f32, normalize_row, reals_tensor, stash_dtype,
 };
-use crate::kernels::reduce::num::{ints, to_reals, view, Float, Real};
+use crate::kernels::reduce::num::{f32s, ints, to_reals, view, Float, Real};
 use crate::kernels::util::norm_axis;
 use crate::value::Value;
 
@@ -68,15 +68,6 @@ impl Kernel for SkipNorm {
             return self.run_f32(inputs, cx);
         }
         crate::with_float!(dt, T => self.run_t::<T>(inputs, cx), else Err(KernelError::Unsupported(format!("skip layer norm of {dt}"))))
-    }
-}
-
-/// A float tensor's elements as f32: borrowed when it is f32 (constants are not copied).
-fn f32s(t: &Tensor) -> KResult<Cow<'_, [f32]>> {
-    if t.dtype() == DType::F32 {
-        view::<f32>(t)
-    } else {
-        Ok(Cow::Owned(to_reals::<f32>(t)?))
     }
 }
 
