@@ -198,7 +198,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             session.run_profiled(inputs.clone(), &mut p)?;
         }
         let total: f64 = p.by_op.values().map(|e| e.0).sum();
-        println!("\nkiln profile ({} runs): op, ms per run, share, steps per run", args.runs);
+        println!(
+            "\nkiln profile ({} runs): op, ms per run, share, steps per run",
+            args.runs
+        );
         for (op, t, n) in p.sorted() {
             println!(
                 "{op:<28} {:>9.2} {:>6.1}% {:>6}",
