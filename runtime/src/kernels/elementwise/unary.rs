@@ -394,7 +394,7 @@ impl Kernel for BiasAct {
                 Some(b) => view::<f32>(b)?,
                 None => std::borrow::Cow::Borrowed(&[][..]),
             };
-            let out = new_tensor::<f32>(cx, dt, x.shape().to_vec(), |o| {
+            let out = cx.tensor_dirty::<f32>(x.shape().to_vec(), |o| {
                 if tanh {
                     vmath::bias_fast_gelu(&xs, &bs, o)
                 } else {

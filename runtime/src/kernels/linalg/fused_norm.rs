@@ -77,10 +77,10 @@ fn stats_tensors(cx: &mut RunCx, shape: &[usize], stats: &[(f32, f32)]) -> KResu
     if let Some(l) = sh.last_mut() {
         *l = 1;
     }
-    let m = cx.tensor::<f32>(sh.clone(), |o| {
+    let m = cx.tensor_dirty::<f32>(sh.clone(), |o| {
         o.iter_mut().zip(stats).for_each(|(o, s)| *o = s.0)
     })?;
-    let i = cx.tensor::<f32>(sh, |o| o.iter_mut().zip(stats).for_each(|(o, s)| *o = s.1))?;
+    let i = cx.tensor_dirty::<f32>(sh, |o| o.iter_mut().zip(stats).for_each(|(o, s)| *o = s.1))?;
     Ok((m.into(), i.into()))
 }
 
@@ -146,7 +146,7 @@ impl SkipNorm {
         // The sum is an output (with the statistics, as in the generic path); otherwise it
         // lives in the output row until normalized.
         let sum = if self.n_out > 1 {
-            Some(cx.tensor::<f32>(shape.clone(), |o| {
+            Some(cx.tensor_dirty::<f32>(shape.clone(), |o| {
                 o.chunks_mut(h.max(1))
                     .enumerate()
                     .for_each(|(r, d)| add(r, d))
@@ -159,7 +159,7 @@ impl SkipNorm {
             None => None,
         };
         let mut stats = Vec::new();
-        let y = cx.tensor::<f32>(shape.clone(), |o| {
+        let y = cx.tensor_dirty::<f32>(shape.clone(), |o| {
             stats = norm_rows_f32(
                 o,
                 rows,
@@ -294,7 +294,7 @@ impl Kernel for SimplifiedNorm {
             if g.len() == cols {
                 let xs = view::<f32>(x)?;
                 let mut stats = Vec::new();
-                let y = cx.tensor::<f32>(shape.clone(), |o| {
+                let y = cx.tensor_dirty::<f32>(shape.clone(), |o| {
                     stats = norm_rows_f32(o, rows, cols, &g, None, self.eps, true, |r, row| {
                         row.copy_from_slice(&xs[r * cols..(r + 1) * cols])
                     });
@@ -470,7 +470,7 @@ impl EmbedNorm {
             }
         };
         let sum = if self.n_out > 2 {
-            Some(cx.tensor::<f32>(vec![b, s, h], |o| {
+            Some(cx.tensor_dirty::<f32>(vec![b, s, h], |o| {
                 o.chunks_mut(h.max(1))
                     .enumerate()
                     .for_each(|(r, d)| sum_row(r, d))
@@ -482,7 +482,7 @@ impl EmbedNorm {
             Some(t) => Some(view::<f32>(t)?),
             None => None,
         };
-        let y = cx.tensor::<f32>(vec![b, s, h], |o| {
+        let y = cx.tensor_dirty::<f32>(vec![b, s, h], |o| {
             norm_rows_f32(
                 o,
                 b * s,
@@ -502,7 +502,7 @@ impl EmbedNorm {
         let mut outs: Vec<Value> = vec![y.into()];
         if self.n_out > 1 {
             outs.push(
-                cx.tensor::<i32>(vec![b], |o| o.copy_from_slice(&counts))?
+                cx.tensor_dirty::<i32>(vec![b], |o| o.copy_from_slice(&counts))?
                     .into(),
             );
         }

@@ -770,7 +770,7 @@ impl MsAttentionK {
             attn: attn.as_ref().map(|(a, sb, sn)| (&a[..], *sb, *sn)),
         };
         let scale = self.scale_for(h) as f32;
-        let y = cx.tensor::<f32>(vec![b, s, dv], |o| {
+        let y = cx.tensor_dirty::<f32>(vec![b, s, dv], |o| {
             attend_f32(b, n, s, qview, kview, vview, scale, &bias, o, None)
         })?;
         let mut outs: Vec<Value> = vec![y.into()];
@@ -780,7 +780,7 @@ impl MsAttentionK {
                     "Attention present state with key head size {h} and value head size {hv}"
                 )));
             }
-            let present = cx.tensor::<f32>(vec![2, b, n, t, h], |o| {
+            let present = cx.tensor_dirty::<f32>(vec![2, b, n, t, h], |o| {
                 let (ko, vo) = o.split_at_mut(o.len() / 2);
                 kview.copy_to(b, n, ko);
                 vview.copy_to(b, n, vo);

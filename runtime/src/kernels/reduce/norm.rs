@@ -11,6 +11,7 @@ use super::{split_at_axis, KResult};
 use crate::error::KernelError;
 use crate::gemm::vmath;
 use crate::kernel::{opt_tensor_input, tensor_input, BuildCx, Kernel, RunCx};
+use crate::kernels::par::PAR_MIN;
 use crate::kernels::util::{broadcast_strides, for_each_broadcast, norm_axis, strides};
 use crate::value::Value;
 
@@ -189,7 +190,7 @@ impl Kernel for LayerNorm {
             if g.len() == cols && b.as_ref().is_none_or(|b| b.len() == cols) {
                 let xs = view::<f32>(x)?;
                 let mut stats = Vec::new();
-                let y = cx.tensor::<f32>(shape.clone(), |o| {
+                let y = cx.tensor_dirty::<f32>(shape.clone(), |o| {
                     stats = norm_rows_f32(
                         o,
                         rows,
@@ -249,9 +250,9 @@ pub(crate) fn norm_rows_f32(
         fill(r, row);
         vmath::norm_row(row, g, b, eps, rms)
     };
-    if out.len() >= PAR_MIN_ELEMS {
-        // At least ~PAR_MIN_ELEMS / 4 elements per task: a row is too little work to hand out.
-        let per = (PAR_MIN_ELEMS / 4).div_ceil(cols).max(1);
+    if out.len() >= PAR_MIN {
+        // At least ~PAR_MIN / 4 elements per task: a row is too little work to hand out.
+        let per = (PAR_MIN / 4).div_ceil(cols).max(1);
         out.par_chunks_mut(cols)
             .enumerate()
             .with_min_len(per)
@@ -261,9 +262,6 @@ pub(crate) fn norm_rows_f32(
         out.chunks_mut(cols).enumerate().map(one).collect()
     }
 }
-
-/// Normalizations of at least this many elements spread their rows over threads.
-const PAR_MIN_ELEMS: usize = 1 << 15;
 
 /// Normalizes each of `rows` rows of `cols` elements, then `* g + b` (parameters indexed
 /// `(row*cols + col) % len`). Saves per-row mean and inverse std.
