@@ -1,7 +1,9 @@
 //! Vectorizable f32 math for the elementwise kernels: branch-free polynomial `exp` and `erf`
 //! written so that LLVM vectorizes the slice loops, compiled for AVX2+FMA when the CPU has it
 //! (runtime dispatch) and for the baseline target otherwise, and split over threads for large
-//! slices.
+//! slices. The row kernels of softmax and layer normalization and the bias + Gelu maps of the
+//! fused transformer ops are built the same way; their reductions use interleaved partial
+//! sums, so that they vectorize too.
 //!
 //! Accuracy (measured against f64 libm in `runtime/tests/vmath_prop.rs`): `exp` within 2 ulp
 //! (relative error < 2.5e-7) on `[-87, 88]`, subnormal results less exact, 0 below
@@ -116,7 +118,7 @@ macro_rules! slice_fn {
 }
 
 #[cfg(target_arch = "x86_64")]
-fn has_avx2() -> bool {
+pub(crate) fn has_avx2() -> bool {
     use std::sync::OnceLock;
     static H: OnceLock<bool> = OnceLock::new();
     *H.get_or_init(|| is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma"))
@@ -146,77 +148,233 @@ pub fn softmax_rows(x: &[f32], n: usize, out: &mut [f32]) {
     if n == 0 {
         return;
     }
-    // Eight independent lanes per reduction so that the loops vectorize (a single running
-    // max or sum is a serial dependency chain the compiler must keep in order).
-    #[inline(always)]
-    fn row_base(x: &[f32], o: &mut [f32]) {
-        let mut mx = [f32::NEG_INFINITY; 8];
-        let mut nan = false;
-        let mut chunks = x.chunks_exact(8);
-        for c in &mut chunks {
-            for j in 0..8 {
-                nan |= c[j].is_nan();
-                mx[j] = if c[j] > mx[j] { c[j] } else { mx[j] };
-            }
-        }
-        let mut m = f32::NEG_INFINITY;
-        for &v in chunks.remainder().iter().chain(&mx) {
-            nan |= v.is_nan();
-            m = if v > m { v } else { m };
-        }
-        if nan {
-            o.fill(f32::NAN);
-            return;
-        }
-        if m == f32::INFINITY || m == f32::NEG_INFINITY {
-            // Rows with ±inf: the exact definition (e^(x−m) is NaN for inf − inf).
-            let mut s = 0f32;
-            for (o, &v) in o.iter_mut().zip(x) {
-                *o = (v - m).exp();
-                s += *o;
-            }
-            o.iter_mut().for_each(|v| *v /= s);
-            return;
-        }
-        for (o, &v) in o.iter_mut().zip(x) {
-            *o = exp(v - m);
-        }
-        let mut acc = [0f32; 8];
-        let mut chunks = o.chunks_exact(8);
-        for c in &mut chunks {
-            for j in 0..8 {
-                acc[j] += c[j];
-            }
-        }
-        let s = chunks.remainder().iter().sum::<f32>() + acc.iter().sum::<f32>();
-        let inv = 1.0 / s;
-        for o in o.iter_mut() {
-            *o *= inv;
-        }
-    }
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx2,fma")]
-    unsafe fn rows_avx2(x: &[f32], n: usize, out: &mut [f32]) {
-        for (r, o) in x.chunks_exact(n).zip(out.chunks_exact_mut(n)) {
-            row_base(r, o)
-        }
-    }
-    fn rows(x: &[f32], n: usize, out: &mut [f32]) {
-        #[cfg(target_arch = "x86_64")]
-        if has_avx2() {
-            // SAFETY: the CPU has AVX2 and FMA.
-            return unsafe { rows_avx2(x, n, out) };
-        }
-        for (r, o) in x.chunks_exact(n).zip(out.chunks_exact_mut(n)) {
-            row_base(r, o)
-        }
-    }
     let per = (CHUNK / n).max(1) * n;
     if x.len() >= PAR_MIN {
         x.par_chunks(per)
             .zip(out.par_chunks_mut(per))
-            .for_each(|(x, o)| rows(x, n, o));
+            .for_each(|(x, o)| {
+                o.copy_from_slice(x);
+                softmax_rows_in_place(o, n)
+            });
     } else {
-        rows(x, n, out)
+        out.copy_from_slice(x);
+        softmax_rows_in_place(out, n)
     }
 }
+
+/// [`softmax_rows`] in place and on the calling thread, for callers that already spread
+/// their work over threads (attention heads).
+pub fn softmax_rows_in_place(x: &mut [f32], n: usize) {
+    if n == 0 {
+        return;
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn rows_avx2(x: &mut [f32], n: usize) {
+        // A `for` loop, not `for_each`: the row kernel must be inlined here to get AVX2 (a
+        // `for_each` left it in an out-of-line `fold` compiled for the baseline target).
+        for row in x.chunks_exact_mut(n) {
+            softmax_row_base(row)
+        }
+    }
+    #[cfg(target_arch = "x86_64")]
+    if has_avx2() {
+        // SAFETY: the CPU has AVX2 and FMA.
+        return unsafe { rows_avx2(x, n) };
+    }
+    for row in x.chunks_exact_mut(n) {
+        softmax_row_base(row)
+    }
+}
+
+/// Lanes of the partial sums and maxima of the row kernels: independent accumulators are
+/// what lets LLVM vectorize a float reduction (it may not reassociate a single one).
+const LANES: usize = 16;
+
+/// `Σ f(x[i])`, summed in [`LANES`] interleaved partial sums, then pairwise.
+#[inline(always)]
+fn lane_sum(x: &[f32], f: impl Fn(f32) -> f32) -> f32 {
+    let mut acc = [0f32; LANES];
+    let chunks = x.chunks_exact(LANES);
+    let rem = chunks.remainder();
+    for c in chunks {
+        for l in 0..LANES {
+            acc[l] += f(c[l]);
+        }
+    }
+    for (a, &v) in acc.iter_mut().zip(rem) {
+        *a += f(v);
+    }
+    let mut w = LANES;
+    while w > 1 {
+        w /= 2;
+        for l in 0..w {
+            acc[l] += acc[l + w];
+        }
+    }
+    acc[0]
+}
+
+/// The largest element of `x` (NaNs ignored; −∞ when empty or all NaN).
+#[inline(always)]
+fn lane_max(x: &[f32]) -> f32 {
+    let mut acc = [f32::NEG_INFINITY; LANES];
+    let chunks = x.chunks_exact(LANES);
+    let rem = chunks.remainder();
+    for c in chunks {
+        for l in 0..LANES {
+            acc[l] = if c[l] > acc[l] { c[l] } else { acc[l] };
+        }
+    }
+    for (a, &v) in acc.iter_mut().zip(rem) {
+        *a = if v > *a { v } else { *a };
+    }
+    acc.iter()
+        .fold(f32::NEG_INFINITY, |m, &v| if v > m { v } else { m })
+}
+
+/// Softmax of one row in place.
+#[inline(always)]
+fn softmax_row_base(o: &mut [f32]) {
+    let m = lane_max(o);
+    if m.is_infinite() {
+        // Rows with ±inf (or only NaNs): the exact definition (e^(x−m) is NaN for inf − inf).
+        let mut s = 0f32;
+        for v in o.iter_mut() {
+            *v = (*v - m).exp();
+            s += *v;
+        }
+        o.iter_mut().for_each(|v| *v /= s);
+        return;
+    }
+    for v in o.iter_mut() {
+        *v = exp(*v - m);
+    }
+    let s = lane_sum(o, |v| v);
+    if s.is_nan() {
+        // Every term is in [0, 1] unless the row holds a NaN, which makes the whole row NaN.
+        o.fill(f32::NAN);
+        return;
+    }
+    let inv = 1.0 / s;
+    for v in o.iter_mut() {
+        *v *= inv;
+    }
+}
+
+/// Layer normalization of one row in place: `(x − mean)·inv·g + b` with
+/// `inv = 1/√(mean((x − mean)²) + eps)`, or, when `rms`, `x·inv·g (+ b)` with mean 0 and
+/// `inv = 1/√(mean(x²) + eps)`. Two passes over the row (mean, then squared deviations), in
+/// f32 with [`LANES`] partial sums. Returns `(mean, inv)`. `g` and `b` are at least as long
+/// as the row.
+pub fn norm_row(row: &mut [f32], g: &[f32], b: Option<&[f32]>, eps: f32, rms: bool) -> (f32, f32) {
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn avx2(
+        row: &mut [f32],
+        g: &[f32],
+        b: Option<&[f32]>,
+        eps: f32,
+        rms: bool,
+    ) -> (f32, f32) {
+        norm_row_base(row, g, b, eps, rms)
+    }
+    assert!(
+        g.len() >= row.len() && b.is_none_or(|b| b.len() >= row.len()),
+        "norm_row: parameters shorter than the row"
+    );
+    #[cfg(target_arch = "x86_64")]
+    if has_avx2() {
+        // SAFETY: the CPU has AVX2 and FMA.
+        return unsafe { avx2(row, g, b, eps, rms) };
+    }
+    norm_row_base(row, g, b, eps, rms)
+}
+
+#[inline(always)]
+fn norm_row_base(row: &mut [f32], g: &[f32], b: Option<&[f32]>, eps: f32, rms: bool) -> (f32, f32) {
+    let n = row.len() as f32;
+    let mean = if rms { 0.0 } else { lane_sum(row, |v| v) / n };
+    let ss = lane_sum(row, |v| (v - mean) * (v - mean));
+    let inv = 1.0 / (ss / n + eps).sqrt();
+    match b {
+        Some(b) => {
+            for ((v, &g), &b) in row.iter_mut().zip(g).zip(b) {
+                *v = (*v - mean) * inv * g + b;
+            }
+        }
+        None => {
+            for (v, &g) in row.iter_mut().zip(g) {
+                *v = (*v - mean) * inv * g;
+            }
+        }
+    }
+    (mean, inv)
+}
+
+macro_rules! bias_fn {
+    ($(#[$doc:meta])* $name:ident, $base:ident, |$v:ident| $e:expr) => {
+        #[inline(always)]
+        fn $base(x: &[f32], bias: &[f32], out: &mut [f32]) {
+            if bias.is_empty() {
+                for (o, &$v) in out.iter_mut().zip(x) {
+                    *o = $e;
+                }
+                return;
+            }
+            for (xr, or) in x.chunks(bias.len()).zip(out.chunks_mut(bias.len())) {
+                for ((o, &xv), &bv) in or.iter_mut().zip(xr).zip(bias) {
+                    let $v = xv + bv;
+                    *o = $e;
+                }
+            }
+        }
+
+        $(#[$doc])*
+        pub fn $name(x: &[f32], bias: &[f32], out: &mut [f32]) {
+            #[cfg(target_arch = "x86_64")]
+            #[target_feature(enable = "avx2,fma")]
+            unsafe fn avx2(x: &[f32], bias: &[f32], out: &mut [f32]) {
+                $base(x, bias, out)
+            }
+            assert_eq!(x.len(), out.len(), "input and output lengths differ");
+            assert!(
+                bias.is_empty() || x.len() % bias.len() == 0,
+                "the bias does not divide the input into rows"
+            );
+            let one = |x: &[f32], out: &mut [f32]| {
+                #[cfg(target_arch = "x86_64")]
+                if has_avx2() {
+                    // SAFETY: the CPU has AVX2 and FMA.
+                    return unsafe { avx2(x, bias, out) };
+                }
+                $base(x, bias, out)
+            };
+            if x.len() >= PAR_MIN {
+                // Whole rows per chunk, so that every chunk starts at column 0 of the bias.
+                let per = (CHUNK / bias.len().max(1)).max(1) * bias.len().max(1);
+                x.par_chunks(per)
+                    .zip(out.par_chunks_mut(per))
+                    .for_each(|(x, o)| one(x, o));
+            } else {
+                one(x, out)
+            }
+        }
+    };
+}
+
+bias_fn!(
+    /// com.microsoft BiasGelu: `out = gelu(x + bias)` (ONNX Gelu, `approximate = "none"`), the
+    /// bias repeated along rows of `bias.len()` (no bias when empty).
+    bias_gelu, bias_gelu_base, |v| 0.5 * v * (1.0 + erf(v * std::f32::consts::FRAC_1_SQRT_2))
+);
+bias_fn!(
+    /// com.microsoft FastGelu: `out = 0.5·v·(1 + tanh(√(2/π)·(v + 0.044715·v³)))` with
+    /// `v = x + bias`, computed as `v·sigmoid(2u)` (the same function, without the
+    /// cancellation of `1 + tanh` for negative `u`).
+    bias_fast_gelu, bias_fast_gelu_base, |v| {
+        const K: f32 = 0.797_884_6; // √(2/π)
+        let u = K * (v + 0.044_715 * v * v * v);
+        v / (1.0 + exp(-2.0 * u))
+    }
+);

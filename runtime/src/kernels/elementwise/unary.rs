@@ -381,6 +381,28 @@ impl Kernel for BiasAct {
         let bias = opt_tensor_input(inputs, 1)?;
         let dt = x.dtype();
         let tanh = self.act == U::GeluTanh;
+        // f32 with no bias or a bias along the last axis (what the fusions produce): one
+        // vectorized pass, rows over threads.
+        let last = x.shape().last().copied();
+        if dt == DType::F32
+            && bias
+                .is_none_or(|b| b.dtype() == DType::F32 && b.rank() == 1 && Some(b.len()) == last)
+        {
+            use crate::gemm::vmath;
+            let xs = view::<f32>(x)?;
+            let bs = match bias {
+                Some(b) => view::<f32>(b)?,
+                None => std::borrow::Cow::Borrowed(&[][..]),
+            };
+            let out = cx.tensor_dirty::<f32>(x.shape().to_vec(), |o| {
+                if tanh {
+                    vmath::bias_fast_gelu(&xs, &bs, o)
+                } else {
+                    vmath::bias_gelu(&xs, &bs, o)
+                }
+            })?;
+            return Ok(vec![Value::Tensor(out)]);
+        }
         let out = with_float!(dt, T => {
             let xs = view::<T>(x)?;
             match bias {

@@ -3,15 +3,17 @@
 //! registers in the default domain) and `EmbedLayerNormalization`. Statistics in f32 (f64
 //! for f64 inputs); saved statistics are f32.
 
-use kiln_ir::{DType, Op};
+use std::borrow::Cow;
+
+use kiln_ir::{DType, Op, Tensor};
 
 use super::KResult;
 use crate::error::KernelError;
 use crate::kernel::{opt_tensor_input, tensor_input, BuildCx, Kernel, RunCx};
 use crate::kernels::reduce::norm::{
-    affine_norm_rows, norm_param, normalize_row, reals_tensor, stash_dtype,
+    affine_norm_rows, norm_param, norm_rows_f32, normalize_row, reals_tensor, stash_dtype,
 };
-use crate::kernels::reduce::num::{ints, to_reals, view, Float, Real};
+use crate::kernels::reduce::num::{f32s, ints, to_reals, view, Float, Real};
 use crate::kernels::util::norm_axis;
 use crate::value::Value;
 
@@ -62,11 +64,129 @@ impl Kernel for SkipNorm {
     fn run(&self, inputs: &[Option<&Value>], cx: &mut RunCx) -> KResult<Vec<Value>> {
         let x = tensor_input(inputs, 0)?;
         let dt = x.dtype();
+        if dt == DType::F32 {
+            return self.run_f32(inputs, cx);
+        }
         crate::with_float!(dt, T => self.run_t::<T>(inputs, cx), else Err(KernelError::Unsupported(format!("skip layer norm of {dt}"))))
     }
 }
 
+/// Statistics of `rows` rows, shaped `shape` with the last dim 1, as f32 tensors.
+fn stats_tensors(cx: &mut RunCx, shape: &[usize], stats: &[(f32, f32)]) -> KResult<(Value, Value)> {
+    let mut sh = shape.to_vec();
+    if let Some(l) = sh.last_mut() {
+        *l = 1;
+    }
+    let m = cx.tensor_dirty::<f32>(sh.clone(), |o| {
+        o.iter_mut().zip(stats).for_each(|(o, s)| *o = s.0)
+    })?;
+    let i = cx.tensor_dirty::<f32>(sh, |o| o.iter_mut().zip(stats).for_each(|(o, s)| *o = s.1))?;
+    Ok((m.into(), i.into()))
+}
+
 impl SkipNorm {
+    /// f32: one pass per row (sum, statistics, affine), rows over threads, parameters read
+    /// in place.
+    fn run_f32(&self, inputs: &[Option<&Value>], cx: &mut RunCx) -> KResult<Vec<Value>> {
+        let x = tensor_input(inputs, 0)?;
+        let skip = tensor_input(inputs, 1)?;
+        let gamma = tensor_input(inputs, 2)?;
+        let (beta, bias) = if self.rms {
+            (None, opt_tensor_input(inputs, 3)?)
+        } else {
+            (opt_tensor_input(inputs, 3)?, opt_tensor_input(inputs, 4)?)
+        };
+        let shape = x.shape().to_vec();
+        let h = *shape
+            .last()
+            .ok_or("skip layer norm input must have rank >= 1")?;
+        let rows = x.len() / h.max(1);
+        let skip_rows = skip.len() / h.max(1);
+        if skip.shape().last() != Some(&h) || skip_rows == 0 || rows % skip_rows != 0 {
+            return Err(KernelError::Invalid(format!(
+                "skip of shape {:?} for input {shape:?}",
+                skip.shape()
+            )));
+        }
+        fn vec1<'a>(
+            t: Option<&'a Tensor>,
+            h: usize,
+            what: &str,
+        ) -> KResult<Option<Cow<'a, [f32]>>> {
+            match t {
+                Some(t) if t.len() == h => Ok(Some(f32s(t)?)),
+                Some(t) => Err(KernelError::Invalid(format!(
+                    "{what} of shape {:?} for hidden size {h}",
+                    t.shape()
+                ))),
+                None => Ok(None),
+            }
+        }
+        let g = vec1(Some(gamma), h, "gamma")?.unwrap_or_default();
+        let beta = vec1(beta, h, "beta")?;
+        let bias = vec1(bias, h, "bias")?;
+        let (xs, ss) = (view::<f32>(x)?, f32s(skip)?);
+        // input + skip (+ bias).
+        let add = |r: usize, dst: &mut [f32]| {
+            let sr = r % skip_rows;
+            let (xr, sk) = (&xs[r * h..(r + 1) * h], &ss[sr * h..(sr + 1) * h]);
+            match &bias {
+                Some(b) => {
+                    for (((d, &a), &s), &b) in dst.iter_mut().zip(xr).zip(sk).zip(b.iter()) {
+                        *d = a + s + b;
+                    }
+                }
+                None => {
+                    for ((d, &a), &s) in dst.iter_mut().zip(xr).zip(sk) {
+                        *d = a + s;
+                    }
+                }
+            }
+        };
+        // The sum is an output (with the statistics, as in the generic path); otherwise it
+        // lives in the output row until normalized.
+        let sum = if self.n_out > 1 {
+            Some(cx.tensor_dirty::<f32>(shape.clone(), |o| {
+                o.chunks_mut(h.max(1))
+                    .enumerate()
+                    .for_each(|(r, d)| add(r, d))
+            })?)
+        } else {
+            None
+        };
+        let sum_vals = match &sum {
+            Some(t) => Some(view::<f32>(t)?),
+            None => None,
+        };
+        let mut stats = Vec::new();
+        let y = cx.tensor_dirty::<f32>(shape.clone(), |o| {
+            stats = norm_rows_f32(
+                o,
+                rows,
+                h,
+                &g,
+                beta.as_deref(),
+                self.eps,
+                self.rms,
+                |r, row| match &sum_vals {
+                    Some(sv) => row.copy_from_slice(&sv[r * h..(r + 1) * h]),
+                    None => add(r, row),
+                },
+            )
+        })?;
+        drop(sum_vals);
+        let mut outs: Vec<Value> = vec![y.into()];
+        if self.n_out > 1 {
+            let (m, i) = stats_tensors(cx, &shape, &stats)?;
+            outs.push(m);
+            outs.push(i);
+        }
+        if let Some(t) = sum {
+            outs.push(t.into());
+        }
+        Ok(outs)
+    }
+
     fn run_t<T: Float>(&self, inputs: &[Option<&Value>], cx: &mut RunCx) -> KResult<Vec<Value>> {
         let x = tensor_input(inputs, 0)?;
         let skip = tensor_input(inputs, 1)?;
@@ -168,6 +288,30 @@ impl Kernel for SimplifiedNorm {
         let rows: usize = shape[..axis].iter().product();
         let cols: usize = shape[axis..].iter().product();
         let dt = x.dtype();
+        if dt == DType::F32 {
+            let g = norm_param::<f32>(scale, &shape, axis, "scale")?;
+            // A scale over the normalized dims (not the whole shape): the row kernel.
+            if g.len() == cols {
+                let xs = view::<f32>(x)?;
+                let mut stats = Vec::new();
+                let y = cx.tensor_dirty::<f32>(shape.clone(), |o| {
+                    stats = norm_rows_f32(o, rows, cols, &g, None, self.eps, true, |r, row| {
+                        row.copy_from_slice(&xs[r * cols..(r + 1) * cols])
+                    });
+                })?;
+                let mut outs: Vec<Value> = vec![y.into()];
+                if self.n_out > 1 {
+                    let stats_shape: Vec<usize> = shape
+                        .iter()
+                        .enumerate()
+                        .map(|(i, &d)| if i < axis { d } else { 1 })
+                        .collect();
+                    let invs: Vec<f32> = stats.iter().map(|s| s.1).collect();
+                    outs.push(reals_tensor(cx, self.stash, stats_shape, &invs)?.into());
+                }
+                return Ok(outs);
+            }
+        }
         crate::with_float!(dt, T => {
             let xs = view::<T>(x)?;
             let g = norm_param::<<T as Float>::R>(scale, &shape, axis, "scale")?;
@@ -199,6 +343,9 @@ impl Kernel for EmbedNorm {
     fn run(&self, inputs: &[Option<&Value>], cx: &mut RunCx) -> KResult<Vec<Value>> {
         let w = tensor_input(inputs, 2)?;
         let dt = w.dtype();
+        if dt == DType::F32 {
+            return self.run_f32(inputs, cx);
+        }
         crate::with_float!(dt, T => self.run_t::<T>(inputs, cx), else Err(KernelError::Unsupported(format!("EmbedLayerNormalization of {dt}"))))
     }
 }
@@ -214,7 +361,157 @@ fn lookup<'a, R>(table: &'a [R], rows: usize, h: usize, i: i64, what: &str) -> K
     Ok(&table[r * h..(r + 1) * h])
 }
 
+/// The table rows of every token: (word, position, segment).
+type EmbedRows = Vec<(usize, usize, Option<usize>)>;
+
+/// The row index `i` of a table of `rows` rows, checked.
+fn row_index(rows: usize, i: i64, what: &str) -> KResult<usize> {
+    usize::try_from(i)
+        .ok()
+        .filter(|&r| r < rows)
+        .ok_or_else(|| {
+            KernelError::Invalid(format!("{what} index {i} is out of range for {rows} rows"))
+        })
+}
+
 impl EmbedNorm {
+    /// f32: the embedding rows are gathered from the tables in place (the word table is
+    /// large, and constant), summed into the output row and normalized there, rows over
+    /// threads.
+    fn run_f32(&self, inputs: &[Option<&Value>], cx: &mut RunCx) -> KResult<Vec<Value>> {
+        let ids_t = tensor_input(inputs, 0)?;
+        let seg_t = opt_tensor_input(inputs, 1)?;
+        let word = tensor_input(inputs, 2)?;
+        let pos = tensor_input(inputs, 3)?;
+        let seg_emb = opt_tensor_input(inputs, 4)?;
+        let gamma = tensor_input(inputs, 5)?;
+        let beta = tensor_input(inputs, 6)?;
+        let mask = opt_tensor_input(inputs, 7)?;
+        let pos_ids = opt_tensor_input(inputs, 8)?;
+        let [b, s] = ids_t.shape()[..] else {
+            return Err(KernelError::Invalid(format!(
+                "input_ids must be 2-D, got {:?}",
+                ids_t.shape()
+            )));
+        };
+        let h = *word.shape().last().ok_or("word_embedding must be 2-D")?;
+        let table = |t: &'_ Tensor, what: &str| -> KResult<usize> {
+            if t.rank() != 2 || t.shape()[1] != h {
+                return Err(KernelError::Invalid(format!(
+                    "{what} of shape {:?} for hidden size {h}",
+                    t.shape()
+                )));
+            }
+            Ok(t.shape()[0])
+        };
+        let (wv, wr) = (f32s(word)?, table(word, "word_embedding")?);
+        let (pv, pr) = (f32s(pos)?, table(pos, "position_embedding")?);
+        let segs = match (seg_t, seg_emb) {
+            (Some(ids), Some(e)) => Some((
+                ints(ids, "segment_ids")?,
+                f32s(e)?,
+                table(e, "segment_embedding")?,
+            )),
+            _ => None,
+        };
+        let ids = ints(ids_t, "input_ids")?;
+        let pids = match pos_ids {
+            Some(p) => {
+                let v = ints(p, "position_ids")?;
+                if v.len() != b * s && v.len() != s {
+                    return Err(KernelError::Invalid(format!(
+                        "position_ids of shape {:?}",
+                        p.shape()
+                    )));
+                }
+                Some(v)
+            }
+            None => None,
+        };
+        let (g, bt) = (f32s(gamma)?, f32s(beta)?);
+        if g.len() != h || bt.len() != h {
+            return Err(KernelError::Invalid(format!(
+                "gamma/beta of {}/{} values for hidden size {h}",
+                g.len(),
+                bt.len()
+            )));
+        }
+        // Every index checked up front (in the generic path's order), so that the parallel
+        // row pass cannot fail.
+        let mut at: EmbedRows = Vec::with_capacity(b * s);
+        for r in 0..b * s {
+            let p = match &pids {
+                Some(v) if v.len() == b * s => v[r],
+                Some(v) => v[r % s],
+                None => (r % s) as i64,
+            };
+            let w = row_index(wr, *ids.get(r).ok_or("input_ids too short")?, "input_ids")?;
+            let p = row_index(pr, p, "position_ids")?;
+            let sg = match &segs {
+                Some((sids, _, sr)) => Some(row_index(
+                    *sr,
+                    *sids.get(r).ok_or("segment_ids too short")?,
+                    "segment_ids",
+                )?),
+                None => None,
+            };
+            at.push((w, p, sg));
+        }
+        let sum_row = |r: usize, dst: &mut [f32]| {
+            let (w, p, sg) = at[r];
+            let (we, pe) = (&wv[w * h..(w + 1) * h], &pv[p * h..(p + 1) * h]);
+            for ((d, &a), &c) in dst.iter_mut().zip(we).zip(pe) {
+                *d = a + c;
+            }
+            if let (Some(sg), Some((_, sv, _))) = (sg, &segs) {
+                for (d, &e) in dst.iter_mut().zip(&sv[sg * h..(sg + 1) * h]) {
+                    *d += e;
+                }
+            }
+        };
+        let sum = if self.n_out > 2 {
+            Some(cx.tensor_dirty::<f32>(vec![b, s, h], |o| {
+                o.chunks_mut(h.max(1))
+                    .enumerate()
+                    .for_each(|(r, d)| sum_row(r, d))
+            })?)
+        } else {
+            None
+        };
+        let sum_vals = match &sum {
+            Some(t) => Some(view::<f32>(t)?),
+            None => None,
+        };
+        let y = cx.tensor_dirty::<f32>(vec![b, s, h], |o| {
+            norm_rows_f32(
+                o,
+                b * s,
+                h,
+                &g,
+                Some(&bt),
+                self.eps,
+                false,
+                |r, row| match &sum_vals {
+                    Some(sv) => row.copy_from_slice(&sv[r * h..(r + 1) * h]),
+                    None => sum_row(r, row),
+                },
+            );
+        })?;
+        drop(sum_vals);
+        let counts = mask_counts(mask, b, s)?;
+        let mut outs: Vec<Value> = vec![y.into()];
+        if self.n_out > 1 {
+            outs.push(
+                cx.tensor_dirty::<i32>(vec![b], |o| o.copy_from_slice(&counts))?
+                    .into(),
+            );
+        }
+        if let Some(t) = sum {
+            outs.push(t.into());
+        }
+        Ok(outs)
+    }
+
     fn run_t<T: Float>(&self, inputs: &[Option<&Value>], cx: &mut RunCx) -> KResult<Vec<Value>> {
         let ids_t = tensor_input(inputs, 0)?;
         let seg_t = opt_tensor_input(inputs, 1)?;
@@ -308,22 +605,7 @@ impl EmbedNorm {
                 }
             }
         })?;
-        // mask_index: the number of non-zero mask entries per sequence (0 without a mask).
-        let counts: Vec<i32> = match mask {
-            Some(m) => {
-                let v = ints(m, "mask")?;
-                if v.len() != b * s {
-                    return Err(KernelError::Invalid(format!(
-                        "mask of shape {:?}",
-                        m.shape()
-                    )));
-                }
-                (0..b)
-                    .map(|bi| v[bi * s..(bi + 1) * s].iter().filter(|&&x| x != 0).count() as i32)
-                    .collect()
-            }
-            None => vec![0; b],
-        };
+        let counts = mask_counts(mask, b, s)?;
         let mut outs: Vec<Value> = vec![y.into()];
         if self.n_out > 1 {
             outs.push(
@@ -343,4 +625,23 @@ impl EmbedNorm {
         }
         Ok(outs)
     }
+}
+
+/// mask_index: the number of non-zero mask entries per sequence (0 without a mask).
+fn mask_counts(mask: Option<&Tensor>, b: usize, s: usize) -> KResult<Vec<i32>> {
+    Ok(match mask {
+        Some(m) => {
+            let v = ints(m, "mask")?;
+            if v.len() != b * s {
+                return Err(KernelError::Invalid(format!(
+                    "mask of shape {:?}",
+                    m.shape()
+                )));
+            }
+            (0..b)
+                .map(|bi| v[bi * s..(bi + 1) * s].iter().filter(|&&x| x != 0).count() as i32)
+                .collect()
+        }
+        None => vec![0; b],
+    })
 }

@@ -3,14 +3,25 @@
 //! `com.microsoft.MultiHeadAttention` (already-projected Q/K/V, packed forms, key padding
 //! masks, attention bias, past/present). Masked positions get `mask_filter_value`
 //! (default -10000) added, as ONNX Runtime does. Computed in f32 (f64 for f64).
+//!
+//! The f32 computation ([`attend_f32`]) runs on the packed GEMM: per (batch, head), scores
+//! `scale·Q·Kᵀ` read Q and K in place (strided heads of the projection), the masks are
+//! added, the vectorized softmax runs in place, and `P·V` reads V in place; heads are spread
+//! over threads, each with a single-threaded GEMM. `com.microsoft.Attention` on f32 also
+//! projects through a QKV weight packed once at build time, with the bias in the GEMM's
+//! epilogue. f16/bf16, which compute in f32, share the core; f64 keeps the straightforward
+//! loops of [`attend`].
 
-use kiln_ir::{Op, Tensor};
+use kiln_ir::{DType, Op, Tensor};
+use rayon::prelude::*;
+use std::any::Any;
 
 use super::gemm::Field;
 use super::KResult;
 use crate::error::KernelError;
+use crate::gemm::{default_gemm, vmath, Epilogue, Gemm, PackedB};
 use crate::kernel::{opt_tensor_input, tensor_input, BuildCx, Kernel, RunCx};
-use crate::kernels::reduce::num::{ints, to_reals, Float, Real};
+use crate::kernels::reduce::num::{f32s, ints, to_reals, view, Float, Real};
 use crate::kernels::reduce::softmax::{softmax_row, Kind};
 use crate::value::Value;
 
@@ -37,6 +48,12 @@ pub(super) fn build(op: &Op, cx: &BuildCx) -> Option<Result<Box<dyn Kernel>, Ker
                 filter: o.mask_filter_value.unwrap_or(DEFAULT_FILTER),
                 scale: o.scale,
                 n_out,
+                packed: cx
+                    .const_inputs
+                    .get(1)
+                    .copied()
+                    .flatten()
+                    .and_then(pack_weights),
             })
         }
         Op::MultiHeadAttention(o) => Box::new(MhaK {
@@ -49,6 +66,15 @@ pub(super) fn build(op: &Op, cx: &BuildCx) -> Option<Result<Box<dyn Kernel>, Ker
         _ => return None,
     };
     Some(Ok(k))
+}
+
+/// A constant f32 `[D, 3·hidden]` QKV weight, packed for the default GEMM.
+fn pack_weights(w: &Tensor) -> Option<PackedB> {
+    let [k, n] = w.shape()[..] else { return None };
+    if w.dtype() != DType::F32 || k == 0 || n == 0 {
+        return None;
+    }
+    Some(PackedB::new(k, n, w.as_slice::<f32>()?, n, false))
 }
 
 /// Heads laid out `[B, N, L, H]` contiguously.
@@ -125,6 +151,216 @@ fn attend<R: Real + Field>(
         }
     }
     (out, qk)
+}
+
+/// The `[L, H]` matrices of the heads of a batch, wherever they lie: row `l` of head
+/// `(bi, ni)` starts at `data[bi·batch + ni·head + l·ld]`.
+#[derive(Clone, Copy)]
+struct HeadsView<'a> {
+    data: &'a [f32],
+    batch: usize,
+    head: usize,
+    ld: usize,
+    len: usize,
+    size: usize,
+}
+
+impl<'a> HeadsView<'a> {
+    /// Contiguous `[B, N, L, H]` heads.
+    fn dense(data: &'a [f32], n: usize, len: usize, size: usize) -> Self {
+        HeadsView {
+            data,
+            batch: n * len * size,
+            head: len * size,
+            ld: size.max(1),
+            len,
+            size,
+        }
+    }
+
+    /// Heads `[B, L, N, H]` at `offset` within the rows (`stride` long) of a `[B, L, ·]`
+    /// projection.
+    fn rows(data: &'a [f32], offset: usize, stride: usize, len: usize, size: usize) -> Self {
+        HeadsView {
+            data: &data[offset.min(data.len())..],
+            batch: len * stride,
+            head: size,
+            ld: stride.max(1),
+            len,
+            size,
+        }
+    }
+
+    fn at(&self, bi: usize, ni: usize) -> &'a [f32] {
+        &self.data[(bi * self.batch + ni * self.head).min(self.data.len())..]
+    }
+
+    /// The heads copied out as `[B, N, L, H]` into `out`.
+    fn copy_to(&self, b: usize, n: usize, out: &mut [f32]) {
+        let (l, h) = (self.len, self.size);
+        for bi in 0..b {
+            for ni in 0..n {
+                let src = self.at(bi, ni);
+                for li in 0..l {
+                    let dst = ((bi * n + ni) * l + li) * h;
+                    out[dst..dst + h].copy_from_slice(&src[li * self.ld..li * self.ld + h]);
+                }
+            }
+        }
+    }
+}
+
+/// The additive masks of [`Bias`] borrowed as f32.
+struct BiasF32<'a> {
+    mask: Option<&'a [f32]>,
+    attn: Option<(&'a [f32], usize, usize)>,
+}
+
+/// [`attend`] in f32 on the packed GEMM (see the module doc), into `out` (`[B, S, N·Hv]`)
+/// and, when given, `qk` (the scaled scores, `[B, N, S, T]`).
+#[allow(clippy::too_many_arguments)]
+fn attend_f32(
+    b: usize,
+    n: usize,
+    s: usize,
+    q: HeadsView,
+    k: HeadsView,
+    v: HeadsView,
+    scale: f32,
+    bias: &BiasF32,
+    out: &mut [f32],
+    mut qk: Option<&mut [f32]>,
+) {
+    let (t, h, hv) = (k.len, q.size, v.size);
+    let want_qk = qk.is_some();
+    // One head: scores, masks, softmax, times V; returns the head's `[S, Hv]` output (and
+    // its scaled scores when asked). `scores` is the caller's scratch.
+    let head = |g: &Gemm, bn: usize, scores: &mut Vec<f32>| -> (Vec<f32>, Vec<f32>) {
+        let (bi, ni) = (bn / n, bn % n);
+        scores.clear();
+        scores.resize(s * t, 0.0);
+        g.sgemm(
+            s,
+            t,
+            h,
+            scale,
+            q.at(bi, ni),
+            q.ld,
+            false,
+            k.at(bi, ni),
+            k.ld,
+            true,
+            0.0,
+            scores,
+            t.max(1),
+            Epilogue::NONE,
+        );
+        let raw = if want_qk { scores.clone() } else { Vec::new() };
+        if let Some(m) = bias.mask {
+            let m = &m[bi * s * t..(bi + 1) * s * t];
+            scores.iter_mut().zip(m).for_each(|(v, &m)| *v += m);
+        }
+        if let Some((a, sb, sn)) = bias.attn {
+            let off = bi * sb + ni * sn;
+            scores
+                .iter_mut()
+                .zip(&a[off..off + s * t])
+                .for_each(|(v, &m)| *v += m);
+        }
+        vmath::softmax_rows_in_place(scores, t);
+        let mut y = vec![0f32; s * hv];
+        g.sgemm(
+            s,
+            hv,
+            t,
+            1.0,
+            scores,
+            t.max(1),
+            false,
+            v.at(bi, ni),
+            v.ld,
+            false,
+            0.0,
+            &mut y,
+            hv.max(1),
+            Epilogue::NONE,
+        );
+        (y, raw)
+    };
+    let g = default_gemm();
+    let threads = rayon::current_num_threads();
+    // Enough heads for every thread: heads in parallel, each GEMM on one thread (a GEMM
+    // that splits itself inside a parallel loop only adds overhead). Otherwise heads in
+    // turn, each GEMM on every thread.
+    let parts: Vec<(Vec<f32>, Vec<f32>)> = if threads > 1 && b * n >= threads {
+        let g1 = g.with_threads(1);
+        (0..b * n)
+            .into_par_iter()
+            .with_max_len(1)
+            .map_init(Vec::new, |scores, bn| head(&g1, bn, scores))
+            .collect()
+    } else {
+        let mut scores = Vec::new();
+        (0..b * n).map(|bn| head(g, bn, &mut scores)).collect()
+    };
+    for (bn, (y, raw)) in parts.into_iter().enumerate() {
+        let (bi, ni) = (bn / n, bn % n);
+        for i in 0..s {
+            let dst = (bi * s + i) * n * hv + ni * hv;
+            out[dst..dst + hv].copy_from_slice(&y[i * hv..(i + 1) * hv]);
+        }
+        if let Some(qk) = qk.as_deref_mut() {
+            qk[bn * s * t..(bn + 1) * s * t].copy_from_slice(&raw);
+        }
+    }
+}
+
+/// `v` as `Vec<f32>` when `R` is f32.
+#[allow(clippy::ptr_arg)]
+fn as_f32<R: 'static>(v: &Vec<R>) -> Option<&Vec<f32>> {
+    (v as &dyn Any).downcast_ref::<Vec<f32>>()
+}
+
+/// [`attend`], through [`attend_f32`] when `R` is f32.
+#[allow(clippy::too_many_arguments)]
+fn attend_any<R: Real + Field>(
+    b: usize,
+    n: usize,
+    s: usize,
+    q: &Heads<R>,
+    k: &Heads<R>,
+    v: &Heads<R>,
+    scale: R,
+    bias: &Bias<R>,
+    want_qk: bool,
+) -> (Vec<R>, Vec<R>) {
+    let (Some(qd), Some(kd), Some(vd)) = (as_f32(&q.data), as_f32(&k.data), as_f32(&v.data)) else {
+        return attend(b, n, s, q, k, v, scale, bias, want_qk);
+    };
+    let bf = BiasF32 {
+        mask: bias.mask.as_ref().and_then(as_f32).map(|m| &m[..]),
+        attn: bias
+            .attn
+            .as_ref()
+            .and_then(|(a, sb, sn)| as_f32(a).map(|a| (&a[..], *sb, *sn))),
+    };
+    let t = k.len;
+    let mut out = vec![0f32; b * s * n * v.size];
+    let mut qk = vec![0f32; if want_qk { b * n * s * t } else { 0 }];
+    attend_f32(
+        b,
+        n,
+        s,
+        HeadsView::dense(qd, n, s, q.size),
+        HeadsView::dense(kd, n, t, k.size),
+        HeadsView::dense(vd, n, t, v.size),
+        scale.to_f64() as f32,
+        &bf,
+        &mut out,
+        want_qk.then_some(&mut qk[..]),
+    );
+    let back = |x: Vec<f32>| x.into_iter().map(|v| R::from_f64(v as f64)).collect();
+    (back(out), back(qk))
 }
 
 /// `[B, L, N*H]` rows (at `offset` within rows of `stride`) split into heads `[B, N, L, H]`,
@@ -288,6 +524,18 @@ fn attn_bias<R: Real>(
     tl: usize,
 ) -> KResult<Option<(Vec<R>, usize, usize)>> {
     let Some(t) = t else { return Ok(None) };
+    let (sb, sn) = attn_bias_strides(t, b, n, s, tl)?;
+    Ok(Some((to_reals::<R>(t)?, sb, sn)))
+}
+
+/// The (batch, head) strides of an `attention_bias` `[B|1, N|1, S, T]`, checked.
+fn attn_bias_strides(
+    t: &Tensor,
+    b: usize,
+    n: usize,
+    s: usize,
+    tl: usize,
+) -> KResult<(usize, usize)> {
     let sh = t.shape();
     if sh.len() != 4
         || (sh[0] != b && sh[0] != 1)
@@ -301,7 +549,7 @@ fn attn_bias<R: Real>(
     }
     let sn = if sh[1] == 1 { 0 } else { s * tl };
     let sb = if sh[0] == 1 { 0 } else { sh[1] * s * tl };
-    Ok(Some((to_reals::<R>(t)?, sb, sn)))
+    Ok((sb, sn))
 }
 
 fn out_tensor<T: Float>(cx: &mut RunCx, shape: Vec<usize>, vals: &[T::R]) -> KResult<Value> {
@@ -322,27 +570,36 @@ struct MsAttentionK {
     filter: f32,
     scale: Option<f32>,
     n_out: usize,
+    /// The QKV weight when it is a constant f32 matrix, packed at build time.
+    packed: Option<PackedB>,
 }
 
 impl Kernel for MsAttentionK {
     fn run(&self, inputs: &[Option<&Value>], cx: &mut RunCx) -> KResult<Vec<Value>> {
         let x = tensor_input(inputs, 0)?;
         let dt = x.dtype();
+        if dt == DType::F32 {
+            return self.run_f32(inputs, cx);
+        }
         crate::with_float!(dt, T => self.run_t::<T>(inputs, cx), else Err(KernelError::Unsupported(format!("Attention of {dt}"))))
     }
 }
 
+/// Sizes of one `com.microsoft.Attention`.
+struct Dims {
+    b: usize,
+    s: usize,
+    din: usize,
+    /// Weight columns: `dq + dk + dv`.
+    wc: usize,
+    dq: usize,
+    dk: usize,
+    dv: usize,
+    n: usize,
+}
+
 impl MsAttentionK {
-    fn run_t<T: Float>(&self, inputs: &[Option<&Value>], cx: &mut RunCx) -> KResult<Vec<Value>>
-    where
-        T::R: Field,
-    {
-        let x = tensor_input(inputs, 0)?;
-        let w = tensor_input(inputs, 1)?;
-        let bias = opt_tensor_input(inputs, 2)?;
-        let mask = opt_tensor_input(inputs, 3)?;
-        let past = opt_tensor_input(inputs, 4)?;
-        let ab = opt_tensor_input(inputs, 5)?;
+    fn dims(&self, x: &Tensor, w: &Tensor) -> KResult<Dims> {
         let [b, s, din] = x.shape()[..] else {
             return Err(KernelError::Invalid(format!(
                 "Attention input must be 3-D, got {:?}",
@@ -373,6 +630,186 @@ impl MsAttentionK {
                 "Attention hidden sizes {dq}/{dk}/{dv} for {wc} weight columns and {n} heads"
             )));
         }
+        Ok(Dims {
+            b,
+            s,
+            din,
+            wc,
+            dq,
+            dk,
+            dv,
+            n,
+        })
+    }
+
+    /// The softmax scale: the attribute, else `1/√head_size`.
+    fn scale_for(&self, h: usize) -> f64 {
+        self.scale
+            .map(|s| s as f64)
+            .unwrap_or(1.0 / (h as f64).sqrt())
+    }
+
+    /// f32: the projection through the packed weight (bias in the epilogue), Q/K/V read in
+    /// place from it unless there is a past state to prepend.
+    fn run_f32(&self, inputs: &[Option<&Value>], cx: &mut RunCx) -> KResult<Vec<Value>> {
+        let x = tensor_input(inputs, 0)?;
+        let w = tensor_input(inputs, 1)?;
+        let bias = opt_tensor_input(inputs, 2)?;
+        let mask = opt_tensor_input(inputs, 3)?;
+        let past = opt_tensor_input(inputs, 4)?;
+        let ab = opt_tensor_input(inputs, 5)?;
+        let Dims {
+            b,
+            s,
+            din,
+            wc,
+            dq,
+            dk,
+            dv,
+            n,
+        } = self.dims(x, w)?;
+        let (h, hv) = (dq / n, dv / n);
+        let bs = match bias {
+            Some(t) if t.len() == wc => Some(f32s(t)?),
+            Some(t) => {
+                return Err(KernelError::Invalid(format!(
+                    "Attention bias of shape {:?}",
+                    t.shape()
+                )))
+            }
+            None => None,
+        };
+        let xs = view::<f32>(x)?;
+        let rows = b * s;
+        let mut qkv = vec![0f32; rows * wc];
+        if rows > 0 && wc > 0 {
+            let epi = bs.as_deref().map_or(Epilogue::NONE, Epilogue::bias);
+            let packed = self
+                .packed
+                .as_ref()
+                .filter(|p| w.dtype() == DType::F32 && p.k() == din && p.n() == wc);
+            match packed {
+                Some(p) => default_gemm().sgemm_packed(
+                    rows,
+                    1.0,
+                    &xs,
+                    din.max(1),
+                    false,
+                    p,
+                    0.0,
+                    &mut qkv,
+                    wc,
+                    epi,
+                ),
+                None => {
+                    let ws = f32s(w)?;
+                    default_gemm().sgemm(
+                        rows,
+                        wc,
+                        din,
+                        1.0,
+                        &xs,
+                        din.max(1),
+                        false,
+                        &ws,
+                        wc,
+                        false,
+                        0.0,
+                        &mut qkv,
+                        wc,
+                        epi,
+                    )
+                }
+            }
+        }
+        // With a past state K and V are [past; new] per head, copied; else views of qkv.
+        let (kv, p) = match past {
+            Some(t) => {
+                let sh = t.shape();
+                if sh.len() != 5 || sh[0] != 2 || sh[1] != b || sh[2] != n || sh[4] != h || h != hv
+                {
+                    return Err(KernelError::Invalid(format!(
+                        "Attention past of shape {sh:?}"
+                    )));
+                }
+                let pvals = f32s(t)?;
+                let half = pvals.len() / 2;
+                let new = |off: usize, size: usize| Heads {
+                    data: split_heads(&qkv, b, s, n, size, wc, off, None),
+                    len: s,
+                    size,
+                };
+                let k = concat_heads(Some(&pvals[..half]), sh[3], &new(dq, h), b, n);
+                let v = concat_heads(Some(&pvals[half..]), sh[3], &new(dq + dk, hv), b, n);
+                (Some((k, v)), sh[3])
+            }
+            None => (None, 0),
+        };
+        let (kview, vview) = match &kv {
+            Some((k, v)) => (
+                HeadsView::dense(&k.data, n, k.len, h),
+                HeadsView::dense(&v.data, n, v.len, hv),
+            ),
+            None => (
+                HeadsView::rows(&qkv, dq, wc, s, h),
+                HeadsView::rows(&qkv, dq + dk, wc, s, hv),
+            ),
+        };
+        let qview = HeadsView::rows(&qkv, 0, wc, s, h);
+        let t = p + s;
+        let mask = build_mask::<f32>(mask, b, s, t, p, self.causal, self.filter)?;
+        let attn = match ab {
+            Some(a) => {
+                let (sb, sn) = attn_bias_strides(a, b, n, s, t)?;
+                Some((f32s(a)?, sb, sn))
+            }
+            None => None,
+        };
+        let bias = BiasF32 {
+            mask: mask.as_deref(),
+            attn: attn.as_ref().map(|(a, sb, sn)| (&a[..], *sb, *sn)),
+        };
+        let scale = self.scale_for(h) as f32;
+        let y = cx.tensor_dirty::<f32>(vec![b, s, dv], |o| {
+            attend_f32(b, n, s, qview, kview, vview, scale, &bias, o, None)
+        })?;
+        let mut outs: Vec<Value> = vec![y.into()];
+        if self.n_out > 1 {
+            if h != hv {
+                return Err(KernelError::Unsupported(format!(
+                    "Attention present state with key head size {h} and value head size {hv}"
+                )));
+            }
+            let present = cx.tensor_dirty::<f32>(vec![2, b, n, t, h], |o| {
+                let (ko, vo) = o.split_at_mut(o.len() / 2);
+                kview.copy_to(b, n, ko);
+                vview.copy_to(b, n, vo);
+            })?;
+            outs.push(present.into());
+        }
+        Ok(outs)
+    }
+
+    fn run_t<T: Float>(&self, inputs: &[Option<&Value>], cx: &mut RunCx) -> KResult<Vec<Value>>
+    where
+        T::R: Field,
+    {
+        let x = tensor_input(inputs, 0)?;
+        let w = tensor_input(inputs, 1)?;
+        let bias = opt_tensor_input(inputs, 2)?;
+        let mask = opt_tensor_input(inputs, 3)?;
+        let past = opt_tensor_input(inputs, 4)?;
+        let ab = opt_tensor_input(inputs, 5)?;
+        let Dims {
+            b,
+            s,
+            din,
+            wc,
+            dq,
+            dk,
+            dv,
+            n,
+        } = self.dims(x, w)?;
         let (h, hv) = (dq / n, dv / n);
         // QKV projection.
         let xs = to_reals::<T::R>(x)?;
@@ -434,7 +871,7 @@ impl MsAttentionK {
             mask: build_mask(mask, b, s, t, p, self.causal, self.filter)?,
             attn: attn_bias(ab, b, n, s, t)?,
         };
-        let (out, _) = attend(b, n, s, &q, &k, &v, T::R::from_f64(scale), &bias, false);
+        let (out, _) = attend_any(b, n, s, &q, &k, &v, T::R::from_f64(scale), &bias, false);
         let mut outs = vec![out_tensor::<T>(cx, vec![b, s, dv], &out)?];
         if self.n_out > 1 {
             let mut present = k.data.clone();
@@ -654,7 +1091,7 @@ impl MhaK {
             attn: attn_bias(ab, b, n, s, t)?,
         };
         let want_qk = self.n_out > 3;
-        let (out, qk) = attend(b, n, s, &q, &k, &v, T::R::from_f64(scale), &bias, want_qk);
+        let (out, qk) = attend_any(b, n, s, &q, &k, &v, T::R::from_f64(scale), &bias, want_qk);
         let mut outs = vec![out_tensor::<T>(cx, vec![b, s, n * hv], &out)?];
         if self.n_out > 1 {
             outs.push(out_tensor::<T>(cx, vec![b, n, t, h], &k.data)?);

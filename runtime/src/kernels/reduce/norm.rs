@@ -4,10 +4,14 @@
 
 use kiln_ir::{DType, Op, Tensor};
 
+use rayon::prelude::*;
+
 use super::num::{to_reals, view, Float, Real};
 use super::{split_at_axis, KResult};
 use crate::error::KernelError;
+use crate::gemm::vmath;
 use crate::kernel::{opt_tensor_input, tensor_input, BuildCx, Kernel, RunCx};
+use crate::kernels::par::PAR_MIN;
 use crate::kernels::util::{broadcast_strides, for_each_broadcast, norm_axis, strides};
 use crate::value::Value;
 
@@ -176,6 +180,34 @@ impl Kernel for LayerNorm {
             .map(|(i, &d)| if i < axis { d } else { 1 })
             .collect();
         let dt = x.dtype();
+        if dt == DType::F32 {
+            let g = norm_param::<f32>(scale, &shape, axis, "Scale")?;
+            let b = match bias {
+                Some(b) => Some(norm_param::<f32>(b, &shape, axis, "B")?),
+                None => None,
+            };
+            // Parameters over the normalized dims (not the whole shape): the row kernel.
+            if g.len() == cols && b.as_ref().is_none_or(|b| b.len() == cols) {
+                let xs = view::<f32>(x)?;
+                let mut stats = Vec::new();
+                let y = cx.tensor_dirty::<f32>(shape.clone(), |o| {
+                    stats = norm_rows_f32(
+                        o,
+                        rows,
+                        cols,
+                        &g,
+                        b.as_deref(),
+                        self.eps,
+                        false,
+                        |r, row| row.copy_from_slice(&xs[r * cols..(r + 1) * cols]),
+                    );
+                })?;
+                let (means, invs): (Vec<f32>, Vec<f32>) = stats.into_iter().unzip();
+                let m = reals_tensor(cx, self.stash, stats_shape.clone(), &means)?;
+                let s = reals_tensor(cx, self.stash, stats_shape, &invs)?;
+                return Ok(vec![y.into(), m.into(), s.into()]);
+            }
+        }
         crate::with_float!(dt, T => {
             let xs = view::<T>(x)?;
             let g = norm_param::<<T as Float>::R>(scale, &shape, axis, "Scale")?;
@@ -193,6 +225,41 @@ impl Kernel for LayerNorm {
             let s = reals_tensor(cx, self.stash, stats_shape, &invs)?;
             Ok(vec![y.into(), m.into(), s.into()])
         }, else Err(KernelError::Unsupported(format!("LayerNormalization of {dt} tensors"))))
+    }
+}
+
+/// Rows (`cols` wide) of an f32 normalization: each row of `out` is written by
+/// `fill(row_index, row)`, then normalized in place by [`vmath::norm_row`] with `g` and `b`
+/// (`cols` long). Rows are spread over threads when there are many elements. Returns each
+/// row's `(mean, inv_std)` (`(0, 0)` for each of the `rows` rows when `cols` is 0).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn norm_rows_f32(
+    out: &mut [f32],
+    rows: usize,
+    cols: usize,
+    g: &[f32],
+    b: Option<&[f32]>,
+    eps: f32,
+    rms: bool,
+    fill: impl Fn(usize, &mut [f32]) + Sync,
+) -> Vec<(f32, f32)> {
+    if cols == 0 {
+        return vec![(0.0, 0.0); rows];
+    }
+    let one = |(r, row): (usize, &mut [f32])| {
+        fill(r, row);
+        vmath::norm_row(row, g, b, eps, rms)
+    };
+    if out.len() >= PAR_MIN {
+        // At least ~PAR_MIN / 4 elements per task: a row is too little work to hand out.
+        let per = (PAR_MIN / 4).div_ceil(cols).max(1);
+        out.par_chunks_mut(cols)
+            .enumerate()
+            .with_min_len(per)
+            .map(one)
+            .collect()
+    } else {
+        out.chunks_mut(cols).enumerate().map(one).collect()
     }
 }
 

@@ -357,6 +357,16 @@ pub(crate) fn to_reals<R: Real>(t: &Tensor) -> Result<Vec<R>, KernelError> {
     }, else Err(KernelError::Unsupported(format!("{dt} input where a float tensor is expected"))))
 }
 
+/// The elements of a float tensor as f32: borrowed when it is f32 (constant weights and
+/// tables are not copied), converted otherwise.
+pub(crate) fn f32s(t: &Tensor) -> Result<Cow<'_, [f32]>, KernelError> {
+    if t.dtype() == kiln_ir::DType::F32 {
+        view::<f32>(t)
+    } else {
+        Ok(Cow::Owned(to_reals::<f32>(t)?))
+    }
+}
+
 /// The elements of a numeric tensor as f64 (bool as 0/1).
 pub(crate) fn to_f64s(t: &Tensor) -> Result<Vec<f64>, KernelError> {
     let dt = t.dtype();
