@@ -74,7 +74,10 @@ fn pack_weights(w: &Tensor) -> Option<PackedB> {
     if w.dtype() != DType::F32 || k == 0 || n == 0 {
         return None;
     }
-    Some(PackedB::new(k, n, w.as_slice::<f32>()?, n, false))
+    let packed = PackedB::new(k, n, w.as_slice::<f32>()?, n, false);
+    // The packed copy is what runs: a mapped weight's pages need not stay resident too.
+    w.release_pages();
+    Some(packed)
 }
 
 /// Heads laid out `[B, N, L, H]` contiguously.
