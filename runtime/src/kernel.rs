@@ -130,13 +130,9 @@ impl RunCx {
         shape: Vec<usize>,
         fill: impl FnOnce(&mut [T]),
     ) -> Result<Tensor, KernelError> {
-        let n = checked_numel(&shape)?;
-        let bytes = n.checked_mul(std::mem::size_of::<T>()).ok_or_else(|| {
-            KernelError::Invalid(format!("tensor of shape {shape:?} is too large"))
-        })?;
-        let mut buf = self.alloc(bytes);
-        fill(buf.as_mut_slice::<T>());
-        Ok(Tensor::from_buf(T::DTYPE, shape, buf)?)
+        self.filled(T::DTYPE, shape, false, |b| {
+            fill(bytemuck::cast_slice_mut(b))
+        })
     }
 
     /// [`RunCx::tensor`] for a `fill` that writes every element: the buffer is not cleared
@@ -146,29 +142,7 @@ impl RunCx {
         shape: Vec<usize>,
         fill: impl FnOnce(&mut [T]),
     ) -> Result<Tensor, KernelError> {
-        let n = checked_numel(&shape)?;
-        let bytes = n.checked_mul(std::mem::size_of::<T>()).ok_or_else(|| {
-            KernelError::Invalid(format!("tensor of shape {shape:?} is too large"))
-        })?;
-        let mut buf = self.alloc_dirty(bytes);
-        fill(buf.as_mut_slice::<T>());
-        Ok(Tensor::from_buf(T::DTYPE, shape, buf)?)
-    }
-
-    /// [`RunCx::tensor_bytes`] for a `fill` that writes every byte (see [`RunCx::tensor_dirty`]).
-    pub fn tensor_bytes_dirty(
-        &mut self,
-        dtype: DType,
-        shape: Vec<usize>,
-        fill: impl FnOnce(&mut [u8]),
-    ) -> Result<Tensor, KernelError> {
-        let n = checked_numel(&shape)?;
-        let bytes = dtype.storage_bytes(n).ok_or_else(|| {
-            KernelError::Invalid(format!("tensor of shape {shape:?} is too large"))
-        })?;
-        let mut buf = self.alloc_dirty(bytes);
-        fill(buf.as_bytes_mut());
-        Ok(Tensor::from_buf(dtype, shape, buf)?)
+        self.filled(T::DTYPE, shape, true, |b| fill(bytemuck::cast_slice_mut(b)))
     }
 
     /// A new tensor of any fixed-size `dtype` whose raw bytes `fill` writes.
@@ -178,11 +152,37 @@ impl RunCx {
         shape: Vec<usize>,
         fill: impl FnOnce(&mut [u8]),
     ) -> Result<Tensor, KernelError> {
+        self.filled(dtype, shape, false, fill)
+    }
+
+    /// [`RunCx::tensor_bytes`] for a `fill` that writes every byte (see [`RunCx::tensor_dirty`]).
+    pub fn tensor_bytes_dirty(
+        &mut self,
+        dtype: DType,
+        shape: Vec<usize>,
+        fill: impl FnOnce(&mut [u8]),
+    ) -> Result<Tensor, KernelError> {
+        self.filled(dtype, shape, true, fill)
+    }
+
+    /// A tensor of `dtype` and `shape` on a pooled buffer (zeroed unless `dirty`) that
+    /// `fill` writes.
+    fn filled(
+        &mut self,
+        dtype: DType,
+        shape: Vec<usize>,
+        dirty: bool,
+        fill: impl FnOnce(&mut [u8]),
+    ) -> Result<Tensor, KernelError> {
         let n = checked_numel(&shape)?;
         let bytes = dtype.storage_bytes(n).ok_or_else(|| {
             KernelError::Invalid(format!("tensor of shape {shape:?} is too large"))
         })?;
-        let mut buf = self.alloc(bytes);
+        let mut buf = if dirty {
+            self.alloc_dirty(bytes)
+        } else {
+            self.alloc(bytes)
+        };
         fill(buf.as_bytes_mut());
         Ok(Tensor::from_buf(dtype, shape, buf)?)
     }
