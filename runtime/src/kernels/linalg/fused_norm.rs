@@ -84,13 +84,27 @@ fn stats_tensors(cx: &mut RunCx, shape: &[usize], stats: &[(f32, f32)]) -> KResu
     Ok((m.into(), i.into()))
 }
 
+/// SkipLayerNormalization's inputs, checked: `rows` rows of `h`, `skip` repeating every
+/// `skip_rows` rows.
+struct SkipArgs<'a> {
+    x: &'a Tensor,
+    skip: &'a Tensor,
+    gamma: &'a Tensor,
+    beta: Option<&'a Tensor>,
+    bias: Option<&'a Tensor>,
+    shape: Vec<usize>,
+    h: usize,
+    rows: usize,
+    skip_rows: usize,
+}
+
 impl SkipNorm {
-    /// f32: one pass per row (sum, statistics, affine), rows over threads, parameters read
-    /// in place.
-    fn run_f32(&self, inputs: &[Option<&Value>], cx: &mut RunCx) -> KResult<Vec<Value>> {
+    /// The inputs and their shared shape checks, for both the f32 and the generic path.
+    fn args<'a>(&self, inputs: &[Option<&'a Value>]) -> KResult<SkipArgs<'a>> {
         let x = tensor_input(inputs, 0)?;
         let skip = tensor_input(inputs, 1)?;
         let gamma = tensor_input(inputs, 2)?;
+        // SkipLayerNormalization: beta (3), bias (4); the simplified one: bias (3).
         let (beta, bias) = if self.rms {
             (None, opt_tensor_input(inputs, 3)?)
         } else {
@@ -108,6 +122,33 @@ impl SkipNorm {
                 skip.shape()
             )));
         }
+        Ok(SkipArgs {
+            x,
+            skip,
+            gamma,
+            beta,
+            bias,
+            shape,
+            h,
+            rows,
+            skip_rows,
+        })
+    }
+
+    /// f32: one pass per row (sum, statistics, affine), rows over threads, parameters read
+    /// in place.
+    fn run_f32(&self, inputs: &[Option<&Value>], cx: &mut RunCx) -> KResult<Vec<Value>> {
+        let SkipArgs {
+            x,
+            skip,
+            gamma,
+            beta,
+            bias,
+            shape,
+            h,
+            rows,
+            skip_rows,
+        } = self.args(inputs)?;
         fn vec1<'a>(
             t: Option<&'a Tensor>,
             h: usize,
@@ -188,27 +229,17 @@ impl SkipNorm {
     }
 
     fn run_t<T: Float>(&self, inputs: &[Option<&Value>], cx: &mut RunCx) -> KResult<Vec<Value>> {
-        let x = tensor_input(inputs, 0)?;
-        let skip = tensor_input(inputs, 1)?;
-        let gamma = tensor_input(inputs, 2)?;
-        // SkipLayerNormalization: beta (3), bias (4); the simplified one: bias (3).
-        let (beta, bias) = if self.rms {
-            (None, opt_tensor_input(inputs, 3)?)
-        } else {
-            (opt_tensor_input(inputs, 3)?, opt_tensor_input(inputs, 4)?)
-        };
-        let shape = x.shape().to_vec();
-        let h = *shape
-            .last()
-            .ok_or("skip layer norm input must have rank >= 1")?;
-        let rows = x.len() / h.max(1);
-        let skip_rows = skip.len() / h.max(1);
-        if skip.shape().last() != Some(&h) || skip_rows == 0 || rows % skip_rows != 0 {
-            return Err(KernelError::Invalid(format!(
-                "skip of shape {:?} for input {shape:?}",
-                skip.shape()
-            )));
-        }
+        let SkipArgs {
+            x,
+            skip,
+            gamma,
+            beta,
+            bias,
+            shape,
+            h,
+            rows,
+            skip_rows,
+        } = self.args(inputs)?;
         let vec1 = |t: Option<&kiln_ir::Tensor>, what: &str| -> KResult<Option<Vec<T::R>>> {
             match t {
                 Some(t) if t.len() == h => Ok(Some(to_reals::<T::R>(t)?)),
