@@ -5,7 +5,7 @@
 //!
 //! `PROPTEST_CASES` sets the number of cases per property (default 64).
 
-use kiln_ir::op::{AveragePool, Conv, MaxPool};
+use kiln_ir::op::{AveragePool, Conv, FusedConv, MaxPool};
 use kiln_ir::{Graph, Op, Tensor};
 use kiln_runtime::{BuildCx, RunCx, Value};
 use proptest::prelude::*;
@@ -285,15 +285,55 @@ proptest! {
         check(&got[0], &b)?;
     }
 
-    /// MaxPool / AveragePool on f32 against the f64 path (the same kernel on f64 input).
+    /// com.microsoft.FusedConv: `act(Conv + Z)` with the residual and activation applied in the
+    /// GEMM's store (the depthwise kernel after it), against the reference.
+    #[test]
+    fn fused_conv_f32_matches_reference(c in case(), with_z in any::<bool>(), act in 0usize..5) {
+        let mut b = build(&c);
+        let Op::Conv(conv) = &b.op else { unreachable!() };
+        let (name, params, f): (Option<&str>, Option<Vec<f32>>, fn(f64) -> f64) = [
+            (None, None, (|x| x) as fn(f64) -> f64),
+            (Some("Relu"), None, |x: f64| x.max(0.0)),
+            (Some("LeakyRelu"), Some(vec![0.125]), |x: f64| if x < 0.0 { 0.125 * x } else { x }),
+            (Some("Clip"), Some(vec![-0.5, 0.75]), |x: f64| x.clamp(-0.5, 0.75)),
+            (Some("Sigmoid"), None, |x: f64| 1.0 / (1.0 + (-x).exp())),
+        ][act].clone();
+        let op = Op::FusedConv(FusedConv {
+            auto_pad: conv.auto_pad.clone(),
+            dilations: conv.dilations.clone(),
+            group: conv.group,
+            kernel_shape: conv.kernel_shape.clone(),
+            pads: conv.pads.clone(),
+            strides: conv.strides.clone(),
+            activation: name.map(str::to_string),
+            activation_params: params,
+        });
+        let zv = data(b.want.len(), c.seed ^ 3);
+        for ((w, s), z) in b.want.iter_mut().zip(b.scale.iter_mut()).zip(&zv) {
+            let z = if with_z { *z as f64 } else { 0.0 };
+            *w = f(*w + z);
+            *s += z.abs();
+        }
+        let z = with_z.then(|| Tensor::from_vec(b.shape.clone(), zv).unwrap());
+        let inputs = vec![Some(b.x.clone()), Some(b.w.clone()), b.b.clone(), z];
+        let got = run(&op, &inputs, &[false, true, true, false], 1);
+        check(&got[0], &b)?;
+    }
+
+    /// MaxPool (f32: the direct kernel) / AveragePool on f32 against the generic f64 path.
     #[test]
     fn pools_f32_match_f64(
         n in 1usize..=2, ch in 1usize..=3, h in 1usize..=9, w in 1usize..=9,
         k in [1usize..=3, 1usize..=3], s in [1usize..=3, 1usize..=3],
         p in [0usize..=1, 0usize..=1], ceil in any::<bool>(), pad_count in any::<bool>(),
-        seed in any::<u64>(),
+        d in [1usize..=2, 1usize..=2], seed in any::<u64>(),
     ) {
         let k = [k[0].min(h + 2 * p[0]), k[1].min(w + 2 * p[1])];
+        // MaxPool only; the dilated window must fit the padded input.
+        let d = [
+            if (k[0] - 1) * d[0] < h + 2 * p[0] { d[0] } else { 1 },
+            if (k[1] - 1) * d[1] < w + 2 * p[1] { d[1] } else { 1 },
+        ];
         // ONNX requires pads smaller than the kernel.
         let p = [p[0].min(k[0] - 1), p[1].min(k[1] - 1)];
         let xv = data(n * ch * h * w, seed);
@@ -303,7 +343,7 @@ proptest! {
         let st = Some(s.iter().map(|&v| v as i64).collect::<Vec<_>>());
         let pads = Some(vec![p[0] as i64, p[1] as i64, p[0] as i64, p[1] as i64]);
         let ops = [
-            Op::MaxPool(MaxPool { kernel_shape: ks.clone(), strides: st.clone(), pads: pads.clone(), ceil_mode: ceil, ..onnx_default!(MaxPool, kernel_shape = ks) }),
+            Op::MaxPool(MaxPool { kernel_shape: ks.clone(), strides: st.clone(), pads: pads.clone(), ceil_mode: ceil, dilations: Some(d.iter().map(|&v| v as i64).collect()), ..onnx_default!(MaxPool, kernel_shape = ks) }),
             Op::AveragePool(AveragePool { kernel_shape: ks.clone(), strides: st, pads, ceil_mode: ceil, count_include_pad: pad_count, ..onnx_default!(AveragePool, kernel_shape = ks) }),
         ];
         for op in &ops {
@@ -312,7 +352,8 @@ proptest! {
             prop_assert_eq!(a[0].shape(), b[0].shape());
             let (a, b) = (a[0].as_slice::<f32>().unwrap(), b[0].as_slice::<f64>().unwrap());
             for (x, y) in a.iter().zip(b) {
-                prop_assert!((*x as f64 - y).abs() <= 1e-6, "{} vs {}", x, y);
+                // A window wholly in the padding is -inf in both.
+                prop_assert!(*x as f64 == *y || (*x as f64 - y).abs() <= 1e-6, "{} vs {}", x, y);
             }
         }
     }

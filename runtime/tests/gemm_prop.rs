@@ -28,6 +28,7 @@ struct Case {
     alpha: f32,
     beta: f32,
     bias: bool,
+    row_bias: bool,
     residual: bool,
     act: Activation,
     seed: u64,
@@ -55,6 +56,7 @@ struct Problem {
     c0: Vec<f32>,
     ldc: usize,
     bias: Vec<f32>,
+    row_bias: Vec<f32>,
     res: Vec<f32>,
     ldr: usize,
 }
@@ -75,6 +77,7 @@ impl Problem {
             c0: data(c.m * ldc, c.seed + 2),
             ldc,
             bias: data(c.n, c.seed + 3),
+            row_bias: data(c.m, c.seed + 5),
             res: data(c.m * ldr, c.seed + 4),
             ldr,
             c: c.clone(),
@@ -84,6 +87,7 @@ impl Problem {
     fn epilogue(&self) -> Epilogue<'_> {
         Epilogue {
             bias: self.c.bias.then_some(&self.bias[..]),
+            row_bias: self.c.row_bias.then_some(&self.row_bias[..]),
             activation: self.c.act,
             residual: self.c.residual.then_some((&self.res[..], self.ldr)),
         }
@@ -171,6 +175,10 @@ impl Problem {
                 if c.bias {
                     y += self.bias[j] as f64;
                     bound += (self.bias[j] as f64).abs();
+                }
+                if c.row_bias {
+                    y += self.row_bias[i] as f64;
+                    bound += (self.row_bias[i] as f64).abs();
                 }
                 if c.residual {
                     let r = self.res[i * self.ldr + j] as f64;
@@ -260,7 +268,7 @@ fn case(max_m: usize, max_n: usize, max_k: usize) -> impl Strategy<Value = Case>
             scalar_of(&[1.0, 1.0, -1.0, 0.5, 0.0]),
             scalar_of(&[0.0, 0.0, 1.0, -0.5]),
         ),
-        (any::<bool>(), any::<bool>(), activation()),
+        (any::<bool>(), any::<bool>(), any::<bool>(), activation()),
         any::<u64>(),
     )
         .prop_map(
@@ -269,7 +277,7 @@ fn case(max_m: usize, max_n: usize, max_k: usize) -> impl Strategy<Value = Case>
                 (trans_a, trans_b),
                 (pad_a, pad_b, pad_c, pad_r),
                 (alpha, beta),
-                (bias, residual, act),
+                (bias, row_bias, residual, act),
                 seed,
             )| {
                 Case {
@@ -285,6 +293,7 @@ fn case(max_m: usize, max_n: usize, max_k: usize) -> impl Strategy<Value = Case>
                     alpha,
                     beta,
                     bias,
+                    row_bias,
                     residual,
                     act,
                     seed,
@@ -424,6 +433,7 @@ proptest! {
         let res = data(sr * count, c.seed + 4);
         let epi = |i: usize| Epilogue {
             bias: c.bias.then_some(&bias[..]),
+            row_bias: None,
             activation: c.act,
             residual: c.residual.then(|| (res.get(i * sr..).unwrap_or(&[]), ldr)),
         };
@@ -474,6 +484,7 @@ fn fixed(m: usize, n: usize, k: usize, trans_a: bool, trans_b: bool, act: Activa
         alpha: 0.75,
         beta: -0.5,
         bias: true,
+        row_bias: true,
         residual: true,
         act,
         seed: (m * 1_000_003 + n * 1009 + k) as u64,
@@ -524,6 +535,7 @@ fn zero_sizes() {
         let mut c = vec![f32::NAN, 1.0, 1.0, 4.0, 4.0, 4.0];
         let epi = Epilogue {
             bias: Some(&bias),
+            row_bias: None,
             activation: Activation::Relu,
             residual: Some((&res, 3)),
         };

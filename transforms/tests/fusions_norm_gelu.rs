@@ -471,6 +471,84 @@ fn conv_batch_norm_folds() {
     insta::assert_snapshot!(run(g, Level::O1));
 }
 
+fn conv3x3(g: &mut Graph, x: ValueId, c: usize, out: &str) -> ValueId {
+    let w = g.add_const(
+        &format!("{out}_w"),
+        Tensor::from_vec(vec![c, c, 3, 3], vec![0.5f32; c * c * 9]).unwrap(),
+    );
+    let b = vector(g, &format!("{out}_b"), &vec![0.25; c]);
+    node(
+        g,
+        Op::Conv(Conv {
+            auto_pad: "NOTSET".into(),
+            dilations: None,
+            group: 1,
+            kernel_shape: Some(vec![3, 3]),
+            pads: Some(vec![1, 1, 1, 1]),
+            strides: None,
+        }),
+        &[x, w, b],
+        out,
+    )
+}
+
+/// ResNet's basic block: Relu(Conv) then Relu(Add(Conv, shortcut)) → two FusedConv, the
+/// second with the shortcut as Z.
+#[test]
+fn conv_add_relu_becomes_fused_conv() {
+    let mut g = Graph::new("main");
+    let x = input(&mut g, "x", &["batch", "2", "5", "5"]);
+    let c1 = conv3x3(&mut g, x, 2, "conv1");
+    let r1 = node(&mut g, Op::Relu(Relu {}), &[c1], "relu1");
+    let c2 = conv3x3(&mut g, r1, 2, "conv2");
+    let s = add(&mut g, c2, x, "sum");
+    let y = node(&mut g, Op::Relu(Relu {}), &[s], "relu2");
+    g.outputs = vec![y];
+    insta::assert_snapshot!(run(g, Level::O1));
+}
+
+/// Clip with constant bounds (ReLU6) and LeakyRelu carry their parameters.
+#[test]
+fn conv_clip_and_leaky_relu_become_fused_conv() {
+    let mut g = Graph::new("main");
+    let x = input(&mut g, "x", &["1", "2", "4", "4"]);
+    let c1 = conv3x3(&mut g, x, 2, "conv1");
+    let lo = scalar(&mut g, "lo", 0.0);
+    let hi = scalar(&mut g, "hi", 6.0);
+    let r1 = node(&mut g, Op::Clip(Clip {}), &[c1, lo, hi], "relu6");
+    let c2 = conv3x3(&mut g, r1, 2, "conv2");
+    let y = node(
+        &mut g,
+        Op::LeakyRelu(LeakyRelu { alpha: 0.125 }),
+        &[c2],
+        "leaky",
+    );
+    g.outputs = vec![y];
+    insta::assert_snapshot!(run(g, Level::O1));
+}
+
+/// Must not fuse: a broadcast Add (per-channel bias), a Conv output read twice, an Add after
+/// the activation (Z is added before it), and a Clip whose bound is not a constant.
+#[test]
+fn near_miss_conv_fusions() {
+    let mut g = Graph::new("main");
+    let x = input(&mut g, "x", &["1", "2", "4", "4"]);
+    let c1 = conv3x3(&mut g, x, 2, "conv1");
+    let per_channel = g.add_const(
+        "per_channel",
+        Tensor::from_vec(vec![2, 1, 1], vec![1.0f32, 2.0]).unwrap(),
+    );
+    let a1 = add(&mut g, c1, per_channel, "broadcast_add");
+    let c2 = conv3x3(&mut g, a1, 2, "conv2");
+    let r2 = node(&mut g, Op::Relu(Relu {}), &[c2], "relu2");
+    let twice = add(&mut g, r2, c2, "reads_conv2_again");
+    let c3 = conv3x3(&mut g, twice, 2, "conv3");
+    let lo = input(&mut g, "lo", &[]);
+    let y = node(&mut g, Op::Clip(Clip {}), &[c3, lo], "clip_not_const");
+    g.outputs = vec![y];
+    insta::assert_snapshot!(run(g, Level::O1));
+}
+
 #[test]
 fn matmul_add_becomes_gemm_with_reshapes_beyond_2d() {
     let mut g = Graph::new("main");

@@ -28,6 +28,20 @@ pub(super) fn infer(op: &Op, cx: &mut InferCx) -> Option<InferResult> {
             1,
             None,
         ),
+        FusedConv(c) => conv(
+            cx,
+            &ConvAttrs {
+                auto_pad: &c.auto_pad,
+                dilations: c.dilations.as_deref(),
+                group: c.group,
+                kernel_shape: c.kernel_shape.as_deref(),
+                pads: c.pads.as_deref(),
+                strides: c.strides.as_deref(),
+            },
+            0,
+            1,
+            None,
+        ),
         ConvInteger(c) => conv(
             cx,
             &ConvAttrs {

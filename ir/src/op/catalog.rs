@@ -918,6 +918,19 @@ ops! {
         trans_batch_a @ "transBatchA": bool = false,
         trans_batch_b @ "transBatchB": bool = false,
     },
+    /// `com.microsoft.FusedConv`: `activation(Conv(X, W, B) + Z)` (`B`, `Z` optional; `Z`
+    /// shaped like the output). `activation` is one of `Relu`, `LeakyRelu` (`activation_params`
+    /// = `[alpha]`), `Clip` (`[min, max]`), `Sigmoid`, `Tanh`, or absent.
+    FusedConv: "com.microsoft" "FusedConv" {
+        auto_pad: String = "NOTSET".into(),
+        dilations: Option<Vec<i64>>,
+        group: i64 = 1,
+        kernel_shape: Option<Vec<i64>>,
+        pads: Option<Vec<i64>>,
+        strides: Option<Vec<i64>>,
+        activation: Option<String>,
+        activation_params: Option<Vec<f32>>,
+    },
     /// `com.microsoft.BiasAdd`: `X + bias + skip`.
     BiasAdd: "com.microsoft" "BiasAdd" {},
     /// `com.microsoft.DynamicQuantizeMatMul`: f32 A quantized to u8 at run time, times s8/u8 B.

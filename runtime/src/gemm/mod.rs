@@ -41,6 +41,7 @@ mod scalar;
 pub mod vmath;
 
 pub use pack::PackedB;
+pub(crate) use scalar::activate as scalar_activate;
 
 // ---------------------------------------------------------------------------------------------
 // Public types
@@ -192,11 +193,13 @@ impl Activation {
 }
 
 /// What the store of `C` adds to `alpha·op(A)·op(B) + beta·C`, in this order:
-/// `C[i][j] = act(alpha·AB[i][j] + beta·C[i][j] + bias[j] + residual[i][j])`.
+/// `C[i][j] = act(alpha·AB[i][j] + beta·C[i][j] + bias[j] + row_bias[i] + residual[i][j])`.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Epilogue<'a> {
     /// Added per column; at least `n` long.
     pub bias: Option<&'a [f32]>,
+    /// Added per row (a convolution's bias, one per output channel); at least `m` long.
+    pub row_bias: Option<&'a [f32]>,
     /// Applied last.
     pub activation: Activation,
     /// Added per element: `(data, ld)`, element `(i, j)` at `data[i·ld + j]`.
@@ -206,6 +209,7 @@ pub struct Epilogue<'a> {
 impl<'a> Epilogue<'a> {
     pub const NONE: Epilogue<'static> = Epilogue {
         bias: None,
+        row_bias: None,
         activation: Activation::None,
         residual: None,
     };
@@ -215,6 +219,10 @@ impl<'a> Epilogue<'a> {
             bias: Some(bias),
             ..Default::default()
         }
+    }
+    pub fn with_row_bias(mut self, row_bias: &'a [f32]) -> Self {
+        self.row_bias = Some(row_bias);
+        self
     }
     pub fn with_activation(mut self, act: Activation) -> Self {
         self.activation = act;
@@ -382,6 +390,8 @@ pub(crate) struct BlockArgs {
     pub last: bool,
     /// Bias at column 0 of this block, or null.
     pub bias: *const f32,
+    /// Row bias at row 0 of this block, or null.
+    pub row_bias: *const f32,
     /// Residual at `(0, 0)` of this block, or null; row stride `ldr`.
     pub res: *const f32,
     pub ldr: usize,
@@ -541,8 +551,13 @@ unsafe fn store_tile<V: Simd, const R: usize, const NV: usize>(
     } else {
         std::ptr::null()
     };
+    let rows = if x.last && !x.row_bias.is_null() {
+        x.row_bias.add(i0)
+    } else {
+        std::ptr::null()
+    };
     if nr == nr_full {
-        store_rows::<V, R, NV>(x, acc, c, x.ldc, bias, res, x.ldr);
+        store_rows::<V, R, NV>(x, acc, c, x.ldc, bias, rows, res, x.ldr);
         return;
     }
     // Scratch tiles: only their R × NR corner is used, zeroed before the valid part is copied
@@ -578,6 +593,7 @@ unsafe fn store_tile<V: Simd, const R: usize, const NV: usize>(
         ct,
         nr_full,
         if bias.is_null() { bias } else { bt },
+        rows,
         if res.is_null() { res } else { rt },
         nr_full,
     );
@@ -593,6 +609,7 @@ unsafe fn store_rows<V: Simd, const R: usize, const NV: usize>(
     c: *mut f32,
     ldc: usize,
     bias: *const f32,
+    row_bias: *const f32,
     res: *const f32,
     ldr: usize,
 ) {
@@ -614,6 +631,9 @@ unsafe fn store_rows<V: Simd, const R: usize, const NV: usize>(
             }
             if !bias.is_null() {
                 v = V::add(v, V::load(bias.add(j * V::LANES)));
+            }
+            if !row_bias.is_null() {
+                v = V::add(v, V::splat(*row_bias.add(i)));
             }
             if !res.is_null() {
                 v = V::add(v, V::load(res.add(i * ldr + j * V::LANES)));
@@ -928,6 +948,7 @@ impl Gemm {
         let one = |i: usize, threads: usize| {
             let ep = Epilogue {
                 bias: epilogue.bias,
+                row_bias: epilogue.row_bias,
                 activation: epilogue.activation,
                 residual: epilogue
                     .residual
@@ -1121,6 +1142,7 @@ impl BView {
 #[derive(Clone, Copy)]
 struct RawEpi {
     bias: SendConst,
+    row_bias: SendConst,
     res: SendConst,
     ldr: usize,
     act: Activation,
@@ -1131,6 +1153,9 @@ impl RawEpi {
         if let Some(b) = e.bias {
             assert!(b.len() >= n, "bias has {} elements, n = {n}", b.len());
         }
+        if let Some(b) = e.row_bias {
+            assert!(b.len() >= m, "row bias has {} elements, m = {m}", b.len());
+        }
         let (res, ldr) = match e.residual {
             Some((r, ld)) => {
                 check_mat("residual", r.len(), m, n, ld);
@@ -1140,6 +1165,7 @@ impl RawEpi {
         };
         RawEpi {
             bias: SendConst(e.bias.map_or(std::ptr::null(), |b| b.as_ptr())),
+            row_bias: SendConst(e.row_bias.map_or(std::ptr::null(), |b| b.as_ptr())),
             res: SendConst(res),
             ldr,
             act: e.activation,
@@ -1152,6 +1178,11 @@ impl RawEpi {
             } else {
                 self.bias.0.wrapping_add(j)
             }),
+            row_bias: SendConst(if self.row_bias.0.is_null() {
+                self.row_bias.0
+            } else {
+                self.row_bias.0.wrapping_add(i)
+            }),
             res: SendConst(if self.res.0.is_null() {
                 self.res.0
             } else {
@@ -1162,7 +1193,7 @@ impl RawEpi {
     }
 }
 
-/// `k = 0`: `C = act(beta·C + bias + residual)`.
+/// `k = 0`: `C = act(beta·C + bias + row_bias + residual)`.
 unsafe fn scale_c(m: usize, n: usize, beta: f32, c: *mut f32, ldc: usize, e: &RawEpi) {
     for i in 0..m {
         let row = std::slice::from_raw_parts_mut(c.add(i * ldc), n);
@@ -1170,6 +1201,9 @@ unsafe fn scale_c(m: usize, n: usize, beta: f32, c: *mut f32, ldc: usize, e: &Ra
             let mut x = if beta != 0.0 { beta * *v } else { 0.0 };
             if !e.bias.0.is_null() {
                 x += *e.bias.0.add(j);
+            }
+            if !e.row_bias.0.is_null() {
+                x += *e.row_bias.0.add(i);
             }
             if !e.res.0.is_null() {
                 x += *e.res.0.add(i * e.ldr + j);
@@ -1238,6 +1272,11 @@ unsafe fn gemm_seq(
                             std::ptr::null()
                         } else {
                             epi.bias.0.add(jc)
+                        },
+                        row_bias: if epi.row_bias.0.is_null() {
+                            std::ptr::null()
+                        } else {
+                            epi.row_bias.0.add(ic)
                         },
                         res: if epi.res.0.is_null() {
                             std::ptr::null()

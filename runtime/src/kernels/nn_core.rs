@@ -2,10 +2,11 @@
 //! inference Dropout. Written for any number of spatial dims; f32 (f16/bf16/f64 converted
 //! through f32/f64 at the boundary).
 
-use kiln_ir::op::{AveragePool, BatchNormalization, Conv, MaxPool};
+use kiln_ir::op::{AveragePool, BatchNormalization, Conv, FusedConv, MaxPool};
 use kiln_ir::{DType, Op, Tensor};
 
 use crate::error::KernelError;
+use crate::gemm::Activation;
 use crate::kernel::{opt_tensor_input, tensor_input, BuildCx, Kernel, RunCx};
 use crate::kernels::reduce::num::view;
 use crate::value::Value;
@@ -17,13 +18,19 @@ pub(crate) mod conv;
 pub(super) fn build(op: &Op, cx: &BuildCx) -> Option<Result<Box<dyn Kernel>, KernelError>> {
     Some(Ok(match op {
         Op::Conv(c) => Box::new(ConvK::new(c, cx)),
+        Op::FusedConv(f) => match ConvK::fused(f) {
+            Ok(k) => Box::new(k),
+            Err(e) => return Some(Err(e)),
+        },
         Op::MaxPool(p) => Box::new(PoolK {
             spec: PoolSpec::max(p),
             kind: PoolKind::Max,
+            indices: cx.output_types.len() > 1,
         }),
         Op::AveragePool(p) => Box::new(PoolK {
             spec: PoolSpec::avg(p),
             kind: PoolKind::Avg(p.count_include_pad),
+            indices: false,
         }),
         Op::GlobalAveragePool(_) => Box::new(GlobalPoolK { max: false }),
         Op::GlobalMaxPool(_) => Box::new(GlobalPoolK { max: true }),
@@ -179,13 +186,76 @@ fn for_each_tap(w: &Window, mut f: impl FnMut(usize, usize, Option<usize>)) {
     }
 }
 
+/// `Conv`, and `com.microsoft.FusedConv`: `act(Conv(X, W, B) + Z)`.
 struct ConvK {
     attr: Conv,
+    act: Activation,
+    /// `FusedConv` (reads `Z`, input 3).
+    fused: bool,
 }
 
 impl ConvK {
     fn new(c: &Conv, _cx: &BuildCx) -> ConvK {
-        ConvK { attr: c.clone() }
+        ConvK {
+            attr: c.clone(),
+            act: Activation::None,
+            fused: false,
+        }
+    }
+
+    fn fused(f: &FusedConv) -> Result<ConvK, KernelError> {
+        let p = f.activation_params.as_deref().unwrap_or(&[]);
+        let need = |n: usize, name: &str| {
+            if p.len() == n {
+                Ok(())
+            } else {
+                Err(KernelError::Invalid(format!(
+                    "FusedConv activation {name} takes {n} activation_params, got {p:?}"
+                )))
+            }
+        };
+        let act = match f.activation.as_deref() {
+            None | Some("") => Activation::None,
+            Some("Relu") => Activation::Relu,
+            Some("Sigmoid") => Activation::Sigmoid,
+            Some("Tanh") => Activation::Tanh,
+            Some("LeakyRelu") => {
+                need(1, "LeakyRelu")?;
+                Activation::LeakyRelu(p[0])
+            }
+            Some("Clip") => {
+                need(2, "Clip")?;
+                Activation::Clip {
+                    min: p[0],
+                    max: p[1],
+                }
+            }
+            Some(other) => {
+                return Err(KernelError::Unsupported(format!(
+                    "FusedConv activation {other}"
+                )))
+            }
+        };
+        Ok(ConvK {
+            attr: Conv {
+                auto_pad: f.auto_pad.clone(),
+                dilations: f.dilations.clone(),
+                group: f.group,
+                kernel_shape: f.kernel_shape.clone(),
+                pads: f.pads.clone(),
+                strides: f.strides.clone(),
+            },
+            act,
+            fused: true,
+        })
+    }
+
+    fn name(&self) -> &'static str {
+        if self.fused {
+            "FusedConv"
+        } else {
+            "Conv"
+        }
     }
 
     /// The f32 path for 1 or 2 spatial dims; `None` when it does not apply.
@@ -195,6 +265,7 @@ impl ConvK {
         x: &Tensor,
         wt: &Tensor,
         b: Option<&Tensor>,
+        z: Option<&Tensor>,
         w: &Window,
         g: usize,
         shape: &[usize],
@@ -206,6 +277,7 @@ impl ConvK {
             || b.is_some_and(|b| {
                 b.dtype() != DType::F32 || b.shape().iter().product::<usize>() != ws[0]
             })
+            || z.is_some_and(|z| z.dtype() != DType::F32)
             || !(xs.len() == 3 || xs.len() == 4)
         {
             return None;
@@ -249,25 +321,31 @@ impl ConvK {
                 ow: w.out_sp[0],
             }
         };
-        Some(self.conv_f32(&geom, x, wt, b, shape, cx))
+        Some(self.conv_f32(&geom, x, wt, b, z, shape, cx))
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn conv_f32(
         &self,
         geom: &conv::Geom,
         x: &Tensor,
         wt: &Tensor,
         b: Option<&Tensor>,
+        z: Option<&Tensor>,
         shape: &[usize],
         cx: &mut RunCx,
     ) -> Result<Tensor, KernelError> {
         let xv = view::<f32>(x)?;
         let bv = b.map(view::<f32>).transpose()?;
+        let zv = z.map(view::<f32>).transpose()?;
         let wv = view::<f32>(wt)?;
+        let post = conv::Post {
+            bias: bv.as_deref(),
+            z: zv.as_deref(),
+            act: self.act,
+        };
         // conv2d writes every output element.
-        cx.tensor_dirty::<f32>(shape.to_vec(), |o| {
-            conv::conv2d(geom, &xv, &wv, bv.as_deref(), o)
-        })
+        cx.tensor_dirty::<f32>(shape.to_vec(), |o| conv::conv2d(geom, &xv, &wv, post, o))
     }
 }
 
@@ -276,17 +354,23 @@ impl Kernel for ConvK {
         let x = tensor_input(inputs, 0)?;
         let wt = tensor_input(inputs, 1)?;
         let b = opt_tensor_input(inputs, 2)?;
+        let z = if self.fused {
+            opt_tensor_input(inputs, 3)?
+        } else {
+            None
+        };
         let (xs, ws) = (x.shape(), wt.shape());
+        let name = self.name();
         if xs.len() < 3 || ws.len() != xs.len() {
             return Err(KernelError::Invalid(format!(
-                "Conv needs X [N,C,...] and W of the same rank, got {xs:?} and {ws:?}"
+                "{name} needs X [N,C,...] and W of the same rank, got {xs:?} and {ws:?}"
             )));
         }
         let (n, c, m) = (xs[0], xs[1], ws[0]);
         let g = self.attr.group.max(1) as usize;
         if c % g != 0 || m % g != 0 || ws[1] * g != c {
             return Err(KernelError::Invalid(format!(
-                "Conv group {g}: X channels {c}, W {ws:?} do not match"
+                "{name} group {g}: X channels {c}, W {ws:?} do not match"
             )));
         }
         let kernel: Vec<usize> = ws[2..].to_vec();
@@ -301,7 +385,15 @@ impl Kernel for ConvK {
         )?;
         let mut out_shape = vec![n, m];
         out_shape.extend(&w.out_sp);
-        if let Some(t) = self.run_f32(x, wt, b, &w, g, &out_shape, cx) {
+        if let Some(z) = z {
+            if z.shape() != out_shape.as_slice() {
+                return Err(KernelError::Invalid(format!(
+                    "FusedConv: Z has shape {:?}, the output {out_shape:?}",
+                    z.shape()
+                )));
+            }
+        }
+        if let Some(t) = self.run_f32(x, wt, b, z, &w, g, &out_shape, cx) {
             return Ok(vec![Value::Tensor(t?)]);
         }
         let xv = floats(x)?;
@@ -335,6 +427,17 @@ impl Kernel for ConvK {
                         out[(ni * m + oc) * out_sz + o] = acc;
                     }
                 }
+            }
+        }
+        if let Some(z) = z {
+            for (o, zv) in out.iter_mut().zip(floats(z)?) {
+                *o += zv;
+            }
+        }
+        if self.act != Activation::None {
+            // The activations are defined on f32 (the GEMM epilogue's scalar definitions).
+            for o in out.iter_mut() {
+                *o = self.act.apply(*o as f32) as f64;
             }
         }
         let mut shape = vec![n, m];
@@ -387,6 +490,8 @@ enum PoolKind {
 struct PoolK {
     spec: PoolSpec,
     kind: PoolKind,
+    /// MaxPool's optional `Indices` output is wanted.
+    indices: bool,
 }
 
 impl Kernel for PoolK {
@@ -425,6 +530,15 @@ impl Kernel for PoolK {
         } else {
             None
         };
+        if let (PoolKind::Max, false, Some(xf), 1..=2) =
+            (&self.kind, self.indices, &xf, w.in_sp.len())
+        {
+            let mut shape = xs[..2].to_vec();
+            shape.extend(&w.out_sp);
+            // Every output element is written.
+            let y = cx.tensor_dirty::<f32>(shape, |o| max_pool_f32(&w, xf, o))?;
+            return Ok(vec![Value::Tensor(y)]);
+        }
         let xd = if xf.is_none() { floats(x)? } else { Vec::new() };
         let xv = |i: usize| match &xf {
             Some(s) => s[i] as f64,
@@ -530,6 +644,65 @@ impl Kernel for PoolK {
         }
         Ok(outs)
     }
+}
+
+/// f32 MaxPool over 1 or 2 spatial dims without indices: planes over threads, each output
+/// the max of its in-bounds taps (`-inf` when none; NaN inputs are skipped, as in the
+/// generic path).
+fn max_pool_f32(w: &Window, x: &[f32], out: &mut [f32]) {
+    // 1-D windows are 2-D ones of height 1.
+    let d2 = |v: &[usize], one: usize| {
+        if v.len() == 2 {
+            (v[0], v[1])
+        } else {
+            (one, v[0])
+        }
+    };
+    let (h, wd) = d2(&w.in_sp, 1);
+    let (oh, ow) = d2(&w.out_sp, 1);
+    let (kh, kw) = d2(&w.kernel, 1);
+    let (sh, sw) = d2(&w.strides, 1);
+    let (dh, dw) = d2(&w.dilations, 1);
+    let (ph, pw) = d2(&w.pad_begin, 0);
+    let (plane_in, plane_out) = (h * wd, oh * ow);
+    if plane_out == 0 {
+        return;
+    }
+    // Per output column, its first tap's input column (may be in the left padding) and the
+    // range of taps inside the row.
+    let cols: Vec<(isize, usize, usize)> = (0..ow)
+        .map(|ox| {
+            let x0 = (ox * sw) as isize - pw as isize;
+            let inside = |kj: &usize| (0..wd as isize).contains(&(x0 + (kj * dw) as isize));
+            let lo = (0..kw).find(inside).unwrap_or(kw);
+            let hi = (lo..kw).rfind(inside).map_or(lo, |k| k + 1);
+            (x0, lo, hi)
+        })
+        .collect();
+    super::par::for_chunks_weighted(out, plane_out, kh * kw, |start, chunk| {
+        for (pi, o) in chunk.chunks_mut(plane_out).enumerate() {
+            let plane = start / plane_out + pi;
+            let xp = &x[plane * plane_in..(plane + 1) * plane_in];
+            for oy in 0..oh {
+                let orow = &mut o[oy * ow..(oy + 1) * ow];
+                orow.fill(f32::NEG_INFINITY);
+                for ki in 0..kh {
+                    let Some(iy) = (oy * sh + ki * dh).checked_sub(ph).filter(|&iy| iy < h) else {
+                        continue;
+                    };
+                    let src = &xp[iy * wd..(iy + 1) * wd];
+                    for (ov, &(x0, lo, hi)) in orow.iter_mut().zip(&cols) {
+                        for kj in lo..hi {
+                            let v = src[(x0 + (kj * dw) as isize) as usize];
+                            if v > *ov {
+                                *ov = v;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    });
 }
 
 struct GlobalPoolK {

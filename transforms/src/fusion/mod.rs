@@ -4,6 +4,7 @@
 use crate::{Level, Pass};
 
 mod attention;
+pub(crate) mod conv;
 mod gelu;
 mod layernorm;
 pub(crate) mod linear;

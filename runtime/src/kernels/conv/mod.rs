@@ -8,12 +8,13 @@
 //! as `A`. (Computing `Yᵀ = colᵀ·Wᵀ` with pre-packed weights instead made every thread pack
 //! the whole im2col matrix and needed a transpose of the output: ResNet-50 took 298 ms
 //! instead of 252 under the same load.)
-//! The bias is written into `Y` first and accumulated with `beta = 1`. Depthwise
+//! The bias (per output channel: the GEMM's row bias), the residual `Z` of a `FusedConv` and
+//! its activation are applied in the GEMM's store, so `Y` is written once. Depthwise
 //! convolutions (`group = C = M`) run a direct kernel instead.
 
 use rayon::prelude::*;
 
-use crate::gemm::{default_gemm, Epilogue};
+use crate::gemm::{default_gemm, scalar_activate, Activation, Epilogue};
 
 /// Geometry of a 2-D convolution (1-D ones have `h = kh = oh = 1`).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -62,9 +63,19 @@ impl Geom {
     }
 }
 
-/// `y = conv(x, w) + bias` for NCHW `x` (`[n, c, h, w]`), `w` (`[m, c/g, kh, kw]`), `y`
-/// (`[n, m, oh, ow]`).
-pub(crate) fn conv2d(g: &Geom, x: &[f32], w: &[f32], bias: Option<&[f32]>, y: &mut [f32]) {
+/// What a convolution adds to its sum before writing `y`: `act(conv + bias + z)`.
+#[derive(Clone, Copy, Default)]
+pub(crate) struct Post<'a> {
+    /// One per output channel.
+    pub bias: Option<&'a [f32]>,
+    /// Shaped like `y` (the `Z` input of `com.microsoft.FusedConv`).
+    pub z: Option<&'a [f32]>,
+    pub act: Activation,
+}
+
+/// `y = act(conv(x, w) + bias + z)` for NCHW `x` (`[n, c, h, w]`), `w` (`[m, c/g, kh, kw]`),
+/// `y` and `z` (`[n, m, oh, ow]`).
+pub(crate) fn conv2d(g: &Geom, x: &[f32], w: &[f32], post: Post, y: &mut [f32]) {
     let p = g.oh * g.ow;
     let out_len = g.n * g.m * p;
     let y = &mut y[..out_len];
@@ -72,7 +83,17 @@ pub(crate) fn conv2d(g: &Geom, x: &[f32], w: &[f32], bias: Option<&[f32]>, y: &m
         return;
     }
     if g.is_depthwise() {
-        depthwise(g, x, w, bias, y);
+        depthwise(g, x, w, post.bias, y);
+        if post.z.is_some() || post.act != Activation::None {
+            crate::kernels::par::for_chunks(y, p, |start, chunk| {
+                if let Some(z) = post.z {
+                    for (o, &zv) in chunk.iter_mut().zip(&z[start..]) {
+                        *o += zv;
+                    }
+                }
+                scalar_activate(post.act, chunk);
+            });
+        }
         return;
     }
     let (cg, mg, kd) = (g.cg(), g.mg(), g.kdim());
@@ -86,42 +107,23 @@ pub(crate) fn conv2d(g: &Geom, x: &[f32], w: &[f32], bias: Option<&[f32]>, y: &m
         let xi = &x[ni * in_img..(ni + 1) * in_img];
         for gi in 0..g.g {
             let xg = &xi[gi * cg * g.h * g.w..(gi + 1) * cg * g.h * g.w];
-            let yg = &mut y[(ni * g.m + gi * mg) * p..(ni * g.m + (gi + 1) * mg) * p];
-            match bias {
-                Some(b) => {
-                    for (row, &bv) in yg.chunks_mut(p).zip(&b[gi * mg..(gi + 1) * mg]) {
-                        row.fill(bv);
-                    }
-                }
-                None => yg.fill(0.0),
+            let (y0, y1) = ((ni * g.m + gi * mg) * p, (ni * g.m + (gi + 1) * mg) * p);
+            let yg = &mut y[y0..y1];
+            let mut epi = Epilogue::NONE.with_activation(post.act);
+            if let Some(b) = post.bias {
+                epi = epi.with_row_bias(&b[gi * mg..(gi + 1) * mg]);
             }
-            if kd == 0 {
-                // No input channels: the output is the bias.
-                continue;
+            if let Some(z) = post.z {
+                epi = epi.with_residual(&z[y0..y1], p);
             }
-            let b: &[f32] = if pointwise {
+            let b: &[f32] = if pointwise || kd == 0 {
                 xg
             } else {
                 im2col(g, xg, &mut col);
                 &col
             };
             let wg = &w[gi * mg * kd..(gi + 1) * mg * kd];
-            default_gemm().sgemm(
-                mg,
-                p,
-                kd,
-                1.0,
-                wg,
-                kd,
-                false,
-                b,
-                p,
-                false,
-                1.0,
-                yg,
-                p,
-                Epilogue::NONE,
-            );
+            default_gemm().sgemm(mg, p, kd, 1.0, wg, kd, false, b, p, false, 0.0, yg, p, epi);
         }
     }
     SCRATCH.with(|s| *s.borrow_mut() = col);
