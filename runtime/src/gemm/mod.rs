@@ -40,7 +40,7 @@ mod pack;
 mod scalar;
 pub mod vmath;
 
-pub use pack::PackedB;
+pub use pack::{PackedA, PackedB};
 pub(crate) use scalar::activate as scalar_activate;
 
 // ---------------------------------------------------------------------------------------------
@@ -232,6 +232,67 @@ impl<'a> Epilogue<'a> {
         self.residual = Some((residual, ld));
         self
     }
+}
+
+/// The geometry of a 2-D convolution's im2col matrix for one image and group (1-D
+/// convolutions have `h = kh = oh = 1`): `c` input channels of `h × w`, a `kh × kw` kernel,
+/// strides, dilations, leading pads and the `oh × ow` output. Row `(ci·kh + ki)·kw + kj`,
+/// column `oy·ow + ox` of the matrix is `x[ci][oy·sh − ph + ki·dh][ox·sw − pw + kj·dw]`, 0 in
+/// the padding.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Im2col {
+    pub c: usize,
+    pub h: usize,
+    pub w: usize,
+    pub kh: usize,
+    pub kw: usize,
+    pub sh: usize,
+    pub sw: usize,
+    pub dh: usize,
+    pub dw: usize,
+    pub ph: usize,
+    pub pw: usize,
+    pub oh: usize,
+    pub ow: usize,
+}
+
+impl Im2col {
+    /// Rows of the matrix (the GEMM's `k`).
+    pub fn rows(&self) -> usize {
+        self.c * self.kh * self.kw
+    }
+    /// Columns of the matrix (the GEMM's `n`).
+    pub fn cols(&self) -> usize {
+        self.oh * self.ow
+    }
+}
+
+/// The `A` operand of [`Gemm::sgemm_ops`].
+#[derive(Clone, Copy, Debug)]
+pub enum AOperand<'a> {
+    /// `op(A)` of a row-major `a` with leading dimension `lda` (`trans`: `a` holds `Aᵀ`).
+    Matrix {
+        a: &'a [f32],
+        lda: usize,
+        trans: bool,
+    },
+    /// Packed ahead of time by [`Gemm::pack_a`] for this GEMM.
+    Packed(&'a PackedA),
+}
+
+/// The `B` operand of [`Gemm::sgemm_ops`].
+#[derive(Clone, Copy, Debug)]
+pub enum BOperand<'a> {
+    /// `op(B)` of a row-major `b` with leading dimension `ldb` (`trans`: `b` holds `Bᵀ`).
+    Matrix {
+        b: &'a [f32],
+        ldb: usize,
+        trans: bool,
+    },
+    /// Packed ahead of time by [`Gemm::pack_b`] for this GEMM.
+    Packed(&'a PackedB),
+    /// The im2col matrix of the image `x` (`[geom.c, geom.h, geom.w]`).
+    Im2col { x: &'a [f32], geom: Im2col },
 }
 
 /// Strides of a batch of GEMMs of the same shape (for attention): GEMM `i` uses
@@ -603,6 +664,7 @@ unsafe fn store_tile<V: Simd, const R: usize, const NV: usize>(
 }
 
 #[inline(always)]
+#[allow(clippy::too_many_arguments)]
 unsafe fn store_rows<V: Simd, const R: usize, const NV: usize>(
     x: &BlockArgs,
     acc: &[[V; NV]; R],
@@ -880,6 +942,99 @@ impl Gemm {
         }
     }
 
+    /// `C = act(alpha·op(A)·op(B) + beta·C + …)` (see [`Epilogue`]) for `A` and `B` given in
+    /// any of their forms: stored or packed ahead of time, and for `B` also the im2col
+    /// matrix of an image, packed block by block straight from the image (a convolution as
+    /// one GEMM, the matrix never materialized). `k` must agree with the operands.
+    #[allow(clippy::too_many_arguments)]
+    pub fn sgemm_ops(
+        &self,
+        m: usize,
+        n: usize,
+        k: usize,
+        alpha: f32,
+        a: AOperand,
+        b: BOperand,
+        beta: f32,
+        c: &mut [f32],
+        ldc: usize,
+        epilogue: Epilogue,
+    ) {
+        let a = match a {
+            AOperand::Matrix { a, lda, trans } => {
+                check_op("a", a.len(), m, k, lda, trans);
+                AOp::Raw(AView::new(a, lda, trans))
+            }
+            AOperand::Packed(p) => {
+                assert!(
+                    p.matches(&self.kernel) && p.m() == m && p.k() == k,
+                    "sgemm_ops: A packed as {} for a {m}x{k} A with {:?}",
+                    p.describe(),
+                    self
+                );
+                AOp::Packed {
+                    ptr: SendConst(p.as_ptr()),
+                    panels: p.panels(),
+                    row0: 0,
+                }
+            }
+        };
+        let b = match b {
+            BOperand::Matrix { b, ldb, trans } => {
+                check_op("b", b.len(), k, n, ldb, trans);
+                BView::Raw(AView::new(b, ldb, trans))
+            }
+            BOperand::Packed(p) => {
+                assert!(
+                    p.matches(&self.kernel) && p.k() == k && p.n() == n,
+                    "sgemm_ops: B packed as {} for a {k}x{n} B with {:?}",
+                    p.describe(),
+                    self
+                );
+                BView::Packed {
+                    ptr: SendConst(p.as_ptr()),
+                    panels: p.panels(),
+                }
+            }
+            BOperand::Im2col { x, geom } => {
+                assert!(
+                    geom.rows() == k && geom.cols() == n && x.len() >= geom.c * geom.h * geom.w,
+                    "sgemm_ops: image of {} elements, geometry {geom:?}, k = {k}, n = {n}",
+                    x.len()
+                );
+                BView::Im2col {
+                    x: SendConst(x.as_ptr()),
+                    geom,
+                    col0: 0,
+                }
+            }
+        };
+        check_mat("c", c.len(), m, n, ldc);
+        let epi = RawEpi::new(&epilogue, m, n);
+        let t = self.threads_for(2 * m * n * k);
+        // SAFETY: operands checked above; the im2col packing reads only in-bounds pixels.
+        unsafe {
+            self.run(
+                m,
+                n,
+                k,
+                alpha,
+                a,
+                b,
+                beta,
+                SendPtr(c.as_mut_ptr()),
+                ldc,
+                epi,
+                t,
+            )
+        }
+    }
+
+    /// Packs `op(A)` (`m × k`) for this engine (see [`PackedA`]).
+    pub fn pack_a(&self, m: usize, k: usize, a: &[f32], lda: usize, trans_a: bool) -> PackedA {
+        PackedA::with_kernel(&self.kernel, m, k, a, lda, trans_a)
+    }
+
     /// See [`sgemm_batched`] and [`Batch`].
     #[allow(clippy::too_many_arguments)]
     pub fn sgemm_batched(
@@ -1003,7 +1158,7 @@ impl Gemm {
         n: usize,
         k: usize,
         alpha: f32,
-        a: AView,
+        a: impl Into<AOp>,
         b: BView,
         beta: f32,
         c: SendPtr,
@@ -1011,6 +1166,7 @@ impl Gemm {
         epi: RawEpi,
         threads: usize,
     ) {
+        let a: AOp = a.into();
         if m == 0 || n == 0 {
             return;
         }
@@ -1030,9 +1186,13 @@ impl Gemm {
         // are too few panels to balance, then rows.
         let cost_n = np.div_ceil(t) * mp;
         let cost_m = mp.div_ceil(t) * np;
+        // An implicit im2col B costs more to pack than a stored one: split rows only when
+        // splitting columns would leave a thread with a quarter more tiles.
         let split_n = np >= t
-            && (cost_n * 20 <= cost_m * 21
-                || matches!(b, BView::Packed { .. }) && cost_n <= cost_m);
+            && match b {
+                BView::Im2col { .. } => cost_n * 4 <= cost_m * 5,
+                _ => cost_n * 20 <= cost_m * 21,
+            };
         let regions: Vec<(usize, usize, usize, usize)> = if split_n {
             chunks(np, t)
                 .map(|(q0, q1)| (0, m, q0 * kern.nr, (q1 * kern.nr).min(n)))
@@ -1046,7 +1206,7 @@ impl Gemm {
             .into_par_iter()
             .with_max_len(1)
             .for_each(|(r0, r1, c0, c1)| {
-                let a = a.offset(r0, 0);
+                let a = a.offset_rows(r0);
                 let b = b.offset_cols(c0);
                 let epi = epi.offset(r0, c0);
                 gemm_seq(
@@ -1118,9 +1278,48 @@ impl AView {
     }
 }
 
+/// `op(A)` as the driver reads it.
+#[derive(Clone, Copy)]
+enum AOp {
+    Raw(AView),
+    /// A [`PackedA`] with `panels` panels over its full height; `row0` (a multiple of MR) is
+    /// the region's first row.
+    Packed {
+        ptr: SendConst,
+        panels: usize,
+        row0: usize,
+    },
+}
+
+impl From<AView> for AOp {
+    fn from(v: AView) -> AOp {
+        AOp::Raw(v)
+    }
+}
+
+impl AOp {
+    unsafe fn offset_rows(self, r0: usize) -> AOp {
+        match self {
+            AOp::Raw(v) => AOp::Raw(v.offset(r0, 0)),
+            AOp::Packed { ptr, panels, row0 } => AOp::Packed {
+                ptr,
+                panels,
+                row0: row0 + r0,
+            },
+        }
+    }
+}
+
 #[derive(Clone, Copy)]
 enum BView {
     Raw(AView),
+    /// The im2col matrix of an image (`x`, one group's channels), packed from the image
+    /// directly; `col0` is the region's first column (output pixel).
+    Im2col {
+        x: SendConst,
+        geom: Im2col,
+        col0: usize,
+    },
     /// A [`PackedB`] with `panels` panels across its full width (a region's first panel is
     /// passed to [`gemm_seq`] separately).
     Packed {
@@ -1133,6 +1332,11 @@ impl BView {
     unsafe fn offset_cols(self, c0: usize) -> BView {
         match self {
             BView::Raw(v) => BView::Raw(v.offset(0, c0)),
+            BView::Im2col { x, geom, col0 } => BView::Im2col {
+                x,
+                geom,
+                col0: col0 + c0,
+            },
             BView::Packed { .. } => self,
         }
     }
@@ -1223,7 +1427,7 @@ unsafe fn gemm_seq(
     k: usize,
     panel0: usize,
     alpha: f32,
-    a: AView,
+    a: AOp,
     b: BView,
     beta: f32,
     c: SendPtr,
@@ -1246,6 +1450,11 @@ unsafe fn gemm_seq(
                         pack::pack_b(dst, bv.offset(pc, jc), kc, nc, nr);
                         dst.as_ptr()
                     }
+                    BView::Im2col { x, geom, col0 } => {
+                        let dst = bbuf.get(nc.div_ceil(nr) * nr * kc);
+                        pack::pack_b_im2col(dst, x.0, &geom, pc, kc, col0 + jc, nc, nr);
+                        dst.as_ptr()
+                    }
                     BView::Packed { ptr, panels } => {
                         // Block pc holds `panels` panels of kc × NR; this region starts at panel0.
                         ptr.0.add(pc * panels * nr + (panel0 + jc / nr) * kc * nr)
@@ -1254,13 +1463,22 @@ unsafe fn gemm_seq(
                 let mut ic = 0;
                 while ic < m {
                     let mc = mc_step.min(m - ic);
-                    let ablock = abuf.get(mc.div_ceil(mr) * mr * kc);
-                    pack::pack_a(ablock, a.offset(ic, pc), mc, kc, mr);
+                    let ap: *const f32 = match a {
+                        AOp::Raw(av) => {
+                            let ablock = abuf.get(mc.div_ceil(mr) * mr * kc);
+                            pack::pack_a(ablock, av.offset(ic, pc), mc, kc, mr);
+                            ablock.as_ptr()
+                        }
+                        AOp::Packed { ptr, panels, row0 } => {
+                            // Block pc holds `panels` panels of MR × kc; rows start at row0.
+                            ptr.0.add(pc * panels * mr + (row0 + ic) / mr * mr * kc)
+                        }
+                    };
                     let args = BlockArgs {
                         kc,
                         mc,
                         nc,
-                        a: ablock.as_ptr(),
+                        a: ap,
                         b: bp,
                         c: c.get().add(ic * ldc + jc),
                         ldc,

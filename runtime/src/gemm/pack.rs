@@ -6,7 +6,7 @@ use std::fmt;
 
 use rayon::prelude::*;
 
-use super::{AView, Isa, Kernel};
+use super::{AView, Im2col, Isa, Kernel};
 
 /// A growable f32 buffer whose slices start on a 64-byte boundary (so that packed panels never
 /// straddle cache lines more than they must).
@@ -104,6 +104,122 @@ pub(crate) unsafe fn pack_b(dst: &mut [f32], b: AView, kc: usize, nc: usize, nr:
             let w = nr.min(nc - j0);
             let panel = &mut dst[q * kc * nr..(q + 1) * kc * nr];
             transpose_into(panel, nr, b.ptr.0.add(j0 * b.cs), b.cs, b.rs, w, kc);
+        }
+    }
+}
+
+/// Packs rows `k0..k0 + kc`, columns `j0..j0 + nc` of the im2col matrix of `x` (see
+/// [`Im2col`]) like [`pack_b`] packs a stored `B`: row by row of the matrix (one tap of one
+/// channel), each output row's run of pixels read from one input row (0 in the padding).
+///
+/// # Safety
+/// `x` must hold `g.c · g.h · g.w` elements. Only pixels inside the image are read, whatever
+/// the geometry.
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn pack_b_im2col(
+    dst: &mut [f32],
+    x: *const f32,
+    g: &Im2col,
+    k0: usize,
+    kc: usize,
+    j0: usize,
+    nc: usize,
+    nr: usize,
+) {
+    if nc == 0 {
+        return;
+    }
+    let np = nc.div_ceil(nr);
+    assert!(dst.len() >= np * nr * kc && g.ow > 0);
+    match nr {
+        8 => im2col_panels::<8>(dst, x, g, k0, kc, j0, nc),
+        16 => im2col_panels::<16>(dst, x, g, k0, kc, j0, nc),
+        32 => im2col_panels::<32>(dst, x, g, k0, kc, j0, nc),
+        _ => {
+            // Other panel widths (none of kiln's kernels): through a NR = 1 layout.
+            let mut tmp = vec![0f32; kc * nc];
+            im2col_panels::<1>(&mut tmp, x, g, k0, kc, j0, nc);
+            for (j, col) in tmp.chunks_exact(kc).enumerate() {
+                for (p, &v) in col.iter().enumerate() {
+                    dst[((j / nr) * kc + p) * nr + j % nr] = v;
+                }
+            }
+        }
+    }
+    // The columns of the last panel past nc.
+    let w = nc - (np - 1) * nr;
+    if w < nr {
+        for p in 0..kc {
+            dst[((np - 1) * kc + p) * nr + w..((np - 1) * kc + p + 1) * nr].fill(0.0);
+        }
+    }
+}
+
+/// [`pack_b_im2col`] for panels `NR` wide: element `(p, j)` at `((j / NR)·kc + p)·NR + j % NR`.
+#[inline(always)]
+unsafe fn im2col_panels<const NR: usize>(
+    dst: &mut [f32],
+    x: *const f32,
+    g: &Im2col,
+    k0: usize,
+    kc: usize,
+    j0: usize,
+    nc: usize,
+) {
+    let dst = dst.as_mut_ptr();
+    let at = |p: usize, j: usize| ((j / NR) * kc + p) * NR + j % NR;
+    for p in 0..kc {
+        let r = k0 + p;
+        let kj = r % g.kw;
+        let ki = (r / g.kw) % g.kh;
+        let ci = r / (g.kw * g.kh);
+        let plane = x.add(ci * g.h * g.w);
+        // Output columns whose input column is inside the row: ox·sw + off ∈ [0, w).
+        let off = (kj * g.dw) as isize - g.pw as isize;
+        let lo = if off >= 0 {
+            0
+        } else {
+            ((-off) as usize).div_ceil(g.sw)
+        }
+        .min(g.ow);
+        let hi = if (g.w as isize) <= off {
+            0
+        } else {
+            ((g.w as isize - off) as usize).div_ceil(g.sw)
+        }
+        .clamp(lo, g.ow);
+        let (mut oy, mut ox0) = (j0 / g.ow, j0 % g.ow);
+        let mut j = 0;
+        while j < nc {
+            // The run of pixels from here to the end of the output row: columns j..j + len.
+            let len = (g.ow - ox0).min(nc - j);
+            let iy = (oy * g.sh + ki * g.dh) as isize - g.ph as isize;
+            if iy < 0 || iy >= g.h as isize {
+                for t in 0..len {
+                    *dst.add(at(p, j + t)) = 0.0;
+                }
+            } else {
+                let src = plane.add(iy as usize * g.w);
+                // [ox0, a) left padding, [a, b) inside, [b, ox0 + len) right padding.
+                let a = lo.clamp(ox0, ox0 + len);
+                let b = hi.clamp(a, ox0 + len);
+                for t in 0..a - ox0 {
+                    *dst.add(at(p, j + t)) = 0.0;
+                }
+                let ja = j + (a - ox0);
+                if b > a {
+                    let s = src.offset((a * g.sw) as isize + off);
+                    for t in 0..b - a {
+                        *dst.add(at(p, ja + t)) = *s.add(t * g.sw);
+                    }
+                }
+                for t in b - ox0..len {
+                    *dst.add(at(p, j + t)) = 0.0;
+                }
+            }
+            j += len;
+            ox0 = 0;
+            oy += 1;
         }
     }
 }
@@ -301,6 +417,113 @@ impl PackedB {
             self.k,
             self.n,
             self.nr,
+            self.kc
+        )
+    }
+}
+
+/// `op(A)` (`m × k`) packed once into one kernel's panel layout — a convolution's weights, at
+/// compile time (packing them on every run read and wrote all of ResNet-50's 100 MB of
+/// weights per inference, on each thread that split the output's columns).
+///
+/// Layout: `k` in blocks of `KC`; block `b` holds all `ceil(m/MR)` row panels of `MR × kc_b`
+/// (zero-padded past `m`), so the panels of any `MR`-aligned row range of a block are
+/// contiguous. Use it with the GEMM (ISA, `MR` and `KC`) it was packed for.
+#[derive(Clone)]
+pub struct PackedA {
+    m: usize,
+    k: usize,
+    kc: usize,
+    mr: usize,
+    isa: Isa,
+    model: bool,
+    buf: AlignedBuf,
+}
+
+impl fmt::Debug for PackedA {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "PackedA({})", self.describe())
+    }
+}
+
+impl PackedA {
+    pub(crate) fn with_kernel(
+        kern: &Kernel,
+        m: usize,
+        k: usize,
+        a: &[f32],
+        lda: usize,
+        trans_a: bool,
+    ) -> PackedA {
+        if m > 0 && k > 0 {
+            super::check_op("a", a.len(), m, k, lda, trans_a);
+        }
+        let (mr, kc) = (kern.mr, kern.kc);
+        let mp = m.div_ceil(mr);
+        let mut buf = AlignedBuf::default();
+        let len = k * mp * mr;
+        let data = buf.get(len);
+        let view = AView::new(a, lda, trans_a);
+        if len > 0 {
+            data.par_chunks_mut(kc * mp * mr)
+                .enumerate()
+                .for_each(|(blk, dst)| {
+                    let pc = blk * kc;
+                    let kb = kc.min(k - pc);
+                    // SAFETY: bounds checked above.
+                    unsafe { pack_a(dst, view.offset(0, pc), m, kb, mr) }
+                });
+        }
+        PackedA {
+            m,
+            k,
+            kc,
+            mr,
+            isa: kern.isa,
+            model: kern.model,
+            buf,
+        }
+    }
+
+    /// Rows of `op(A)`.
+    pub fn m(&self) -> usize {
+        self.m
+    }
+
+    /// Columns of `op(A)`.
+    pub fn k(&self) -> usize {
+        self.k
+    }
+
+    /// Bytes of packed data.
+    pub fn size_bytes(&self) -> usize {
+        self.len() * 4
+    }
+
+    fn len(&self) -> usize {
+        self.k * self.panels() * self.mr
+    }
+
+    pub(crate) fn panels(&self) -> usize {
+        self.m.div_ceil(self.mr)
+    }
+
+    pub(crate) fn as_ptr(&self) -> *const f32 {
+        self.buf.slice(self.len()).as_ptr()
+    }
+
+    pub(crate) fn matches(&self, kern: &Kernel) -> bool {
+        self.isa == kern.isa && self.model == kern.model && self.kc == kern.kc && self.mr == kern.mr
+    }
+
+    pub(crate) fn describe(&self) -> String {
+        format!(
+            "{}{} {}x{} MR={} KC={}",
+            self.isa,
+            if self.model { " model" } else { "" },
+            self.m,
+            self.k,
+            self.mr,
             self.kc
         )
     }

@@ -18,7 +18,7 @@ pub(crate) mod conv;
 pub(super) fn build(op: &Op, cx: &BuildCx) -> Option<Result<Box<dyn Kernel>, KernelError>> {
     Some(Ok(match op {
         Op::Conv(c) => Box::new(ConvK::new(c, cx)),
-        Op::FusedConv(f) => match ConvK::fused(f) {
+        Op::FusedConv(f) => match ConvK::fused(f, cx) {
             Ok(k) => Box::new(k),
             Err(e) => return Some(Err(e)),
         },
@@ -192,18 +192,33 @@ struct ConvK {
     act: Activation,
     /// `FusedConv` (reads `Z`, input 3).
     fused: bool,
+    /// Constant f32 weights packed per group, with the shape they were packed from.
+    packed: Option<(Vec<usize>, Vec<crate::gemm::PackedA>)>,
 }
 
 impl ConvK {
-    fn new(c: &Conv, _cx: &BuildCx) -> ConvK {
+    fn new(c: &Conv, cx: &BuildCx) -> ConvK {
         ConvK {
             attr: c.clone(),
             act: Activation::None,
             fused: false,
+            packed: Self::pack(c.group, cx),
         }
     }
 
-    fn fused(f: &FusedConv) -> Result<ConvK, KernelError> {
+    fn pack(group: i64, cx: &BuildCx) -> Option<(Vec<usize>, Vec<crate::gemm::PackedA>)> {
+        let w = cx.const_inputs.get(1).copied().flatten()?;
+        let ws = w.shape();
+        if w.dtype() != DType::F32 || !(ws.len() == 3 || ws.len() == 4) || group < 1 {
+            return None;
+        }
+        let packed = conv::pack_weights(ws[0], group as usize, w.as_slice::<f32>()?, ws)?;
+        // The packed copy is what runs: a mapped weight's pages need not stay resident too.
+        w.release_pages();
+        Some((ws.to_vec(), packed))
+    }
+
+    fn fused(f: &FusedConv, cx: &BuildCx) -> Result<ConvK, KernelError> {
         let p = f.activation_params.as_deref().unwrap_or(&[]);
         let need = |n: usize, name: &str| {
             if p.len() == n {
@@ -247,6 +262,7 @@ impl ConvK {
             },
             act,
             fused: true,
+            packed: Self::pack(f.group, cx),
         })
     }
 
@@ -344,8 +360,15 @@ impl ConvK {
             z: zv.as_deref(),
             act: self.act,
         };
+        let packed = self
+            .packed
+            .as_ref()
+            .filter(|(s, _)| s == wt.shape())
+            .map(|(_, p)| &p[..]);
         // conv2d writes every output element.
-        cx.tensor_dirty::<f32>(shape.to_vec(), |o| conv::conv2d(geom, &xv, &wv, post, o))
+        cx.tensor_dirty::<f32>(shape.to_vec(), |o| {
+            conv::conv2d(geom, &xv, &wv, packed, post, o)
+        })
     }
 }
 

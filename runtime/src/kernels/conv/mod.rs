@@ -2,7 +2,10 @@
 //!
 //! Per image and group, the output is computed channel-major, straight into NCHW:
 //! `Y[Mg, P] = W[Mg, K] · col[K, P]` (`P` output pixels, `K = Cg·kh·kw`). `col` is the im2col
-//! matrix, or the input itself for 1×1 stride-1 unpadded convolutions (no im2col, no copy).
+//! matrix, which the GEMM packs block by block straight from the image
+//! ([`crate::gemm::Gemm::sgemm_im2col`]: materializing it cost a write and a read of
+//! `K × P` floats per convolution, 7 MB for a 3×3 one over 64 × 56 × 56), or the input
+//! itself for 1×1 stride-1 unpadded convolutions.
 //! The wide operand (`col`, `K × P`) is the GEMM's `B`, so when the threads split the
 //! columns each packs only its own pixels; the small one (the weights) is packed per block
 //! as `A`. (Computing `Yᵀ = colᵀ·Wᵀ` with pre-packed weights instead made every thread pack
@@ -14,7 +17,9 @@
 
 use rayon::prelude::*;
 
-use crate::gemm::{default_gemm, scalar_activate, Activation, Epilogue};
+use crate::gemm::{
+    default_gemm, scalar_activate, AOperand, Activation, BOperand, Epilogue, Im2col, PackedA,
+};
 
 /// Geometry of a 2-D convolution (1-D ones have `h = kh = oh = 1`).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -73,9 +78,39 @@ pub(crate) struct Post<'a> {
     pub act: Activation,
 }
 
+/// The weights of each group packed for the default GEMM (`W[Mg, K]` as its `A`), once, when
+/// they are constant; `None` for a depthwise convolution (its direct kernel reads `W`).
+pub(crate) fn pack_weights(
+    m: usize,
+    group: usize,
+    w: &[f32],
+    w_shape: &[usize],
+) -> Option<Vec<PackedA>> {
+    let kd: usize = w_shape.iter().skip(1).product();
+    let depthwise = group > 1 && w_shape.get(1) == Some(&1) && group == m;
+    if depthwise || group == 0 || m % group != 0 || w.len() != m * kd {
+        return None;
+    }
+    let mg = m / group;
+    Some(
+        (0..group)
+            .map(|gi| {
+                default_gemm().pack_a(mg, kd, &w[gi * mg * kd..(gi + 1) * mg * kd], kd, false)
+            })
+            .collect(),
+    )
+}
+
 /// `y = act(conv(x, w) + bias + z)` for NCHW `x` (`[n, c, h, w]`), `w` (`[m, c/g, kh, kw]`),
-/// `y` and `z` (`[n, m, oh, ow]`).
-pub(crate) fn conv2d(g: &Geom, x: &[f32], w: &[f32], post: Post, y: &mut [f32]) {
+/// `y` and `z` (`[n, m, oh, ow]`); `packed` is [`pack_weights`] of `w`.
+pub(crate) fn conv2d(
+    g: &Geom,
+    x: &[f32],
+    w: &[f32],
+    packed: Option<&[PackedA]>,
+    post: Post,
+    y: &mut [f32],
+) {
     let p = g.oh * g.ow;
     let out_len = g.n * g.m * p;
     let y = &mut y[..out_len];
@@ -99,10 +134,22 @@ pub(crate) fn conv2d(g: &Geom, x: &[f32], w: &[f32], post: Post, y: &mut [f32]) 
     let (cg, mg, kd) = (g.cg(), g.mg(), g.kdim());
     let in_img = g.c * g.h * g.w;
     let pointwise = g.is_pointwise();
-    // The im2col matrix, reused across calls on this thread: a fresh large allocation
-    // costs a page fault per 4 KiB on every run.
-    let mut col = SCRATCH.with(|s| std::mem::take(&mut *s.borrow_mut()));
-    col.resize(if pointwise { 0 } else { kd * p }, 0.0);
+    let geom = Im2col {
+        c: cg,
+        h: g.h,
+        w: g.w,
+        kh: g.kh,
+        kw: g.kw,
+        sh: g.sh,
+        sw: g.sw,
+        dh: g.dh,
+        dw: g.dw,
+        ph: g.ph,
+        pw: g.pw,
+        oh: g.oh,
+        ow: g.ow,
+    };
+    let gemm = default_gemm();
     for ni in 0..g.n {
         let xi = &x[ni * in_img..(ni + 1) * in_img];
         for gi in 0..g.g {
@@ -116,80 +163,26 @@ pub(crate) fn conv2d(g: &Geom, x: &[f32], w: &[f32], post: Post, y: &mut [f32]) 
             if let Some(z) = post.z {
                 epi = epi.with_residual(&z[y0..y1], p);
             }
-            let b: &[f32] = if pointwise || kd == 0 {
-                xg
-            } else {
-                im2col(g, xg, &mut col);
-                &col
+            let a = match packed {
+                Some(pk) => AOperand::Packed(&pk[gi]),
+                None => AOperand::Matrix {
+                    a: &w[gi * mg * kd..(gi + 1) * mg * kd],
+                    lda: kd,
+                    trans: false,
+                },
             };
-            let wg = &w[gi * mg * kd..(gi + 1) * mg * kd];
-            default_gemm().sgemm(mg, p, kd, 1.0, wg, kd, false, b, p, false, 0.0, yg, p, epi);
-        }
-    }
-    SCRATCH.with(|s| *s.borrow_mut() = col);
-}
-
-thread_local! {
-    static SCRATCH: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
-}
-
-/// `col[(ci·kh + ki)·kw + kj][oy·ow + ox] = x[ci][oy·sh − ph + ki·dh][ox·sw − pw + kj·dw]`
-/// (0 in the padding) for one group's channels `x` (`[cg, h, w]`).
-pub(crate) fn im2col(g: &Geom, x: &[f32], col: &mut [f32]) {
-    let p = g.oh * g.ow;
-    let rows = g.kdim();
-    let col = &mut col[..rows * p];
-    let fill = |r: usize, dst: &mut [f32]| {
-        let kj = r % g.kw;
-        let ki = (r / g.kw) % g.kh;
-        let ci = r / (g.kw * g.kh);
-        let plane = &x[ci * g.h * g.w..(ci + 1) * g.h * g.w];
-        // Output columns whose input column is inside: ox·sw + kj·dw − pw ∈ [0, w).
-        let off = (kj * g.dw) as isize - g.pw as isize;
-        let lo = if off >= 0 {
-            0
-        } else {
-            ((-off) as usize).div_ceil(g.sw)
-        }
-        .min(g.ow);
-        let hi = if (g.w as isize) <= off {
-            0
-        } else {
-            ((g.w as isize - off) as usize).div_ceil(g.sw)
-        }
-        .clamp(lo, g.ow);
-        for oy in 0..g.oh {
-            let d = &mut dst[oy * g.ow..(oy + 1) * g.ow];
-            let iy = (oy * g.sh + ki * g.dh) as isize - g.ph as isize;
-            if iy < 0 || iy >= g.h as isize {
-                d.fill(0.0);
-                continue;
-            }
-            let src = &plane[iy as usize * g.w..(iy as usize + 1) * g.w];
-            d[..lo].fill(0.0);
-            d[hi..].fill(0.0);
-            if hi > lo {
-                let s0 = (lo * g.sw) as isize + off;
-                let s0 = s0 as usize;
-                if g.sw == 1 {
-                    d[lo..hi].copy_from_slice(&src[s0..s0 + (hi - lo)]);
-                } else {
-                    for (k, v) in d[lo..hi].iter_mut().enumerate() {
-                        *v = src[s0 + k * g.sw];
-                    }
+            let b = if pointwise || kd == 0 {
+                // The image is the im2col matrix.
+                BOperand::Matrix {
+                    b: xg,
+                    ldb: p,
+                    trans: false,
                 }
-            }
+            } else {
+                BOperand::Im2col { x: xg, geom }
+            };
+            gemm.sgemm_ops(mg, p, kd, 1.0, a, b, 0.0, yg, p, epi);
         }
-    };
-    if rows * p >= 1 << 15 {
-        col.par_chunks_mut(p)
-            .enumerate()
-            .with_min_len(4)
-            .for_each(|(r, dst)| fill(r, dst));
-    } else {
-        col.chunks_mut(p)
-            .enumerate()
-            .for_each(|(r, dst)| fill(r, dst));
     }
 }
 
