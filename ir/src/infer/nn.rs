@@ -11,51 +11,26 @@ use crate::dtype::DType;
 use crate::op::Op;
 use crate::shape::{Dim, Type};
 
+/// The window attributes of any op with Conv's (Conv, FusedConv, ConvInteger, …).
+macro_rules! conv_attrs {
+    ($c:expr) => {
+        ConvAttrs {
+            auto_pad: &$c.auto_pad,
+            dilations: $c.dilations.as_deref(),
+            group: $c.group,
+            kernel_shape: $c.kernel_shape.as_deref(),
+            pads: $c.pads.as_deref(),
+            strides: $c.strides.as_deref(),
+        }
+    };
+}
+
 pub(super) fn infer(op: &Op, cx: &mut InferCx) -> Option<InferResult> {
     use Op::*;
     Some(match op {
-        Conv(c) => conv(
-            cx,
-            &ConvAttrs {
-                auto_pad: &c.auto_pad,
-                dilations: c.dilations.as_deref(),
-                group: c.group,
-                kernel_shape: c.kernel_shape.as_deref(),
-                pads: c.pads.as_deref(),
-                strides: c.strides.as_deref(),
-            },
-            0,
-            1,
-            None,
-        ),
-        FusedConv(c) => conv(
-            cx,
-            &ConvAttrs {
-                auto_pad: &c.auto_pad,
-                dilations: c.dilations.as_deref(),
-                group: c.group,
-                kernel_shape: c.kernel_shape.as_deref(),
-                pads: c.pads.as_deref(),
-                strides: c.strides.as_deref(),
-            },
-            0,
-            1,
-            None,
-        ),
-        ConvInteger(c) => conv(
-            cx,
-            &ConvAttrs {
-                auto_pad: &c.auto_pad,
-                dilations: c.dilations.as_deref(),
-                group: c.group,
-                kernel_shape: c.kernel_shape.as_deref(),
-                pads: c.pads.as_deref(),
-                strides: c.strides.as_deref(),
-            },
-            0,
-            1,
-            Some(DType::I32),
-        ),
+        Conv(c) => conv(cx, &conv_attrs!(c), 0, 1, None),
+        FusedConv(c) => conv(cx, &conv_attrs!(c), 0, 1, None),
+        ConvInteger(c) => conv(cx, &conv_attrs!(c), 0, 1, Some(DType::I32)),
         QLinearConv(c) => (|| {
             // x, x_scale, x_zero_point, w, w_scale, w_zero_point, y_scale, y_zero_point, B.
             let out_dt = if cx.has(7) {
@@ -63,20 +38,7 @@ pub(super) fn infer(op: &Op, cx: &mut InferCx) -> Option<InferResult> {
             } else {
                 cx.dtype(0)?
             };
-            conv(
-                cx,
-                &ConvAttrs {
-                    auto_pad: &c.auto_pad,
-                    dilations: c.dilations.as_deref(),
-                    group: c.group,
-                    kernel_shape: c.kernel_shape.as_deref(),
-                    pads: c.pads.as_deref(),
-                    strides: c.strides.as_deref(),
-                },
-                0,
-                3,
-                Some(out_dt),
-            )
+            conv(cx, &conv_attrs!(c), 0, 3, Some(out_dt))
         })(),
         DeformConv(c) => conv(
             cx,

@@ -40,6 +40,7 @@ mod pack;
 mod scalar;
 pub mod vmath;
 
+pub(crate) use pack::cols_inside;
 pub use pack::{PackedA, PackedB};
 pub(crate) use scalar::activate as scalar_activate;
 
@@ -966,11 +967,12 @@ impl Gemm {
                 AOp::Raw(AView::new(a, lda, trans))
             }
             AOperand::Packed(p) => {
-                assert!(
-                    p.matches(&self.kernel) && p.m() == m && p.k() == k,
-                    "sgemm_ops: A packed as {} for a {m}x{k} A with {:?}",
-                    p.describe(),
-                    self
+                self.check_packed(
+                    "A",
+                    p.matches(&self.kernel),
+                    (p.m(), p.k()),
+                    (m, k),
+                    &p.describe(),
                 );
                 AOp::Packed {
                     ptr: SendConst(p.as_ptr()),
@@ -985,11 +987,12 @@ impl Gemm {
                 BView::Raw(AView::new(b, ldb, trans))
             }
             BOperand::Packed(p) => {
-                assert!(
-                    p.matches(&self.kernel) && p.k() == k && p.n() == n,
-                    "sgemm_ops: B packed as {} for a {k}x{n} B with {:?}",
-                    p.describe(),
-                    self
+                self.check_packed(
+                    "B",
+                    p.matches(&self.kernel),
+                    (p.k(), p.n()),
+                    (k, n),
+                    &p.describe(),
                 );
                 BView::Packed {
                     ptr: SendConst(p.as_ptr()),
@@ -1028,6 +1031,23 @@ impl Gemm {
                 t,
             )
         }
+    }
+
+    fn check_packed(
+        &self,
+        what: &str,
+        matches: bool,
+        dims: (usize, usize),
+        want: (usize, usize),
+        describe: &str,
+    ) {
+        assert!(
+            matches && dims == want,
+            "sgemm_ops: {what} packed as {describe} for a {}x{} {what} with {:?}",
+            want.0,
+            want.1,
+            self
+        );
     }
 
     /// Packs `op(A)` (`m × k`) for this engine (see [`PackedA`]).

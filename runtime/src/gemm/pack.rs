@@ -155,6 +155,24 @@ pub(crate) unsafe fn pack_b_im2col(
     }
 }
 
+/// The output columns `[lo, hi)` (of `ow`) whose input column `ox·sw + off` lies inside a row
+/// of `w` pixels: a convolution tap's unpadded span.
+pub(crate) fn cols_inside(off: isize, w: usize, sw: usize, ow: usize) -> (usize, usize) {
+    let lo = if off >= 0 {
+        0
+    } else {
+        ((-off) as usize).div_ceil(sw)
+    }
+    .min(ow);
+    let hi = if (w as isize) <= off {
+        0
+    } else {
+        ((w as isize - off) as usize).div_ceil(sw)
+    }
+    .clamp(lo, ow);
+    (lo, hi)
+}
+
 /// [`pack_b_im2col`] for panels `NR` wide: element `(p, j)` at `((j / NR)·kc + p)·NR + j % NR`.
 #[inline(always)]
 unsafe fn im2col_panels<const NR: usize>(
@@ -174,20 +192,8 @@ unsafe fn im2col_panels<const NR: usize>(
         let ki = (r / g.kw) % g.kh;
         let ci = r / (g.kw * g.kh);
         let plane = x.add(ci * g.h * g.w);
-        // Output columns whose input column is inside the row: ox·sw + off ∈ [0, w).
         let off = (kj * g.dw) as isize - g.pw as isize;
-        let lo = if off >= 0 {
-            0
-        } else {
-            ((-off) as usize).div_ceil(g.sw)
-        }
-        .min(g.ow);
-        let hi = if (g.w as isize) <= off {
-            0
-        } else {
-            ((g.w as isize - off) as usize).div_ceil(g.sw)
-        }
-        .clamp(lo, g.ow);
+        let (lo, hi) = cols_inside(off, g.w, g.sw, g.ow);
         let (mut oy, mut ox0) = (j0 / g.ow, j0 % g.ow);
         let mut j = 0;
         while j < nc {
@@ -305,21 +311,90 @@ pub(crate) unsafe fn pack_a(dst: &mut [f32], a: AView, mc: usize, kc: usize, mr:
     }
 }
 
-/// `op(B)` (`k × n`) packed once into one kernel's panel layout — for weights, at compile time.
-///
-/// Layout: `k` in blocks of `KC` rows; block `b` holds all `ceil(n/NR)` column panels of
-/// `kc_b × NR` (zero-padded past `n`), so the panels a GEMM needs for any column range and `k`
-/// block are contiguous. Use it with the GEMM (ISA and `KC`) it was packed for.
+/// One operand packed ahead of time into a kernel's panels: `k` in blocks of `KC`; block `b`
+/// holds all `ceil(outer / width)` panels of `kc_b × width` (zero-padded past `outer`), so the
+/// panels of any aligned range of a `k` block are contiguous. What [`PackedA`] (`outer = m`,
+/// `width = MR`) and [`PackedB`] (`outer = n`, `width = NR`) share.
 #[derive(Clone)]
-pub struct PackedB {
+struct Panels {
+    outer: usize,
     k: usize,
-    n: usize,
     kc: usize,
-    nr: usize,
+    width: usize,
     isa: Isa,
     model: bool,
     buf: AlignedBuf,
 }
+
+impl Panels {
+    /// `fill(block, pc, kb)` packs the `k` block starting at `pc`, `kb` deep (blocks in
+    /// parallel).
+    fn pack(
+        kern: &Kernel,
+        outer: usize,
+        k: usize,
+        width: usize,
+        fill: impl Fn(&mut [f32], usize, usize) + Sync,
+    ) -> Panels {
+        let kc = kern.kc;
+        let count = outer.div_ceil(width);
+        let mut buf = AlignedBuf::default();
+        let len = k * count * width;
+        let data = buf.get(len);
+        if len > 0 {
+            data.par_chunks_mut(kc * count * width)
+                .enumerate()
+                .for_each(|(blk, dst)| {
+                    let pc = blk * kc;
+                    fill(dst, pc, kc.min(k - pc))
+                });
+        }
+        Panels {
+            outer,
+            k,
+            kc,
+            width,
+            isa: kern.isa,
+            model: kern.model,
+            buf,
+        }
+    }
+
+    fn count(&self) -> usize {
+        self.outer.div_ceil(self.width)
+    }
+
+    fn len(&self) -> usize {
+        self.k * self.count() * self.width
+    }
+
+    fn as_ptr(&self) -> *const f32 {
+        self.buf.slice(self.len()).as_ptr()
+    }
+
+    fn matches(&self, kern: &Kernel, width: usize) -> bool {
+        self.isa == kern.isa
+            && self.model == kern.model
+            && self.kc == kern.kc
+            && self.width == width
+    }
+
+    fn describe(&self, rows: usize, cols: usize, width: &str) -> String {
+        format!(
+            "{}{} {rows}x{cols} {width}={} KC={}",
+            self.isa,
+            if self.model { " model" } else { "" },
+            self.width,
+            self.kc
+        )
+    }
+}
+
+/// `op(B)` (`k × n`) packed once into one kernel's panel layout — for weights, at compile time.
+/// Column panels of `kc_b × NR` per `KC` block, so the panels a GEMM needs for any column range
+/// and `k` block are contiguous. Use it with the GEMM (ISA and `KC`) it was packed for.
+#[derive(Clone)]
+pub struct PackedB(Panels);
 
 impl fmt::Debug for PackedB {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -345,100 +420,57 @@ impl PackedB {
         if k > 0 {
             super::check_op("b", b.len(), k, n, ldb, trans_b);
         }
-        let nr = kern.nr;
-        let kc = kern.kc;
-        let np = n.div_ceil(nr);
-        let mut buf = AlignedBuf::default();
-        let len = k * np * nr;
-        let data = buf.get(len);
         let view = AView::new(b, ldb, trans_b);
-        if len > 0 {
-            data.par_chunks_mut(kc * np * nr)
-                .enumerate()
-                .for_each(|(blk, dst)| {
-                    let pc = blk * kc;
-                    let kb = kc.min(k - pc);
-                    // SAFETY: bounds checked above.
-                    unsafe { pack_b(dst, view.offset(pc, 0), kb, n, nr) }
-                });
-        }
-        PackedB {
-            k,
-            n,
-            kc,
-            nr,
-            isa: kern.isa,
-            model: kern.model,
-            buf,
-        }
+        let nr = kern.nr;
+        // SAFETY: bounds checked above.
+        PackedB(Panels::pack(kern, n, k, nr, |dst, pc, kb| unsafe {
+            pack_b(dst, view.offset(pc, 0), kb, n, nr)
+        }))
     }
 
     /// Rows of `op(B)`.
     pub fn k(&self) -> usize {
-        self.k
+        self.0.k
     }
 
     /// Columns of `op(B)`.
     pub fn n(&self) -> usize {
-        self.n
+        self.0.outer
     }
 
     /// The ISA whose kernel this was packed for.
     pub fn isa(&self) -> Isa {
-        self.isa
+        self.0.isa
     }
 
     /// Bytes of packed data.
     pub fn size_bytes(&self) -> usize {
-        self.len() * 4
-    }
-
-    fn len(&self) -> usize {
-        self.k * self.panels() * self.nr
+        self.0.len() * 4
     }
 
     pub(crate) fn panels(&self) -> usize {
-        self.n.div_ceil(self.nr)
+        self.0.count()
     }
 
     pub(crate) fn as_ptr(&self) -> *const f32 {
-        self.buf.slice(self.len()).as_ptr()
+        self.0.as_ptr()
     }
 
     pub(crate) fn matches(&self, kern: &Kernel) -> bool {
-        self.isa == kern.isa && self.model == kern.model && self.kc == kern.kc && self.nr == kern.nr
+        self.0.matches(kern, kern.nr)
     }
 
     pub(crate) fn describe(&self) -> String {
-        format!(
-            "{}{} {}x{} NR={} KC={}",
-            self.isa,
-            if self.model { " model" } else { "" },
-            self.k,
-            self.n,
-            self.nr,
-            self.kc
-        )
+        self.0.describe(self.k(), self.n(), "NR")
     }
 }
 
 /// `op(A)` (`m × k`) packed once into one kernel's panel layout — a convolution's weights, at
 /// compile time (packing them on every run read and wrote all of ResNet-50's 100 MB of
-/// weights per inference, on each thread that split the output's columns).
-///
-/// Layout: `k` in blocks of `KC`; block `b` holds all `ceil(m/MR)` row panels of `MR × kc_b`
-/// (zero-padded past `m`), so the panels of any `MR`-aligned row range of a block are
-/// contiguous. Use it with the GEMM (ISA, `MR` and `KC`) it was packed for.
+/// weights per inference, on each thread that split the output's columns). Row panels of
+/// `MR × kc_b` per `KC` block. Use it with the GEMM (ISA, `MR` and `KC`) it was packed for.
 #[derive(Clone)]
-pub struct PackedA {
-    m: usize,
-    k: usize,
-    kc: usize,
-    mr: usize,
-    isa: Isa,
-    model: bool,
-    buf: AlignedBuf,
-}
+pub struct PackedA(Panels);
 
 impl fmt::Debug for PackedA {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -458,73 +490,42 @@ impl PackedA {
         if m > 0 && k > 0 {
             super::check_op("a", a.len(), m, k, lda, trans_a);
         }
-        let (mr, kc) = (kern.mr, kern.kc);
-        let mp = m.div_ceil(mr);
-        let mut buf = AlignedBuf::default();
-        let len = k * mp * mr;
-        let data = buf.get(len);
         let view = AView::new(a, lda, trans_a);
-        if len > 0 {
-            data.par_chunks_mut(kc * mp * mr)
-                .enumerate()
-                .for_each(|(blk, dst)| {
-                    let pc = blk * kc;
-                    let kb = kc.min(k - pc);
-                    // SAFETY: bounds checked above.
-                    unsafe { pack_a(dst, view.offset(0, pc), m, kb, mr) }
-                });
-        }
-        PackedA {
-            m,
-            k,
-            kc,
-            mr,
-            isa: kern.isa,
-            model: kern.model,
-            buf,
-        }
+        let mr = kern.mr;
+        // SAFETY: bounds checked above.
+        PackedA(Panels::pack(kern, m, k, mr, |dst, pc, kb| unsafe {
+            pack_a(dst, view.offset(0, pc), m, kb, mr)
+        }))
     }
 
     /// Rows of `op(A)`.
     pub fn m(&self) -> usize {
-        self.m
+        self.0.outer
     }
 
     /// Columns of `op(A)`.
     pub fn k(&self) -> usize {
-        self.k
+        self.0.k
     }
 
     /// Bytes of packed data.
     pub fn size_bytes(&self) -> usize {
-        self.len() * 4
-    }
-
-    fn len(&self) -> usize {
-        self.k * self.panels() * self.mr
+        self.0.len() * 4
     }
 
     pub(crate) fn panels(&self) -> usize {
-        self.m.div_ceil(self.mr)
+        self.0.count()
     }
 
     pub(crate) fn as_ptr(&self) -> *const f32 {
-        self.buf.slice(self.len()).as_ptr()
+        self.0.as_ptr()
     }
 
     pub(crate) fn matches(&self, kern: &Kernel) -> bool {
-        self.isa == kern.isa && self.model == kern.model && self.kc == kern.kc && self.mr == kern.mr
+        self.0.matches(kern, kern.mr)
     }
 
     pub(crate) fn describe(&self) -> String {
-        format!(
-            "{}{} {}x{} MR={} KC={}",
-            self.isa,
-            if self.model { " model" } else { "" },
-            self.m,
-            self.k,
-            self.mr,
-            self.kc
-        )
+        self.0.describe(self.m(), self.k(), "MR")
     }
 }

@@ -18,7 +18,8 @@
 use rayon::prelude::*;
 
 use crate::gemm::{
-    default_gemm, scalar_activate, AOperand, Activation, BOperand, Epilogue, Im2col, PackedA,
+    cols_inside, default_gemm, scalar_activate, AOperand, Activation, BOperand, Epilogue, Im2col,
+    PackedA,
 };
 
 /// Geometry of a 2-D convolution (1-D ones have `h = kh = oh = 1`).
@@ -196,18 +197,7 @@ fn depthwise(g: &Geom, x: &[f32], w: &[f32], bias: Option<&[f32]>, y: &mut [f32]
         out.fill(bias.map_or(0.0, |b| b[ch]));
         for kj in 0..g.kw {
             let off = (kj * g.dw) as isize - g.pw as isize;
-            let lo = if off >= 0 {
-                0
-            } else {
-                ((-off) as usize).div_ceil(g.sw)
-            }
-            .min(g.ow);
-            let hi = if (g.w as isize) <= off {
-                0
-            } else {
-                ((g.w as isize - off) as usize).div_ceil(g.sw)
-            }
-            .clamp(lo, g.ow);
+            let (lo, hi) = cols_inside(off, g.w, g.sw, g.ow);
             if hi <= lo {
                 continue;
             }
