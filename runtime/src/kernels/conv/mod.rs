@@ -3,12 +3,12 @@
 //! Per image and group, the output is computed channel-major, straight into NCHW:
 //! `Y[Mg, P] = W[Mg, K] · col[K, P]` (`P` output pixels, `K = Cg·kh·kw`). `col` is the im2col
 //! matrix, which the GEMM packs block by block straight from the image
-//! ([`crate::gemm::Gemm::sgemm_im2col`]: materializing it cost a write and a read of
-//! `K × P` floats per convolution, 7 MB for a 3×3 one over 64 × 56 × 56), or the input
-//! itself for 1×1 stride-1 unpadded convolutions.
+//! ([`crate::gemm::Gemm::sgemm_ops`] with [`BOperand::Im2col`]: materializing it cost a write
+//! and a read of `K × P` floats per convolution, 7 MB for a 3×3 one over 64 × 56 × 56), or
+//! the input itself for 1×1 stride-1 unpadded convolutions.
 //! The wide operand (`col`, `K × P`) is the GEMM's `B`, so when the threads split the
-//! columns each packs only its own pixels; the small one (the weights) is packed per block
-//! as `A`. (Computing `Yᵀ = colᵀ·Wᵀ` with pre-packed weights instead made every thread pack
+//! columns each packs only its own pixels; the weights are its `A`, packed once at build when
+//! constant ([`pack_weights`]). (Computing `Yᵀ = colᵀ·Wᵀ` instead made every thread pack
 //! the whole im2col matrix and needed a transpose of the output: ResNet-50 took 298 ms
 //! instead of 252 under the same load.)
 //! The bias (per output channel: the GEMM's row bias), the residual `Z` of a `FusedConv` and
