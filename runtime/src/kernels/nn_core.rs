@@ -6,7 +6,7 @@ use kiln_ir::op::{AveragePool, BatchNormalization, Conv, FusedConv, MaxPool};
 use kiln_ir::{DType, Op, Tensor};
 
 use crate::error::KernelError;
-use crate::gemm::Activation;
+use crate::gemm::{Activation, Im2col};
 use crate::kernel::{opt_tensor_input, tensor_input, BuildCx, Kernel, RunCx};
 use crate::kernels::reduce::num::view;
 use crate::value::Value;
@@ -298,14 +298,11 @@ impl ConvK {
         {
             return None;
         }
-        let geom = if xs.len() == 4 {
-            conv::Geom {
-                n: xs[0],
-                c: xs[1],
+        let win = if xs.len() == 4 {
+            Im2col {
+                c: xs[1] / g,
                 h: xs[2],
                 w: xs[3],
-                m: ws[0],
-                g,
                 kh: ws[2],
                 kw: ws[3],
                 sh: w.strides[0],
@@ -318,13 +315,10 @@ impl ConvK {
                 ow: w.out_sp[1],
             }
         } else {
-            conv::Geom {
-                n: xs[0],
-                c: xs[1],
+            Im2col {
+                c: xs[1] / g,
                 h: 1,
                 w: xs[2],
-                m: ws[0],
-                g,
                 kh: 1,
                 kw: ws[2],
                 sh: 1,
@@ -336,6 +330,12 @@ impl ConvK {
                 oh: 1,
                 ow: w.out_sp[0],
             }
+        };
+        let geom = conv::Geom {
+            n: xs[0],
+            m: ws[0],
+            g,
+            win,
         };
         Some(self.conv_f32(&geom, x, wt, b, z, shape, cx))
     }

@@ -22,50 +22,38 @@ use crate::gemm::{
     PackedA,
 };
 
-/// Geometry of a 2-D convolution (1-D ones have `h = kh = oh = 1`).
+/// Geometry of a 2-D convolution (1-D ones have `h = kh = oh = 1`): `n` images, `m` output
+/// channels, `g` groups, and the window of one group (`win.c` = input channels per group),
+/// which is also its im2col matrix's geometry.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct Geom {
     pub n: usize,
-    pub c: usize,
-    pub h: usize,
-    pub w: usize,
     pub m: usize,
     pub g: usize,
-    pub kh: usize,
-    pub kw: usize,
-    pub sh: usize,
-    pub sw: usize,
-    pub dh: usize,
-    pub dw: usize,
-    pub ph: usize,
-    pub pw: usize,
-    pub oh: usize,
-    pub ow: usize,
+    pub win: Im2col,
 }
 
 impl Geom {
-    fn cg(&self) -> usize {
-        self.c / self.g
+    /// Input channels.
+    fn c(&self) -> usize {
+        self.win.c * self.g
     }
     fn mg(&self) -> usize {
         self.m / self.g
     }
-    /// Rows of the im2col matrix (per group).
-    fn kdim(&self) -> usize {
-        self.cg() * self.kh * self.kw
-    }
     fn is_depthwise(&self) -> bool {
-        self.g > 1 && self.g == self.c && self.g == self.m
+        self.g > 1 && self.win.c == 1 && self.g == self.m
     }
     fn is_pointwise(&self) -> bool {
-        self.kh == 1
-            && self.kw == 1
-            && self.sh == 1
-            && self.sw == 1
-            && self.ph == 0
-            && self.pw == 0
-            && self.oh == self.h
-            && self.ow == self.w
+        let w = &self.win;
+        w.kh == 1
+            && w.kw == 1
+            && w.sh == 1
+            && w.sw == 1
+            && w.ph == 0
+            && w.pw == 0
+            && w.oh == w.h
+            && w.ow == w.w
     }
 }
 
@@ -112,7 +100,7 @@ pub(crate) fn conv2d(
     post: Post,
     y: &mut [f32],
 ) {
-    let p = g.oh * g.ow;
+    let p = g.win.cols();
     let out_len = g.n * g.m * p;
     let y = &mut y[..out_len];
     if out_len == 0 {
@@ -132,29 +120,15 @@ pub(crate) fn conv2d(
         }
         return;
     }
-    let (cg, mg, kd) = (g.cg(), g.mg(), g.kdim());
-    let in_img = g.c * g.h * g.w;
+    let (win, mg) = (&g.win, g.mg());
+    let (cg, kd) = (win.c, win.rows());
+    let in_img = g.c() * win.h * win.w;
     let pointwise = g.is_pointwise();
-    let geom = Im2col {
-        c: cg,
-        h: g.h,
-        w: g.w,
-        kh: g.kh,
-        kw: g.kw,
-        sh: g.sh,
-        sw: g.sw,
-        dh: g.dh,
-        dw: g.dw,
-        ph: g.ph,
-        pw: g.pw,
-        oh: g.oh,
-        ow: g.ow,
-    };
     let gemm = default_gemm();
     for ni in 0..g.n {
         let xi = &x[ni * in_img..(ni + 1) * in_img];
         for gi in 0..g.g {
-            let xg = &xi[gi * cg * g.h * g.w..(gi + 1) * cg * g.h * g.w];
+            let xg = &xi[gi * cg * win.h * win.w..(gi + 1) * cg * win.h * win.w];
             let (y0, y1) = ((ni * g.m + gi * mg) * p, (ni * g.m + (gi + 1) * mg) * p);
             let yg = &mut y[y0..y1];
             let mut epi = Epilogue::NONE.with_activation(post.act);
@@ -180,7 +154,7 @@ pub(crate) fn conv2d(
                     trans: false,
                 }
             } else {
-                BOperand::Im2col { x: xg, geom }
+                BOperand::Im2col { x: xg, geom: *win }
             };
             gemm.sgemm_ops(mg, p, kd, 1.0, a, b, 0.0, yg, p, epi);
         }
@@ -189,9 +163,10 @@ pub(crate) fn conv2d(
 
 /// Depthwise convolution (`group = C = M`): each output plane from its own input plane.
 fn depthwise(g: &Geom, x: &[f32], w: &[f32], bias: Option<&[f32]>, y: &mut [f32]) {
+    let (c, g) = (g.c(), &g.win);
     let (p, hw, kk) = (g.oh * g.ow, g.h * g.w, g.kh * g.kw);
     let plane = |idx: usize, out: &mut [f32]| {
-        let ch = idx % g.c;
+        let ch = idx % c;
         let xp = &x[idx * hw..(idx + 1) * hw];
         let wp = &w[ch * kk..(ch + 1) * kk];
         out.fill(bias.map_or(0.0, |b| b[ch]));
