@@ -405,11 +405,27 @@ fn row_index(rows: usize, i: i64, what: &str) -> KResult<usize> {
         })
 }
 
-impl EmbedNorm {
-    /// f32: the embedding rows are gathered from the tables in place (the word table is
-    /// large, and constant), summed into the output row and normalized there, rows over
-    /// threads.
-    fn run_f32(&self, inputs: &[Option<&Value>], cx: &mut RunCx) -> KResult<Vec<Value>> {
+/// The inputs of one EmbedLayerNormalization with the checks both paths share: 2-D ids,
+/// tables of the hidden size (with their row counts), enough segment ids, position ids per row
+/// or per position, gamma and beta of the hidden size.
+struct EmbedArgs<'a> {
+    b: usize,
+    s: usize,
+    h: usize,
+    ids: Vec<i64>,
+    pids: Option<Vec<i64>>,
+    /// (table, rows)
+    word: (&'a Tensor, usize),
+    pos: (&'a Tensor, usize),
+    /// (segment ids, table, rows)
+    segs: Option<(Vec<i64>, &'a Tensor, usize)>,
+    gamma: &'a Tensor,
+    beta: &'a Tensor,
+    mask: Option<&'a Tensor>,
+}
+
+impl<'a> EmbedArgs<'a> {
+    fn new(inputs: &[Option<&'a Value>]) -> KResult<EmbedArgs<'a>> {
         let ids_t = tensor_input(inputs, 0)?;
         let seg_t = opt_tensor_input(inputs, 1)?;
         let word = tensor_input(inputs, 2)?;
@@ -426,23 +442,26 @@ impl EmbedNorm {
             )));
         };
         let h = *word.shape().last().ok_or("word_embedding must be 2-D")?;
-        let table = |t: &'_ Tensor, what: &str| -> KResult<usize> {
+        let table = |t: &'a Tensor, what: &str| -> KResult<(&'a Tensor, usize)> {
             if t.rank() != 2 || t.shape()[1] != h {
                 return Err(KernelError::Invalid(format!(
                     "{what} of shape {:?} for hidden size {h}",
                     t.shape()
                 )));
             }
-            Ok(t.shape()[0])
+            Ok((t, t.shape()[0]))
         };
-        let (wv, wr) = (f32s(word)?, table(word, "word_embedding")?);
-        let (pv, pr) = (f32s(pos)?, table(pos, "position_embedding")?);
+        let word = table(word, "word_embedding")?;
+        let pos = table(pos, "position_embedding")?;
         let segs = match (seg_t, seg_emb) {
-            (Some(ids), Some(e)) => Some((
-                ints(ids, "segment_ids")?,
-                f32s(e)?,
-                table(e, "segment_embedding")?,
-            )),
+            (Some(ids), Some(e)) => {
+                let sids = ints(ids, "segment_ids")?;
+                if sids.len() < b * s {
+                    return Err("segment_ids too short".into());
+                }
+                let (e, rows) = table(e, "segment_embedding")?;
+                Some((sids, e, rows))
+            }
             _ => None,
         };
         let ids = ints(ids_t, "input_ids")?;
@@ -459,14 +478,43 @@ impl EmbedNorm {
             }
             None => None,
         };
-        let (g, bt) = (f32s(gamma)?, f32s(beta)?);
-        if g.len() != h || bt.len() != h {
+        if gamma.len() != h || beta.len() != h {
             return Err(KernelError::Invalid(format!(
                 "gamma/beta of {}/{} values for hidden size {h}",
-                g.len(),
-                bt.len()
+                gamma.len(),
+                beta.len()
             )));
         }
+        Ok(EmbedArgs {
+            b,
+            s,
+            h,
+            ids,
+            pids,
+            word,
+            pos,
+            segs,
+            gamma,
+            beta,
+            mask,
+        })
+    }
+}
+
+impl EmbedNorm {
+    /// f32: the embedding rows are gathered from the tables in place (the word table is
+    /// large, and constant), summed into the output row and normalized there, rows over
+    /// threads.
+    fn run_f32(&self, inputs: &[Option<&Value>], cx: &mut RunCx) -> KResult<Vec<Value>> {
+        let a = EmbedArgs::new(inputs)?;
+        let (b, s, h, ids, pids, mask) = (a.b, a.s, a.h, a.ids, a.pids, a.mask);
+        let (wv, wr) = (f32s(a.word.0)?, a.word.1);
+        let (pv, pr) = (f32s(a.pos.0)?, a.pos.1);
+        let segs = match a.segs {
+            Some((sids, e, sr)) => Some((sids, f32s(e)?, sr)),
+            None => None,
+        };
+        let (g, bt) = (f32s(a.gamma)?, f32s(a.beta)?);
         // Every index checked up front (in the generic path's order), so that the parallel
         // row pass cannot fail.
         let mut at: EmbedRows = Vec::with_capacity(b * s);
@@ -544,62 +592,16 @@ impl EmbedNorm {
     }
 
     fn run_t<T: Float>(&self, inputs: &[Option<&Value>], cx: &mut RunCx) -> KResult<Vec<Value>> {
-        let ids_t = tensor_input(inputs, 0)?;
-        let seg_t = opt_tensor_input(inputs, 1)?;
-        let word = tensor_input(inputs, 2)?;
-        let pos = tensor_input(inputs, 3)?;
-        let seg_emb = opt_tensor_input(inputs, 4)?;
-        let gamma = tensor_input(inputs, 5)?;
-        let beta = tensor_input(inputs, 6)?;
-        let mask = opt_tensor_input(inputs, 7)?;
-        let pos_ids = opt_tensor_input(inputs, 8)?;
-        let [b, s] = ids_t.shape()[..] else {
-            return Err(KernelError::Invalid(format!(
-                "input_ids must be 2-D, got {:?}",
-                ids_t.shape()
-            )));
-        };
-        let h = *word.shape().last().ok_or("word_embedding must be 2-D")?;
-        let table = |t: &kiln_ir::Tensor, what: &str| -> KResult<(Vec<T::R>, usize)> {
-            if t.rank() != 2 || t.shape()[1] != h {
-                return Err(KernelError::Invalid(format!(
-                    "{what} of shape {:?} for hidden size {h}",
-                    t.shape()
-                )));
-            }
-            Ok((to_reals::<T::R>(t)?, t.shape()[0]))
-        };
-        let (wv, wr) = table(word, "word_embedding")?;
-        let (pv, pr) = table(pos, "position_embedding")?;
-        let segs = match (seg_t, seg_emb) {
-            (Some(ids), Some(e)) => {
-                Some((ints(ids, "segment_ids")?, table(e, "segment_embedding")?))
-            }
-            _ => None,
-        };
-        let ids = ints(ids_t, "input_ids")?;
-        let pids = match pos_ids {
-            Some(p) => {
-                let v = ints(p, "position_ids")?;
-                if v.len() != b * s && v.len() != s {
-                    return Err(KernelError::Invalid(format!(
-                        "position_ids of shape {:?}",
-                        p.shape()
-                    )));
-                }
-                Some(v)
-            }
+        let a = EmbedArgs::new(inputs)?;
+        let (b, s, h, ids, pids, mask) = (a.b, a.s, a.h, a.ids, a.pids, a.mask);
+        let (wv, wr) = (to_reals::<T::R>(a.word.0)?, a.word.1);
+        let (pv, pr) = (to_reals::<T::R>(a.pos.0)?, a.pos.1);
+        let segs = match a.segs {
+            Some((sids, e, sr)) => Some((sids, (to_reals::<T::R>(e)?, sr))),
             None => None,
         };
-        let g = to_reals::<T::R>(gamma)?;
-        let bt = to_reals::<T::R>(beta)?;
-        if g.len() != h || bt.len() != h {
-            return Err(KernelError::Invalid(format!(
-                "gamma/beta of {}/{} values for hidden size {h}",
-                g.len(),
-                bt.len()
-            )));
-        }
+        let g = to_reals::<T::R>(a.gamma)?;
+        let bt = to_reals::<T::R>(a.beta)?;
         let mut sum = vec![T::R::ZERO; b * s * h];
         for bi in 0..b {
             for si in 0..s {
