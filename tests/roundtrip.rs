@@ -341,3 +341,116 @@ fn exports_run_in_onnx_runtime_and_match(level: u8, tol: f64) {
     let _ = std::fs::remove_dir_all(&tmp);
     assert!(failures.is_empty(), "{failures:#?}");
 }
+
+/// Gemm + activation → `com.microsoft.FusedGemm` (each activation FusedGemm takes, on a 2-D
+/// Gemm and on a 3-D MatMul + Add): `kiln optimize -O1` writes FusedGemm nodes that ONNX
+/// Runtime runs, with the original's outputs, and kiln's runtime gives them too.
+#[test]
+fn fused_gemm_export_runs_in_onnx_runtime_and_matches() {
+    use kiln_ir::op::{Add, Gemm, LeakyRelu, MatMul, Relu, Sigmoid, Tanh};
+    use kiln_ir::{DType, Dim, Graph, Model, Op, Type};
+    let Some(_) = common::needed("ORT_DYLIB_PATH") else {
+        return;
+    };
+    let mut g = Graph::new("main");
+    let a = g.add_input(
+        "a",
+        Some(Type::tensor(
+            DType::F32,
+            vec![Dim::sym("batch"), Dim::from(8i64)],
+        )),
+    );
+    let a3 = g.add_input(
+        "a3",
+        Some(Type::tensor(
+            DType::F32,
+            vec![Dim::sym("batch"), Dim::sym("sequence"), Dim::from(8i64)],
+        )),
+    );
+    let w = g.add_const(
+        "w",
+        Tensor::from_vec(
+            vec![8, 8],
+            (0..64)
+                .map(|i| ((i * 37) % 17) as f32 / 8.0 - 1.0)
+                .collect(),
+        )
+        .unwrap(),
+    );
+    let bias = g.add_const(
+        "bias",
+        Tensor::from_vec(vec![8], (0..8).map(|i| i as f32 / 4.0 - 1.0).collect()).unwrap(),
+    );
+    let mut node = |op: Op, ins: &[kiln_ir::ValueId], out: &str| {
+        let n = g.add_node(out, op, ins.iter().map(|&v| Some(v)).collect(), &[out]);
+        g.node(n).outputs[0]
+    };
+    let gemm = |tb: bool| {
+        Op::Gemm(Gemm {
+            alpha: 0.5,
+            beta: 1.0,
+            trans_a: false,
+            trans_b: tb,
+        })
+    };
+    let h1 = node(gemm(true), &[a, w, bias], "fc1");
+    let r1 = node(Op::Relu(Relu {}), &[h1], "relu");
+    let h2 = node(gemm(false), &[r1, w, bias], "fc2");
+    let r2 = node(Op::Sigmoid(Sigmoid {}), &[h2], "sigmoid");
+    let h3 = node(gemm(false), &[r2, w], "fc3");
+    let y = node(Op::Tanh(Tanh {}), &[h3], "y");
+    let m3 = node(Op::MatMul(MatMul {}), &[a3, w], "mm3");
+    let s3 = node(Op::Add(Add {}), &[m3, bias], "biased3");
+    let y3 = node(Op::LeakyRelu(LeakyRelu { alpha: 0.2 }), &[s3], "y3");
+    g.outputs = vec![y, y3];
+    let mut m = Model {
+        graph: g,
+        ir_version: 8,
+        ..Default::default()
+    };
+    m.opsets.insert(String::new(), 14);
+    kiln_ir::infer::infer_graph(&mut m.graph).unwrap();
+
+    let tmp = std::env::temp_dir().join(format!("kiln-fused-gemm-{}", std::process::id()));
+    std::fs::create_dir_all(&tmp).unwrap();
+    let (orig, opt) = (tmp.join("orig.onnx"), tmp.join("o1.onnx"));
+    let save = |m: &Model, p: &Path| {
+        kiln_frontend::save_model(m, p, &kiln_frontend::ExportOptions::default()).unwrap()
+    };
+    save(&m, &orig);
+    let inputs = kiln::random_inputs(
+        &m,
+        &std::collections::HashMap::from([("batch".to_string(), 3), ("sequence".to_string(), 5)]),
+        7,
+    )
+    .unwrap();
+    kiln::optimize(&mut m, 1, &[]).unwrap();
+    let fused = m
+        .graph
+        .node_ids()
+        .filter(|&n| matches!(m.graph.node(n).op, Op::FusedGemm(_)))
+        .count();
+    assert_eq!(fused, 4, "{}", m.graph);
+    save(&m, &opt);
+    let want = Oracle::with_options(&orig, &opts_all())
+        .unwrap()
+        .run(&inputs)
+        .unwrap();
+    let got_ort = Oracle::with_options(&opt, &opts_all())
+        .unwrap()
+        .run(&inputs)
+        .unwrap();
+    let got_kiln = kiln::Session::new(m).unwrap().run(inputs.clone()).unwrap();
+    let _ = std::fs::remove_dir_all(&tmp);
+    for got in [&got_ort, &got_kiln] {
+        for ((n, p), (_, q)) in want.iter().zip(got.iter()) {
+            assert_eq!(p.shape(), q.shape(), "{n}");
+            let (p, q) = (p.to_f64_vec().unwrap(), q.to_f64_vec().unwrap());
+            let d = p
+                .iter()
+                .zip(&q)
+                .fold(0f64, |m, (a, b)| m.max((a - b).abs()));
+            assert!(d <= 1e-5, "output `{n}` differs by {d:e}");
+        }
+    }
+}

@@ -1,11 +1,11 @@
-//! Property tests of the f32 `MatMul`, `FusedMatMul` and `Gemm` kernels (packed GEMM, B packed
+//! Property tests of the f32 `MatMul`, `FusedMatMul`, `Gemm` and `FusedGemm` kernels (packed GEMM, B packed
 //! at build time when constant, batched and broadcast batches) against naive f64 references:
 //! odd sizes, vectors, broadcast batch dims, attention shapes, transposes, alpha/beta, every
 //! shape of Gemm's C, zero sizes.
 //!
 //! `PROPTEST_CASES` sets the number of cases per property (default 64).
 
-use kiln_ir::op::{FusedMatMul, Gemm, MatMul};
+use kiln_ir::op::{FusedGemm, FusedMatMul, Gemm, MatMul};
 use kiln_ir::{Graph, Op, Tensor};
 use kiln_runtime::{BuildCx, RunCx, Value};
 use proptest::prelude::*;
@@ -258,12 +258,13 @@ proptest! {
         }
     }
 
-    /// Gemm: transposes, alpha, beta, every broadcastable shape of C, B constant or not.
+    /// Gemm and FusedGemm (each activation, LeakyRelu's default slope): transposes, alpha,
+    /// beta, every broadcastable shape of C, B constant or not.
     #[test]
     fn gemm_f32_matches_reference(m in 0usize..=37, n in 0usize..=37, k in 0usize..=37,
                                   ta in any::<bool>(), tb in any::<bool>(),
                                   alpha in -2f32..2.0, beta in prop::sample::select(vec![0f32, 1.0, -0.5]),
-                                  c_kind in 0u8..6, seed in any::<u64>()) {
+                                  c_kind in 0u8..6, act in 0u8..6, seed in any::<u64>()) {
         let ash = if ta { [k, m] } else { [m, k] };
         let bsh = if tb { [n, k] } else { [k, n] };
         let (a, av) = tensor(&ash, seed);
@@ -300,7 +301,34 @@ proptest! {
                 sc[i * n + j] = alpha.abs() as f64 * t + (beta as f64 * cv).abs();
             }
         }
-        let op = Op::Gemm(Gemm { alpha, beta, trans_a: ta, trans_b: tb });
+        // act > 0: FusedGemm with an activation (5: none), against the f64 definition.
+        let (name, slope): (Option<&str>, Option<f32>) = match act {
+            1 => (Some("Relu"), None),
+            2 => (Some("LeakyRelu"), Some(0.3)),
+            3 => (Some("LeakyRelu"), None),
+            4 => (Some(if seed % 2 == 0 { "Sigmoid" } else { "Tanh" }), None),
+            _ => (None, None),
+        };
+        let f = |x: f64| match name {
+            Some("Relu") => x.max(0.0),
+            Some("LeakyRelu") => if x >= 0.0 { x } else { slope.unwrap_or(0.01) as f64 * x },
+            Some("Sigmoid") => 1.0 / (1.0 + (-x).exp()),
+            Some("Tanh") => x.tanh(),
+            _ => x,
+        };
+        want.iter_mut().for_each(|w| *w = f(*w));
+        let op = if act == 0 {
+            Op::Gemm(Gemm { alpha, beta, trans_a: ta, trans_b: tb })
+        } else {
+            Op::FusedGemm(FusedGemm {
+                alpha,
+                beta,
+                trans_a: ta,
+                trans_b: tb,
+                activation: name.map(str::to_string),
+                activation_alpha: slope,
+            })
+        };
         let inputs = vec![Some(a), Some(b), c.map(|c| c.0)];
         for consts in [[false, false, false], [false, true, true]] {
             let got = run(&op, &inputs, &consts);

@@ -3,7 +3,7 @@
 //! | level | passes |
 //! |---|---|
 //! | O0 | none |
-//! | O1 | constant folding, dead-code elimination, CSE, Identity/Dropout/no-op Cast elimination, Reshape shape folding, Conv+BatchNorm folding, Conv + Add + activation → FusedConv, MatMul+Add → Gemm |
+//! | O1 | constant folding, dead-code elimination, CSE, Identity/Dropout/no-op Cast elimination, Reshape shape folding, Conv+BatchNorm folding, Conv + Add + activation → FusedConv, MatMul+Add → Gemm, Gemm + activation → FusedGemm |
 //! | O2 | O1 + transformer fusions (Gelu, BiasGelu, FastGelu, LayerNorm, SkipLayerNorm, EmbedLayerNorm, Attention) |
 //! | O3 | O2 + Gelu → FastGelu approximation |
 //!
@@ -137,6 +137,7 @@ fn passes(level: Level) -> Vec<Box<dyn Pass>> {
         v.push(Box::new(fusion::linear::ConvBnFolding));
         v.push(Box::new(fusion::conv::ConvActivationFusion));
         v.push(Box::new(fusion::linear::MatMulAddFusion));
+        v.push(Box::new(fusion::linear::GemmActivationFusion));
     }
     if level >= Level::O2 {
         v.extend(fusion::passes(level));

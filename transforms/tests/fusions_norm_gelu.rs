@@ -567,6 +567,68 @@ fn matmul_add_becomes_gemm_with_reshapes_beyond_2d() {
     insta::assert_snapshot!(run(g, Level::O1));
 }
 
+/// An MLP head: Relu(Gemm) → FusedGemm; LeakyRelu after MatMul + Add on a 3-D input →
+/// Reshape(FusedGemm(Reshape)) with the slope carried over.
+#[test]
+fn gemm_activations_become_fused_gemm() {
+    let mut g = Graph::new("main");
+    let a = input(&mut g, "a", &["batch", "4"]);
+    let a3 = input(&mut g, "a3", &["batch", "seq", "4"]);
+    let w = g.add_const(
+        "w",
+        Tensor::from_vec(vec![4, 4], (0..16).map(|i| i as f32 * 0.25).collect()).unwrap(),
+    );
+    let bias = vector(&mut g, "bias", &[0.5, -0.5, 1.0, -1.0]);
+    let gemm = Op::Gemm(Gemm {
+        alpha: 1.0,
+        beta: 1.0,
+        trans_a: false,
+        trans_b: true,
+    });
+    let h = node(&mut g, gemm, &[a, w, bias], "fc1");
+    let r = node(&mut g, Op::Relu(Relu {}), &[h], "relu");
+    let m3 = node(&mut g, Op::MatMul(MatMul {}), &[a3, w], "mm3");
+    let y3 = add(&mut g, m3, bias, "biased3");
+    let l = node(
+        &mut g,
+        Op::LeakyRelu(LeakyRelu { alpha: 0.125 }),
+        &[y3],
+        "leaky3",
+    );
+    g.outputs = vec![r, l];
+    insta::assert_snapshot!(run(g, Level::O1));
+}
+
+/// Must not fuse: a Gemm output that is also a graph output, one read by the activation and
+/// another node, and an activation FusedGemm does not take (Clip).
+#[test]
+fn near_miss_gemm_activation_fusions() {
+    let mut g = Graph::new("main");
+    let a = input(&mut g, "a", &["batch", "2"]);
+    let w = g.add_const(
+        "w",
+        Tensor::from_vec(vec![2, 2], vec![1.0f32, -2.0, 3.0, -4.0]).unwrap(),
+    );
+    let gemm = || {
+        Op::Gemm(Gemm {
+            alpha: 1.0,
+            beta: 1.0,
+            trans_a: false,
+            trans_b: false,
+        })
+    };
+    let h1 = node(&mut g, gemm(), &[a, w], "gemm_is_output");
+    let r1 = node(&mut g, Op::Sigmoid(Sigmoid {}), &[h1], "sigmoid");
+    let h2 = node(&mut g, gemm(), &[r1, w], "gemm_read_twice");
+    let r2 = node(&mut g, Op::Tanh(Tanh {}), &[h2], "tanh");
+    let both = add(&mut g, r2, h2, "reads_gemm_again");
+    let h3 = node(&mut g, gemm(), &[both, w], "gemm_then_clip");
+    let lo = scalar(&mut g, "lo", 0.0);
+    let y = node(&mut g, Op::Clip(Clip {}), &[h3, lo], "clip");
+    g.outputs = vec![h1, y];
+    insta::assert_snapshot!(run(g, Level::O1));
+}
+
 /// word[ids] + segment[type_ids] + position[Slice(arange, start, start + seq)] → LayerNorm.
 fn embeddings(start: i64) -> Graph {
     let mut g = Graph::new("main");

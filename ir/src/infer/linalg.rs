@@ -35,6 +35,7 @@ pub(super) fn infer(op: &Op, cx: &mut InferCx) -> Option<InferResult> {
             },
         ),
         Gemm(o) => gemm(cx, o.trans_a, o.trans_b),
+        FusedGemm(o) => gemm(cx, o.trans_a, o.trans_b),
         Einsum(o) => einsum(cx, &o.equation),
         Det(_) => det(cx),
         QuantizeLinear(o) => (|| {

@@ -918,6 +918,17 @@ ops! {
         trans_batch_a @ "transBatchA": bool = false,
         trans_batch_b @ "transBatchB": bool = false,
     },
+    /// `com.microsoft.FusedGemm`: `activation(alpha·op(A)·op(B) + beta·C)`. `activation` is
+    /// one of `Relu`, `LeakyRelu` (slope `activation_alpha`, default 0.01), `Sigmoid`, `Tanh`,
+    /// or absent; ONNX Runtime passes the `activation_*` attributes to the activation.
+    FusedGemm: "com.microsoft" "FusedGemm" {
+        alpha: f32 = 1.0,
+        beta: f32 = 1.0,
+        trans_a @ "transA": bool = false,
+        trans_b @ "transB": bool = false,
+        activation: Option<String>,
+        activation_alpha: Option<f32>,
+    },
     /// `com.microsoft.FusedConv`: `activation(Conv(X, W, B) + Z)` (`B`, `Z` optional; `Z`
     /// shaped like the output). `activation` is one of `Relu`, `LeakyRelu` (`activation_params`
     /// = `[alpha]`), `Clip` (`[min, max]`), `Sigmoid`, `Tanh`, or absent.

@@ -184,6 +184,46 @@ pub enum Activation {
 }
 
 impl Activation {
+    /// The activation of ONNX Runtime's fused ops (`FusedConv`, `FusedGemm`, named by `op` in
+    /// errors): `name` as in their `activation` attribute (absent or empty: none), `params`
+    /// its parameters in order (LeakyRelu: `[alpha]`, Clip: `[min, max]`).
+    pub(crate) fn from_onnx(
+        op: &str,
+        name: Option<&str>,
+        params: &[f32],
+    ) -> Result<Activation, crate::error::KernelError> {
+        use crate::error::KernelError;
+        let need = |n: usize, name: &str| {
+            if params.len() == n {
+                Ok(())
+            } else {
+                Err(KernelError::Invalid(format!(
+                    "{op}: activation {name} takes {n} parameters, got {params:?}"
+                )))
+            }
+        };
+        Ok(match name {
+            None | Some("") => Activation::None,
+            Some("Relu") => Activation::Relu,
+            Some("Sigmoid") => Activation::Sigmoid,
+            Some("Tanh") => Activation::Tanh,
+            Some("LeakyRelu") => {
+                need(1, "LeakyRelu")?;
+                Activation::LeakyRelu(params[0])
+            }
+            Some("Clip") => {
+                need(2, "Clip")?;
+                Activation::Clip {
+                    min: params[0],
+                    max: params[1],
+                }
+            }
+            Some(other) => {
+                return Err(KernelError::Unsupported(format!("{op} activation {other}")))
+            }
+        })
+    }
+
     /// The scalar definition used by the kernels (absolute error ≲ 1e-6·(1 + |x|) for the
     /// transcendental ones).
     pub fn apply(self, x: f32) -> f32 {

@@ -219,38 +219,11 @@ impl ConvK {
     }
 
     fn fused(f: &FusedConv, cx: &BuildCx) -> Result<ConvK, KernelError> {
-        let p = f.activation_params.as_deref().unwrap_or(&[]);
-        let need = |n: usize, name: &str| {
-            if p.len() == n {
-                Ok(())
-            } else {
-                Err(KernelError::Invalid(format!(
-                    "FusedConv activation {name} takes {n} activation_params, got {p:?}"
-                )))
-            }
-        };
-        let act = match f.activation.as_deref() {
-            None | Some("") => Activation::None,
-            Some("Relu") => Activation::Relu,
-            Some("Sigmoid") => Activation::Sigmoid,
-            Some("Tanh") => Activation::Tanh,
-            Some("LeakyRelu") => {
-                need(1, "LeakyRelu")?;
-                Activation::LeakyRelu(p[0])
-            }
-            Some("Clip") => {
-                need(2, "Clip")?;
-                Activation::Clip {
-                    min: p[0],
-                    max: p[1],
-                }
-            }
-            Some(other) => {
-                return Err(KernelError::Unsupported(format!(
-                    "FusedConv activation {other}"
-                )))
-            }
-        };
+        let act = Activation::from_onnx(
+            "FusedConv",
+            f.activation.as_deref(),
+            f.activation_params.as_deref().unwrap_or(&[]),
+        )?;
         Ok(ConvK {
             attr: Conv {
                 auto_pad: f.auto_pad.clone(),

@@ -10,8 +10,11 @@
 //!   MatMulAddFusion does: the bias is added in the GEMM's store instead of in another pass
 //!   over the output. This one runs after the transformer fusions (see [`late_passes`]),
 //!   which match the MatMul + Add pairs themselves.
+//! - **Gemm + activation**: `act(Gemm(…))`, or `act(Reshape(Gemm(…)))` as the previous rule
+//!   leaves it, for Relu, LeakyRelu, Sigmoid and Tanh → ONNX Runtime's
+//!   `com.microsoft.FusedGemm` (then Reshape), the activation applied in the GEMM's store.
 
-use kiln_ir::op::{Concat, Conv, Gemm, Reshape, Shape, Slice};
+use kiln_ir::op::{Concat, Conv, FusedGemm, Gemm, Reshape, Shape, Slice};
 use kiln_ir::{DType, Dim, Graph, IrError, NodeId, Op, Tensor, ValueId};
 
 use crate::pattern::{
@@ -355,4 +358,111 @@ fn node(g: &mut Graph, base: &str, what: &str, op: Op, inputs: Vec<Option<ValueI
     let out = g.unique_name(&name);
     let n = g.add_node(name, op, inputs, &[out.as_str()]);
     g.node(n).outputs[0]
+}
+
+const GEMM_ACT: &str = "gemm-activation-fusion";
+
+/// The FusedGemm activation (`activation`, `activation_alpha`) that `op` computes: the
+/// element-wise activations ONNX Runtime's FusedGemm takes.
+fn gemm_activation(op: &Op) -> Option<(&'static str, Option<f32>)> {
+    Some(match op {
+        Op::Relu(_) => ("Relu", None),
+        Op::Sigmoid(_) => ("Sigmoid", None),
+        Op::Tanh(_) => ("Tanh", None),
+        Op::LeakyRelu(l) => ("LeakyRelu", Some(l.alpha)),
+        _ => return None,
+    })
+}
+
+/// `act(Gemm(A, B, C))` → `com.microsoft.FusedGemm(A, B, C, activation = act)`, and
+/// `act(Reshape(Gemm(…), shape))` → `Reshape(FusedGemm(…), shape)` (the form
+/// [`MatMulAddReshapeFusion`] leaves for activations of rank ≥ 3: an element-wise op commutes
+/// with the Reshape), for `act` in Relu, LeakyRelu, Sigmoid and Tanh. The activation is
+/// then applied in the GEMM's store. The Gemm output (and the Reshape's) must be read by the
+/// pattern alone, and f32 (the only type FusedGemm takes).
+pub struct GemmActivationFusion;
+
+impl Pass for GemmActivationFusion {
+    fn name(&self) -> &'static str {
+        GEMM_ACT
+    }
+    fn run(&self, g: &mut Graph, log: &mut Log) -> Result<usize, IrError> {
+        let mut n = 0;
+        let mut uses = Uses::of(g);
+        for act in g.topo_order()? {
+            if !g.is_live(act) {
+                continue;
+            }
+            let Some(x) = g.node(act).inputs.first().copied().flatten() else {
+                continue;
+            };
+            let Some((name, alpha)) = gemm_activation(&g.node(act).op) else {
+                if matches!(g.node(act).op, Op::Clip(_)) {
+                    if let Some((gemm, _)) = produced_by(g, x, |o| matches!(o, Op::Gemm(_))) {
+                        let gname = g.node(gemm).name.clone();
+                        log.near_miss(GEMM_ACT, gname, "FusedGemm takes no Clip activation");
+                    }
+                }
+                continue;
+            };
+            // Through at most one Reshape to the Gemm.
+            let reshape = produced_by(g, x, |o| matches!(o, Op::Reshape(_)));
+            let y = match &reshape {
+                Some((_, ins)) => ins[0],
+                None => x,
+            };
+            let Some((gemm, _)) = produced_by(g, y, |o| matches!(o, Op::Gemm(_))) else {
+                continue;
+            };
+            let gname = g.node(gemm).name.clone();
+            if !private(g, &uses, y, 1) || reshape.is_some() && !private(g, &uses, x, 1) {
+                log.near_miss(
+                    GEMM_ACT,
+                    gname,
+                    "the Gemm output is read outside the pattern",
+                );
+                continue;
+            }
+            if dtype(g, y) != Some(DType::F32) {
+                log.near_miss(GEMM_ACT, gname, "not f32 (FusedGemm is f32 only)");
+                continue;
+            }
+            let Op::Gemm(o) = &g.node(gemm).op else {
+                continue;
+            };
+            let fused = Op::FusedGemm(FusedGemm {
+                alpha: o.alpha,
+                beta: o.beta,
+                trans_a: o.trans_a,
+                trans_b: o.trans_b,
+                activation: Some(name.to_string()),
+                activation_alpha: alpha,
+            });
+            let gins = g.node(gemm).inputs.clone();
+            let out = out0(g, act);
+            match reshape {
+                None => {
+                    replace_with(g, out, &gname, fused, gins, &[]);
+                }
+                Some((r, mut rins)) => {
+                    // The FusedGemm feeds the Reshape, which takes over the activation's output.
+                    let f = replace_with(g, y, &gname, fused, gins, &[]);
+                    rins[0] = out0(g, f);
+                    let (rop, rname) = (g.node(r).op.clone(), g.node(r).name.clone());
+                    replace_with(
+                        g,
+                        out,
+                        &rname,
+                        rop,
+                        rins.into_iter().map(Some).collect(),
+                        &[],
+                    );
+                }
+            }
+            remove_dead(g, &[act]);
+            uses = Uses::of(g);
+            n += 1;
+        }
+        Ok(n)
+    }
 }

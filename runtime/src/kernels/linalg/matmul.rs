@@ -1,4 +1,5 @@
-//! `MatMul` (numpy semantics, every numeric dtype), `Gemm`, `com.microsoft.FusedMatMul`, `Det`.
+//! `MatMul` (numpy semantics, every numeric dtype), `Gemm`, `com.microsoft.FusedMatMul`,
+//! `com.microsoft.FusedGemm` (f32; the activation in the GEMM's store), `Det`.
 
 use kiln_ir::{DType, Op, Tensor};
 
@@ -7,7 +8,7 @@ use rayon::prelude::*;
 use super::gemm::{batch_strides, batched_matmul, batched_shape, ld_of, widen, Field, MatView};
 use super::KResult;
 use crate::error::KernelError;
-use crate::gemm::{default_gemm, Epilogue, PackedB};
+use crate::gemm::{default_gemm, Activation, Epilogue, PackedB};
 use crate::kernel::{opt_tensor_input, tensor_input, BuildCx, Kernel, RunCx};
 use crate::kernels::reduce::norm::broadcast_param;
 use crate::kernels::reduce::num::{view, Acc, Float, Num, Real};
@@ -37,23 +38,46 @@ pub(super) fn build(op: &Op, cx: &BuildCx) -> Option<Result<Box<dyn Kernel>, Ker
             },
         }),
         Op::Gemm(o) => {
-            let packed = if const_b.is_some_and(|b| b.rank() == 2) {
-                const_b.and_then(|b| pack_const_b(b, o.trans_b))
-            } else {
-                None
+            let packed = gemm_packed_b(const_b, o.trans_b);
+            Box::new(GemmK {
+                alpha: o.alpha,
+                beta: o.beta,
+                ta: o.trans_a,
+                tb: o.trans_b,
+                act: None,
+                packed,
+            })
+        }
+        Op::FusedGemm(o) => {
+            // ONNX Runtime hands every `activation_*` attribute to the activation; of the
+            // ones FusedGemm takes, only LeakyRelu has a parameter (default slope 0.01).
+            let params: Vec<f32> = match o.activation.as_deref() {
+                Some("LeakyRelu") => vec![o.activation_alpha.unwrap_or(0.01)],
+                _ => vec![],
+            };
+            let act = match Activation::from_onnx("FusedGemm", o.activation.as_deref(), &params) {
+                Ok(a) => a,
+                Err(e) => return Some(Err(e)),
             };
             Box::new(GemmK {
                 alpha: o.alpha,
                 beta: o.beta,
                 ta: o.trans_a,
                 tb: o.trans_b,
-                packed,
+                act: Some(act),
+                packed: gemm_packed_b(const_b, o.trans_b),
             })
         }
         Op::Det(_) => Box::new(DetK),
         _ => return None,
     };
     Some(Ok(k))
+}
+
+/// Gemm's `B` packed at build time when it is a constant f32 matrix.
+fn gemm_packed_b(b: Option<&Tensor>, trans: bool) -> Option<ConstB> {
+    b.filter(|b| b.rank() == 2)
+        .and_then(|b| pack_const_b(b, trans))
 }
 
 /// A constant f32 `B` of rank ≥ 2 whose batch dims are all 1, packed once for the default GEMM
@@ -381,6 +405,8 @@ struct GemmK {
     beta: f32,
     ta: bool,
     tb: bool,
+    /// `FusedGemm`'s activation (`None` for Gemm).
+    act: Option<Activation>,
     /// B when it is a constant f32 matrix, packed at build time.
     packed: Option<ConstB>,
 }
@@ -434,7 +460,8 @@ impl Kernel for GemmK {
             let epi = match &bias {
                 Some(b) => Epilogue::bias(b),
                 None => Epilogue::NONE,
-            };
+            }
+            .with_activation(self.act.unwrap_or_default());
             let x = view::<f32>(a)?;
             let (lda, ldn) = (a.shape()[1].max(1), n.max(1));
             let packed = self
@@ -468,6 +495,11 @@ impl Kernel for GemmK {
                 }
             })?;
             return Ok(vec![t.into()]);
+        }
+        if self.act.is_some() {
+            return Err(KernelError::Unsupported(format!(
+                "FusedGemm of {dt} tensors (f32 only)"
+            )));
         }
         let cb: Option<Vec<f64>> = match c {
             Some(c) if beta != 0.0 => Some(broadcast_c(c, &shape)?),
