@@ -652,6 +652,53 @@ mod tests {
         assert_eq!(one.to_vec::<u16>().unwrap(), vec![1, 2]);
     }
 
+    /// A condition fixed along the last axis (a per-row mask) with X and Y scalar, streamed
+    /// or broadcast: every combination against the elementwise definition.
+    #[test]
+    fn where_with_per_row_condition_matches_definition() {
+        let out = [2usize, 3, 5];
+        let cond = [true, false, false, true, true, false];
+        let c = Tensor::from_bools(vec![2, 3, 1], &cond).unwrap();
+        let shapes: [&[usize]; 4] = [&[], &[2, 3, 5], &[3, 5], &[2, 1, 5]];
+        // Element of a tensor of shape `sh` (broadcast to `out`) at `(i, j, k)`.
+        let at = |v: &[f32], sh: &[usize], i: usize, j: usize, k: usize| {
+            let full = [i, j, k];
+            let mut off = 0;
+            for (ax, &d) in sh.iter().enumerate() {
+                let idx = full[3 - sh.len() + ax];
+                off = off * d + if d == 1 { 0 } else { idx };
+            }
+            v[off]
+        };
+        for xs in shapes {
+            for ys in shapes {
+                if xs.is_empty() && ys.is_empty() {
+                    continue; // the output would be [2, 3, 1]
+                }
+                let xv: Vec<f32> = (0..xs.iter().product()).map(|i| i as f32).collect();
+                let yv: Vec<f32> = (0..ys.iter().product()).map(|i| -1.0 - i as f32).collect();
+                let w = run1(
+                    Op::Where(op::Where {}),
+                    &[c.clone(), t(xs, xv.clone()), t(ys, yv.clone())],
+                );
+                assert_eq!(w.shape(), &out);
+                let got = w.to_vec::<f32>().unwrap();
+                for i in 0..2 {
+                    for j in 0..3 {
+                        for k in 0..5 {
+                            let want = if cond[i * 3 + j] {
+                                at(&xv, xs, i, j, k)
+                            } else {
+                                at(&yv, ys, i, j, k)
+                            };
+                            assert_eq!(got[(i * 3 + j) * 5 + k], want, "{xs:?} {ys:?}");
+                        }
+                    }
+                }
+            }
+        }
+    }
+
     #[test]
     fn where_strings_and_comparisons() {
         let c = Tensor::from_bools(vec![2], &[true, false]).unwrap();

@@ -266,6 +266,27 @@ pub(crate) fn ternary_into<A: Sync, B: Sync, C: Sync, O: Send>(
                             *o = f(x, y, z);
                         }
                     }
+                    // A condition fixed along the run (a per-row mask): one operand streams.
+                    (0, 0, 1) => {
+                        let (x, y) = (&a[ia], &b[ib]);
+                        for (o, z) in out.iter_mut().zip(&c[ic..ic + len]) {
+                            *o = f(x, y, z);
+                        }
+                    }
+                    (0, 1, 0) => {
+                        let (x, z) = (&a[ia], &c[ic]);
+                        for (o, y) in out.iter_mut().zip(&b[ib..ib + len]) {
+                            *o = f(x, y, z);
+                        }
+                    }
+                    (0, 1, 1) => {
+                        let x = &a[ia];
+                        for ((o, y), z) in
+                            out.iter_mut().zip(&b[ib..ib + len]).zip(&c[ic..ic + len])
+                        {
+                            *o = f(x, y, z);
+                        }
+                    }
                     _ => {
                         for (j, o) in out.iter_mut().enumerate() {
                             *o = f(&a[ia + j * sa], &b[ib + j * sb], &c[ic + j * sc]);
