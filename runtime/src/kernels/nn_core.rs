@@ -676,25 +676,32 @@ fn max_pool_f32(w: &Window, x: &[f32], out: &mut [f32]) {
         })
         .collect();
     super::par::for_chunks_weighted(out, plane_out, kh * kw, |start, chunk| {
+        // Per output row: the max over its window's rows first (contiguous, vectorized), then
+        // over each output's columns in that one row. Selects, not compare-and-branch: on
+        // real activations the branch is unpredictable. `b > a` is false for a NaN `b`, so
+        // NaN inputs are skipped, as in the generic path.
+        let max = |a: f32, b: f32| if b > a { b } else { a };
+        let mut vrow = vec![f32::NEG_INFINITY; wd];
         for (pi, o) in chunk.chunks_mut(plane_out).enumerate() {
             let plane = start / plane_out + pi;
             let xp = &x[plane * plane_in..(plane + 1) * plane_in];
             for oy in 0..oh {
-                let orow = &mut o[oy * ow..(oy + 1) * ow];
-                orow.fill(f32::NEG_INFINITY);
+                vrow.fill(f32::NEG_INFINITY);
                 for ki in 0..kh {
                     let Some(iy) = (oy * sh + ki * dh).checked_sub(ph).filter(|&iy| iy < h) else {
                         continue;
                     };
-                    let src = &xp[iy * wd..(iy + 1) * wd];
-                    for (ov, &(x0, lo, hi)) in orow.iter_mut().zip(&cols) {
-                        for kj in lo..hi {
-                            let v = src[(x0 + (kj * dw) as isize) as usize];
-                            if v > *ov {
-                                *ov = v;
-                            }
-                        }
+                    for (v, &s) in vrow.iter_mut().zip(&xp[iy * wd..(iy + 1) * wd]) {
+                        *v = max(*v, s);
                     }
+                }
+                let orow = &mut o[oy * ow..(oy + 1) * ow];
+                for (ov, &(x0, lo, hi)) in orow.iter_mut().zip(&cols) {
+                    let mut m = f32::NEG_INFINITY;
+                    for kj in lo..hi {
+                        m = max(m, vrow[(x0 + (kj * dw) as isize) as usize]);
+                    }
+                    *ov = m;
                 }
             }
         }
