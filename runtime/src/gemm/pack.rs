@@ -185,7 +185,6 @@ unsafe fn im2col_panels<const NR: usize>(
     nc: usize,
 ) {
     let dst = dst.as_mut_ptr();
-    let at = |p: usize, j: usize| ((j / NR) * kc + p) * NR + j % NR;
     for p in 0..kc {
         let r = k0 + p;
         let kj = r % g.kw;
@@ -201,32 +200,72 @@ unsafe fn im2col_panels<const NR: usize>(
             let len = (g.ow - ox0).min(nc - j);
             let iy = (oy * g.sh + ki * g.dh) as isize - g.ph as isize;
             if iy < 0 || iy >= g.h as isize {
-                for t in 0..len {
-                    *dst.add(at(p, j + t)) = 0.0;
-                }
+                put_cols::<NR>(dst, kc, p, j, len, None, 1);
             } else {
                 let src = plane.add(iy as usize * g.w);
                 // [ox0, a) left padding, [a, b) inside, [b, ox0 + len) right padding.
                 let a = lo.clamp(ox0, ox0 + len);
                 let b = hi.clamp(a, ox0 + len);
-                for t in 0..a - ox0 {
-                    *dst.add(at(p, j + t)) = 0.0;
-                }
+                put_cols::<NR>(dst, kc, p, j, a - ox0, None, 1);
                 let ja = j + (a - ox0);
                 if b > a {
                     let s = src.offset((a * g.sw) as isize + off);
-                    for t in 0..b - a {
-                        *dst.add(at(p, ja + t)) = *s.add(t * g.sw);
-                    }
+                    put_cols::<NR>(dst, kc, p, ja, b - a, Some(s), g.sw);
                 }
-                for t in b - ox0..len {
-                    *dst.add(at(p, j + t)) = 0.0;
-                }
+                put_cols::<NR>(dst, kc, p, ja + (b - a), ox0 + len - b, None, 1);
             }
             j += len;
             ox0 = 0;
             oy += 1;
         }
+    }
+}
+
+/// Row `p` of columns `j..j + n` of `NR`-wide panels (`kc` rows each): `src[t·stride]`, or
+/// zeros. Written a panel's piece at a time (contiguous in `dst`), a whole panel row as one
+/// block when the source is contiguous: the packing of a stride-1 convolution is then a copy.
+#[inline(always)]
+unsafe fn put_cols<const NR: usize>(
+    dst: *mut f32,
+    kc: usize,
+    p: usize,
+    mut j: usize,
+    mut n: usize,
+    mut src: Option<*const f32>,
+    stride: usize,
+) {
+    while n > 0 {
+        let r = j % NR;
+        let m = (NR - r).min(n);
+        let d = dst.add(((j / NR) * kc + p) * NR + r);
+        match src {
+            None => {
+                for t in 0..m {
+                    *d.add(t) = 0.0;
+                }
+            }
+            Some(s) if stride == 1 && m == NR => {
+                std::ptr::write_unaligned(
+                    d as *mut [f32; NR],
+                    std::ptr::read_unaligned(s as *const [f32; NR]),
+                );
+            }
+            Some(s) if stride == 1 => {
+                for t in 0..m {
+                    *d.add(t) = *s.add(t);
+                }
+            }
+            Some(s) => {
+                for t in 0..m {
+                    *d.add(t) = *s.add(t * stride);
+                }
+            }
+        }
+        if let Some(s) = src.as_mut() {
+            *s = s.add(m * stride);
+        }
+        j += m;
+        n -= m;
     }
 }
 
