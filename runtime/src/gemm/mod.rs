@@ -549,24 +549,52 @@ pub(crate) unsafe fn block<V: Simd, const MR: usize, const NV: usize>(x: &BlockA
                 }
             }
             let ap = x.a.add(ip * MR * x.kc);
-            if mr == MR {
-                tile::<V, MR, NV>(x, ap, MR, bp, i0, j0, nr);
+            // A last panel of fewer columns runs as few vectors as cover them (a 7×7 image's
+            // 49 pixels leave 1 column in the last 16-wide panel: 1 vector, not 2).
+            let nv = nr.div_ceil(V::LANES);
+            if nv >= NV {
+                rows::<V, MR, NV>(x, mr, ap, bp, nr_full, i0, j0, nr);
             } else {
-                match mr {
-                    1 => tile::<V, 1, NV>(x, ap, MR, bp, i0, j0, nr),
-                    2 => tile::<V, 2, NV>(x, ap, MR, bp, i0, j0, nr),
-                    3 => tile::<V, 3, NV>(x, ap, MR, bp, i0, j0, nr),
-                    4 => tile::<V, 4, NV>(x, ap, MR, bp, i0, j0, nr),
-                    5 => tile::<V, 5, NV>(x, ap, MR, bp, i0, j0, nr),
-                    6 => tile::<V, 6, NV>(x, ap, MR, bp, i0, j0, nr),
-                    _ => tile::<V, 7, NV>(x, ap, MR, bp, i0, j0, nr),
+                match nv {
+                    1 => rows::<V, MR, 1>(x, mr, ap, bp, nr_full, i0, j0, nr),
+                    2 => rows::<V, MR, 2>(x, mr, ap, bp, nr_full, i0, j0, nr),
+                    _ => rows::<V, MR, 3>(x, mr, ap, bp, nr_full, i0, j0, nr),
                 }
             }
         }
     }
 }
 
-/// One `R × NR` tile: the micro-kernel, then the store.
+/// The tile of `mr ≤ MR` rows and `NV` vectors of columns at `(i0, j0)`; `b_step` is the B
+/// panel's row length (`NR`, which may exceed `NV · LANES` in a last panel).
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn rows<V: Simd, const MR: usize, const NV: usize>(
+    x: &BlockArgs,
+    mr: usize,
+    ap: *const f32,
+    bp: *const f32,
+    b_step: usize,
+    i0: usize,
+    j0: usize,
+    nr: usize,
+) {
+    if mr == MR {
+        tile::<V, MR, NV>(x, ap, MR, bp, b_step, i0, j0, nr);
+    } else {
+        match mr {
+            1 => tile::<V, 1, NV>(x, ap, MR, bp, b_step, i0, j0, nr),
+            2 => tile::<V, 2, NV>(x, ap, MR, bp, b_step, i0, j0, nr),
+            3 => tile::<V, 3, NV>(x, ap, MR, bp, b_step, i0, j0, nr),
+            4 => tile::<V, 4, NV>(x, ap, MR, bp, b_step, i0, j0, nr),
+            5 => tile::<V, 5, NV>(x, ap, MR, bp, b_step, i0, j0, nr),
+            6 => tile::<V, 6, NV>(x, ap, MR, bp, b_step, i0, j0, nr),
+            _ => tile::<V, 7, NV>(x, ap, MR, bp, b_step, i0, j0, nr),
+        }
+    }
+}
+
+/// One `R × (NV·LANES)` tile: the micro-kernel, then the store.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 unsafe fn tile<V: Simd, const R: usize, const NV: usize>(
@@ -574,23 +602,26 @@ unsafe fn tile<V: Simd, const R: usize, const NV: usize>(
     a: *const f32,
     a_step: usize,
     b: *const f32,
+    b_step: usize,
     i0: usize,
     j0: usize,
     nr: usize,
 ) {
-    let acc = micro::<V, R, NV>(x.kc, a, a_step, b);
+    let acc = micro::<V, R, NV>(x.kc, a, a_step, b, b_step);
     store_tile::<V, R, NV>(x, &acc, i0, j0, nr);
 }
 
-/// `R × NR` tile of `A·B` over `kc` steps: per step, `NV` loads of `B`, `R` broadcasts of `A`
-/// (at `a + p·a_step + i`), `R·NV` FMAs into the accumulators, `i` outer, `j` inner. Every
-/// accumulator sees its FMAs in the order of `p`, whatever `R`.
+/// `R × (NV·LANES)` tile of `A·B` over `kc` steps: per step, `NV` loads of `B` (at
+/// `b + p·b_step`), `R` broadcasts of `A` (at `a + p·a_step + i`), `R·NV` FMAs into the
+/// accumulators, `i` outer, `j` inner. Every accumulator sees its FMAs in the order of `p`,
+/// whatever `R` and `NV`.
 #[inline(always)]
 unsafe fn micro<V: Simd, const R: usize, const NV: usize>(
     kc: usize,
     a: *const f32,
     a_step: usize,
     b: *const f32,
+    b_step: usize,
 ) -> [[V; NV]; R] {
     #[inline(always)]
     unsafe fn step<V: Simd, const R: usize, const NV: usize>(
@@ -612,7 +643,7 @@ unsafe fn micro<V: Simd, const R: usize, const NV: usize>(
     let mut acc = [[V::zero(); NV]; R];
     let mut a = a;
     let mut b = b;
-    let nr = NV * V::LANES;
+    let nr = b_step;
     // Four steps per iteration (less loop overhead in the front end).
     for _ in 0..kc / 4 {
         step::<V, R, NV>(&mut acc, a, b);
