@@ -87,6 +87,7 @@ pub(crate) fn kernel(model: bool) -> Kernel {
         model,
         mr: MR,
         nr: NV * LANES,
+        lanes: LANES,
         kc: KC,
         mc: MC,
         nc: NC,

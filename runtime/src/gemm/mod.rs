@@ -792,6 +792,8 @@ pub(crate) struct Kernel {
     pub model: bool,
     pub mr: usize,
     pub nr: usize,
+    /// f32 lanes of one vector: a last panel of `c < NR` columns costs `⌈c / lanes⌉` vectors.
+    pub lanes: usize,
     pub kc: usize,
     pub mc: usize,
     pub nc: usize,
@@ -1274,9 +1276,15 @@ impl Gemm {
             return;
         }
         // Split columns (no duplicated packing of A, B packed once per region) unless there
-        // are too few panels to balance, then rows.
-        let cost_n = np.div_ceil(t) * mp;
-        let cost_m = mp.div_ceil(t) * np;
+        // are too few panels to balance, then rows. Costs count vectors of columns per row
+        // tile, so that a narrow last panel counts for what it runs (N = 49 is 3 panels and
+        // one vector, not 4 panels).
+        let vectors = |c0: usize, c1: usize| (c1 - c0).div_ceil(kern.lanes);
+        let cost_n = chunks(np, t)
+            .map(|(q0, q1)| mp * vectors(q0 * kern.nr, (q1 * kern.nr).min(n)))
+            .max()
+            .unwrap_or(0);
+        let cost_m = mp.div_ceil(t) * vectors(0, n);
         // An implicit im2col B costs more to pack than a stored one: split rows only when
         // splitting columns would leave a thread with a quarter more tiles.
         let split_n = np >= t

@@ -121,6 +121,7 @@ pub(crate) fn kernel() -> Kernel {
         model: false,
         mr: MR,
         nr: NV * LANES,
+        lanes: LANES,
         kc: 256,
         mc: 64,
         nc: 2048,
