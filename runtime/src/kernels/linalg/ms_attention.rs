@@ -240,7 +240,7 @@ fn attend_f32(
     // its scaled scores when asked). `scores` is the caller's scratch.
     let head = |g: &Gemm, bn: usize, scores: &mut Vec<f32>| -> (Vec<f32>, Vec<f32>) {
         let (bi, ni) = (bn / n, bn % n);
-        scores.clear();
+        // Not cleared: the GEMM (beta = 0) overwrites every score.
         scores.resize(s * t, 0.0);
         g.sgemm(
             s,
@@ -684,13 +684,21 @@ impl MsAttentionK {
         };
         let xs = view::<f32>(x)?;
         let rows = b * s;
-        let mut qkv = vec![0f32; rows * wc];
-        if rows > 0 && wc > 0 {
+        let packed = self
+            .packed
+            .as_ref()
+            .filter(|p| w.dtype() == DType::F32 && p.k() == din && p.n() == wc);
+        let ws = if packed.is_none() {
+            Some(f32s(w)?)
+        } else {
+            None
+        };
+        // On a pooled buffer, not a fresh zeroed one: the GEMM (beta = 0) writes every element.
+        let qkv_t = cx.tensor_dirty::<f32>(vec![rows, wc], |qkv| {
+            if rows == 0 || wc == 0 {
+                return;
+            }
             let epi = bs.as_deref().map_or(Epilogue::NONE, Epilogue::bias);
-            let packed = self
-                .packed
-                .as_ref()
-                .filter(|p| w.dtype() == DType::F32 && p.k() == din && p.n() == wc);
             match packed {
                 Some(p) => default_gemm().sgemm_packed(
                     rows,
@@ -700,31 +708,33 @@ impl MsAttentionK {
                     false,
                     p,
                     0.0,
-                    &mut qkv,
+                    qkv,
                     wc,
                     epi,
                 ),
                 None => {
-                    let ws = f32s(w)?;
-                    default_gemm().sgemm(
-                        rows,
-                        wc,
-                        din,
-                        1.0,
-                        &xs,
-                        din.max(1),
-                        false,
-                        &ws,
-                        wc,
-                        false,
-                        0.0,
-                        &mut qkv,
-                        wc,
-                        epi,
-                    )
+                    if let Some(ws) = &ws {
+                        default_gemm().sgemm(
+                            rows,
+                            wc,
+                            din,
+                            1.0,
+                            &xs,
+                            din.max(1),
+                            false,
+                            ws,
+                            wc,
+                            false,
+                            0.0,
+                            qkv,
+                            wc,
+                            epi,
+                        )
+                    }
                 }
             }
-        }
+        })?;
+        let qkv = qkv_t.as_slice::<f32>().unwrap_or_default();
         // With a past state K and V are [past; new] per head, copied; else views of qkv.
         let (kv, p) = match past {
             Some(t) => {
@@ -790,6 +800,7 @@ impl MsAttentionK {
             })?;
             outs.push(present.into());
         }
+        cx.recycle(qkv_t.into());
         Ok(outs)
     }
 
