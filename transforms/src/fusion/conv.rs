@@ -54,8 +54,13 @@ fn fused_from(c: &Conv) -> FusedConv {
     }
 }
 
-/// The FusedConv activation (name, params) that `op` computes, or why it cannot be one.
-fn activation(g: &Graph, node: NodeId) -> Result<(&'static str, Option<Vec<f32>>), String> {
+/// The ONNX Runtime fused-op activation (name, params) that `node` computes, or why it cannot
+/// be one: Relu, Sigmoid, Tanh, LeakyRelu (`[alpha]`) and Clip with constant bounds
+/// (`[min, max]`). FusedConv takes them all; FusedGemm all but Clip.
+pub(crate) fn activation(
+    g: &Graph,
+    node: NodeId,
+) -> Result<(&'static str, Option<Vec<f32>>), String> {
     let n = g.node(node);
     Ok(match &n.op {
         Op::Relu(_) => ("Relu", None),

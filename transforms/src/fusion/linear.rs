@@ -362,18 +362,6 @@ fn node(g: &mut Graph, base: &str, what: &str, op: Op, inputs: Vec<Option<ValueI
 
 const GEMM_ACT: &str = "gemm-activation-fusion";
 
-/// The FusedGemm activation (`activation`, `activation_alpha`) that `op` computes: the
-/// element-wise activations ONNX Runtime's FusedGemm takes.
-fn gemm_activation(op: &Op) -> Option<(&'static str, Option<f32>)> {
-    Some(match op {
-        Op::Relu(_) => ("Relu", None),
-        Op::Sigmoid(_) => ("Sigmoid", None),
-        Op::Tanh(_) => ("Tanh", None),
-        Op::LeakyRelu(l) => ("LeakyRelu", Some(l.alpha)),
-        _ => return None,
-    })
-}
-
 /// `act(Gemm(A, B, C))` → `com.microsoft.FusedGemm(A, B, C, activation = act)`, and
 /// `act(Reshape(Gemm(…), shape))` → `Reshape(FusedGemm(…), shape)` (the form
 /// [`MatMulAddReshapeFusion`] leaves for activations of rank ≥ 3: an element-wise op commutes
@@ -396,15 +384,18 @@ impl Pass for GemmActivationFusion {
             let Some(x) = g.node(act).inputs.first().copied().flatten() else {
                 continue;
             };
-            let Some((name, alpha)) = gemm_activation(&g.node(act).op) else {
-                if matches!(g.node(act).op, Op::Clip(_)) {
-                    if let Some((gemm, _)) = produced_by(g, x, |o| matches!(o, Op::Gemm(_))) {
-                        let gname = g.node(gemm).name.clone();
-                        log.near_miss(GEMM_ACT, gname, "FusedGemm takes no Clip activation");
-                    }
+            if matches!(g.node(act).op, Op::Clip(_)) {
+                if let Some((gemm, _)) = produced_by(g, x, |o| matches!(o, Op::Gemm(_))) {
+                    let gname = g.node(gemm).name.clone();
+                    log.near_miss(GEMM_ACT, gname, "FusedGemm takes no Clip activation");
                 }
                 continue;
+            }
+            let Ok((name, params)) = super::conv::activation(g, act) else {
+                continue;
             };
+            // LeakyRelu's slope is FusedGemm's `activation_alpha`.
+            let alpha = params.and_then(|p| p.first().copied());
             // Through at most one Reshape to the Gemm.
             let reshape = produced_by(g, x, |o| matches!(o, Op::Reshape(_)));
             let y = match &reshape {
