@@ -13,6 +13,12 @@ pub trait Kernel: Send + Sync {
     /// outer values its subgraphs capture. Returns one value per node output; a kernel may
     /// return fewer when trailing optional outputs are not produced.
     fn run(&self, inputs: &[Option<&Value>], cx: &mut RunCx) -> Result<Vec<Value>, KernelError>;
+
+    /// The algorithm chosen at build, for ops that have several (`Conv`: `"winograd"` or
+    /// `"gemm"`); `None` for the others.
+    fn algorithm(&self) -> Option<&'static str> {
+        None
+    }
 }
 
 /// What a kernel builder knows about the node at compile time.

@@ -6,7 +6,7 @@
 //! `PROPTEST_CASES` sets the number of cases per property (default 64).
 
 use kiln_ir::op::{AveragePool, Conv, FusedConv, MaxPool};
-use kiln_ir::{Graph, Op, Tensor};
+use kiln_ir::{DType, Dim, Graph, Op, Tensor, Type};
 use kiln_runtime::{BuildCx, RunCx, Value};
 use proptest::prelude::*;
 
@@ -39,6 +39,17 @@ fn data(len: usize, seed: u64) -> Vec<f32> {
 
 /// Runs `op`'s kernel; `consts[i]` marks input `i` as a build-time constant.
 fn run(op: &Op, inputs: &[Option<Tensor>], consts: &[bool], n_out: usize) -> Vec<Tensor> {
+    run_typed(op, inputs, consts, &vec![None; n_out]).0
+}
+
+/// [`run`] with the output types inference would give the builder; also returns the
+/// algorithm the builder chose.
+fn run_typed(
+    op: &Op,
+    inputs: &[Option<Tensor>],
+    consts: &[bool],
+    output_types: &[Option<Type>],
+) -> (Vec<Tensor>, Option<&'static str>) {
     let g = Graph::new("t");
     let cx = BuildCx {
         input_types: vec![None; inputs.len()],
@@ -47,7 +58,7 @@ fn run(op: &Op, inputs: &[Option<Tensor>], consts: &[bool], n_out: usize) -> Vec
             .zip(consts)
             .map(|(t, &c)| if c { t.as_ref() } else { None })
             .collect(),
-        output_types: vec![None; n_out],
+        output_types: output_types.iter().map(Option::as_ref).collect(),
         graph: &g,
     };
     let k = kiln_runtime::kernels::build(op, &cx).unwrap();
@@ -57,11 +68,13 @@ fn run(op: &Op, inputs: &[Option<Tensor>], consts: &[bool], n_out: usize) -> Vec
         .collect();
     let refs: Vec<Option<&Value>> = vals.iter().map(|v| v.as_ref()).collect();
     let mut rcx = RunCx::new();
-    k.run(&refs, &mut rcx)
+    let out = k
+        .run(&refs, &mut rcx)
         .unwrap()
         .into_iter()
         .map(|v| v.into_tensor().unwrap())
-        .collect()
+        .collect();
+    (out, k.algorithm())
 }
 
 #[derive(Clone, Debug)]
@@ -247,10 +260,15 @@ fn build(c: &Case) -> Built {
 }
 
 fn check(got: &Tensor, b: &Built) -> Result<(), TestCaseError> {
+    check_within(got, b, 1e-5)
+}
+
+/// Every element within `rel · (1 + Σ|terms|)` of the reference.
+fn check_within(got: &Tensor, b: &Built, rel: f64) -> Result<(), TestCaseError> {
     prop_assert_eq!(got.shape(), &b.shape[..]);
     let g = got.as_slice::<f32>().unwrap();
     for (i, ((&g, &w), &s)) in g.iter().zip(&b.want).zip(&b.scale).enumerate() {
-        let tol = 1e-5 * (1.0 + s);
+        let tol = rel * (1.0 + s);
         prop_assert!(
             (g as f64 - w).abs() <= tol,
             "element {}: got {}, want {} (tol {})",
@@ -410,5 +428,127 @@ fn global_pools_f32() {
         let m = c.iter().copied().fold(f32::NEG_INFINITY, f32::max);
         assert!((avg[0].as_slice::<f32>().unwrap()[i] as f64 - s).abs() < 1e-6);
         assert_eq!(max[0].as_slice::<f32>().unwrap()[i], m);
+    }
+}
+
+/// A 3×3, stride-1 convolution the planner runs with Winograd's F(4×4, 3×3) (given its
+/// output shape): 16–40 channels each way, odd sizes (partial edge tiles on both axes,
+/// tiles past a 16-lane chunk), asymmetric pads.
+fn winograd_case() -> impl Strategy<Value = Case> {
+    (
+        (1usize..=2, 16usize..=40, 16usize..=40, 1usize..=26),
+        ([0usize..=2, 0usize..=2], [0usize..=2, 0usize..=2]),
+        (any::<bool>(), any::<u64>(), 0usize..=60),
+    )
+        .prop_map(|((n, cg, mg, h), (pb, pe), (bias, seed, extra))| {
+            // At least 16 tiles of 4×4 outputs: a short image is a wide one.
+            let oh = (h + pb[0] + pe[0]).max(3) - 2;
+            let tiles_h = oh.div_ceil(4);
+            let ow_min = 4 * 16usize.div_ceil(tiles_h) - 3;
+            let ow = ow_min + extra % 23;
+            let h = oh + 2 - pb[0] - pe[0];
+            Case {
+                rank: 2,
+                n,
+                g: 1,
+                cg,
+                mg,
+                sp: [h, ow + 2 - pb[1] - pe[1]],
+                k: [3, 3],
+                s: [1, 1],
+                d: [1, 1],
+                pb,
+                pe,
+                bias,
+                seed,
+            }
+        })
+}
+
+/// The output type shape inference gives the builder.
+fn out_type(b: &Built) -> Vec<Option<Type>> {
+    let dims = b.shape.iter().map(|&d| Dim::Known(d as i64)).collect();
+    vec![Some(Type::tensor(DType::F32, dims))]
+}
+
+/// Winograd's transforms round more than direct convolution (constants up to 8 in `Aᵀ`,
+/// 1/24 in `G`): measured max error 5.3e-5 on one channel of unit normals, where
+/// `Σ|x·w| ≈ 5.7`, i.e. ~1e-5 of the terms' magnitude; this bound is 5× that.
+const WINOGRAD_REL: f64 = 5e-5;
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(cases()))]
+
+    /// The Winograd path (chosen at build from constant weights and a static output shape)
+    /// against the f64 reference; the same convolution with the weights given at run time
+    /// takes im2col + GEMM.
+    #[test]
+    fn winograd_conv_f32_matches_reference(c in winograd_case()) {
+        let b = build(&c);
+        let inputs = vec![Some(b.x.clone()), Some(b.w.clone()), b.b.clone()];
+        let (got, alg) = run_typed(&b.op, &inputs, &[false, true, true], &out_type(&b));
+        prop_assert_eq!(alg, Some("winograd"));
+        check_within(&got[0], &b, WINOGRAD_REL)?;
+        let (got, alg) = run_typed(&b.op, &inputs, &[false, false, false], &out_type(&b));
+        prop_assert_eq!(alg, Some("gemm"));
+        check(&got[0], &b)?;
+    }
+
+    /// FusedConv on the Winograd path: bias, residual `Z` and activation in the output
+    /// transform.
+    #[test]
+    fn winograd_fused_conv_f32_matches_reference(c in winograd_case(), relu in any::<bool>()) {
+        let mut b = build(&c);
+        let Op::Conv(conv) = &b.op else { unreachable!() };
+        let op = Op::FusedConv(FusedConv {
+            auto_pad: conv.auto_pad.clone(),
+            dilations: conv.dilations.clone(),
+            group: conv.group,
+            kernel_shape: conv.kernel_shape.clone(),
+            pads: conv.pads.clone(),
+            strides: conv.strides.clone(),
+            activation: relu.then(|| "Relu".to_string()),
+            activation_params: None,
+        });
+        let zv = data(b.want.len(), c.seed ^ 3);
+        for ((w, s), z) in b.want.iter_mut().zip(b.scale.iter_mut()).zip(&zv) {
+            *w += *z as f64;
+            if relu {
+                *w = w.max(0.0);
+            }
+            *s += z.abs() as f64;
+        }
+        let z = Tensor::from_vec(b.shape.clone(), zv).unwrap();
+        let inputs = vec![Some(b.x.clone()), Some(b.w.clone()), b.b.clone(), Some(z)];
+        let (got, alg) = run_typed(&op, &inputs, &[false, true, true, false], &out_type(&b));
+        prop_assert_eq!(alg, Some("winograd"));
+        check_within(&got[0], &b, WINOGRAD_REL)?;
+    }
+}
+
+/// Below the planner's thresholds (7×7 output: 4 tiles; 8 channels), im2col + GEMM.
+#[test]
+fn winograd_only_where_it_pays() {
+    for (cg, sp) in [(32, 7), (8, 32)] {
+        let c = Case {
+            rank: 2,
+            n: 1,
+            g: 1,
+            cg,
+            mg: cg,
+            sp: [sp, sp],
+            k: [3, 3],
+            s: [1, 1],
+            d: [1, 1],
+            pb: [1, 1],
+            pe: [1, 1],
+            bias: true,
+            seed: 7,
+        };
+        let b = build(&c);
+        let inputs = vec![Some(b.x.clone()), Some(b.w.clone()), b.b.clone()];
+        let (got, alg) = run_typed(&b.op, &inputs, &[false, true, true], &out_type(&b));
+        assert_eq!(alg, Some("gemm"), "{cg} channels, {sp}×{sp}");
+        check(&got[0], &b).unwrap();
     }
 }

@@ -1034,6 +1034,14 @@ impl Gemm {
         ldc: usize,
         epilogue: Epilogue,
     ) {
+        let (a, b) = self.check_ops(m, n, k, a, b);
+        check_mat("c", c.len(), m, n, ldc);
+        // SAFETY: `c` checked above.
+        unsafe { self.sgemm_ops_into(m, n, k, alpha, a, b, beta, c.as_mut_ptr(), ldc, epilogue) }
+    }
+
+    /// The operands of [`Gemm::sgemm_ops`], checked against `m`, `n`, `k`.
+    fn check_ops(&self, m: usize, n: usize, k: usize, a: AOperand, b: BOperand) -> (AOp, BView) {
         let a = match a {
             AOperand::Matrix { a, lda, trans } => {
                 check_op("a", a.len(), m, k, lda, trans);
@@ -1085,25 +1093,52 @@ impl Gemm {
                 }
             }
         };
-        check_mat("c", c.len(), m, n, ldc);
+        (a, b)
+    }
+
+    /// [`Gemm::sgemm_ops`] writing `C` through a pointer, for GEMMs that run at the same time
+    /// on disjoint rows of one buffer (rows interleaved, so no `&mut` slice can hold them).
+    ///
+    /// # Safety
+    /// `c` must be valid for reads and writes of the `m × n` matrix at leading dimension
+    /// `ldc`, and nothing else may access those elements during the call.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) unsafe fn sgemm_ops_raw(
+        &self,
+        m: usize,
+        n: usize,
+        k: usize,
+        alpha: f32,
+        a: AOperand,
+        b: BOperand,
+        beta: f32,
+        c: *mut f32,
+        ldc: usize,
+        epilogue: Epilogue,
+    ) {
+        let (a, b) = self.check_ops(m, n, k, a, b);
+        self.sgemm_ops_into(m, n, k, alpha, a, b, beta, c, ldc, epilogue)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn sgemm_ops_into(
+        &self,
+        m: usize,
+        n: usize,
+        k: usize,
+        alpha: f32,
+        a: AOp,
+        b: BView,
+        beta: f32,
+        c: *mut f32,
+        ldc: usize,
+        epilogue: Epilogue,
+    ) {
         let epi = RawEpi::new(&epilogue, m, n);
         let t = self.threads_for(2 * m * n * k);
-        // SAFETY: operands checked above; the im2col packing reads only in-bounds pixels.
-        unsafe {
-            self.run(
-                m,
-                n,
-                k,
-                alpha,
-                a,
-                b,
-                beta,
-                SendPtr(c.as_mut_ptr()),
-                ldc,
-                epi,
-                t,
-            )
-        }
+        // SAFETY: operands checked by the callers; the im2col packing reads only in-bounds
+        // pixels.
+        unsafe { self.run(m, n, k, alpha, a, b, beta, SendPtr(c), ldc, epi, t) }
     }
 
     fn check_packed(

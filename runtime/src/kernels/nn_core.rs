@@ -3,7 +3,7 @@
 //! through f32/f64 at the boundary).
 
 use kiln_ir::op::{AveragePool, BatchNormalization, Conv, FusedConv, MaxPool};
-use kiln_ir::{DType, Op, Tensor};
+use kiln_ir::{DType, Op, Tensor, Type};
 
 use crate::error::KernelError;
 use crate::gemm::{Activation, Im2col};
@@ -192,8 +192,16 @@ struct ConvK {
     act: Activation,
     /// `FusedConv` (reads `Z`, input 3).
     fused: bool,
-    /// Constant f32 weights packed per group, with the shape they were packed from.
-    packed: Option<(Vec<usize>, Vec<crate::gemm::PackedA>)>,
+    /// Constant f32 weights packed for the GEMM, with the shape they were packed from.
+    packed: Option<(Vec<usize>, Packed)>,
+}
+
+/// Constant weights, packed for the path the planner chose.
+enum Packed {
+    /// Per group, for im2col + GEMM.
+    Gemm(Vec<crate::gemm::PackedA>),
+    /// In the Winograd domain.
+    Winograd(conv::winograd::Weights),
 }
 
 impl ConvK {
@@ -202,20 +210,49 @@ impl ConvK {
             attr: c.clone(),
             act: Activation::None,
             fused: false,
-            packed: Self::pack(c.group, cx),
+            packed: Self::pack(c, cx),
         }
     }
 
-    fn pack(group: i64, cx: &BuildCx) -> Option<(Vec<usize>, Vec<crate::gemm::PackedA>)> {
+    fn pack(c: &Conv, cx: &BuildCx) -> Option<(Vec<usize>, Packed)> {
         let w = cx.const_inputs.get(1).copied().flatten()?;
         let ws = w.shape();
-        if w.dtype() != DType::F32 || !(ws.len() == 3 || ws.len() == 4) || group < 1 {
+        if w.dtype() != DType::F32 || !(ws.len() == 3 || ws.len() == 4) || c.group < 1 {
             return None;
         }
-        let packed = conv::pack_weights(ws[0], group as usize, w.as_slice::<f32>()?, ws)?;
+        let wf = w.as_slice::<f32>()?;
+        let packed = if Self::winograd_pays(c, ws, cx) {
+            Packed::Winograd(conv::winograd::Weights::new(ws[0], ws[1], wf))
+        } else {
+            Packed::Gemm(conv::pack_weights(ws[0], c.group as usize, wf, ws)?)
+        };
         // The packed copy is what runs: a mapped weight's pages need not stay resident too.
         w.release_pages();
         Some((ws.to_vec(), packed))
+    }
+
+    /// Whether a 2-D convolution with weights of shape `ws` runs Winograd's algorithm: 3×3,
+    /// stride and dilation 1, one group, and (from the inferred output shape, so only where
+    /// it is static) enough tiles and channels ([`conv::winograd::worthwhile`]).
+    fn winograd_pays(c: &Conv, ws: &[usize], cx: &BuildCx) -> bool {
+        let ones = |v: &Option<Vec<i64>>| v.as_ref().is_none_or(|v| v.iter().all(|&x| x == 1));
+        let out = match cx.output_types.first().copied().flatten() {
+            Some(Type::Tensor(t)) => t.shape.as_ref(),
+            _ => None,
+        };
+        let spatial = |i: usize| {
+            out.and_then(|s| s.get(i))
+                .and_then(|d| d.known())
+                .and_then(|d| usize::try_from(d).ok())
+        };
+        conv::winograd::enabled()
+            && ws.len() == 4
+            && ws[2..] == [3, 3]
+            && c.group == 1
+            && ones(&c.strides)
+            && ones(&c.dilations)
+            && matches!((spatial(2), spatial(3)), (Some(oh), Some(ow))
+                if conv::winograd::worthwhile(ws[0], ws[1], oh, ow))
     }
 
     fn fused(f: &FusedConv, cx: &BuildCx) -> Result<ConvK, KernelError> {
@@ -224,18 +261,20 @@ impl ConvK {
             f.activation.as_deref(),
             f.activation_params.as_deref().unwrap_or(&[]),
         )?;
+        let attr = Conv {
+            auto_pad: f.auto_pad.clone(),
+            dilations: f.dilations.clone(),
+            group: f.group,
+            kernel_shape: f.kernel_shape.clone(),
+            pads: f.pads.clone(),
+            strides: f.strides.clone(),
+        };
+        let packed = Self::pack(&attr, cx);
         Ok(ConvK {
-            attr: Conv {
-                auto_pad: f.auto_pad.clone(),
-                dilations: f.dilations.clone(),
-                group: f.group,
-                kernel_shape: f.kernel_shape.clone(),
-                pads: f.pads.clone(),
-                strides: f.strides.clone(),
-            },
+            attr,
             act,
             fused: true,
-            packed: Self::pack(f.group, cx),
+            packed,
         })
     }
 
@@ -337,7 +376,19 @@ impl ConvK {
             .packed
             .as_ref()
             .filter(|(s, _)| s == wt.shape())
-            .map(|(_, p)| &p[..]);
+            .map(|(_, p)| p);
+        if let Some(Packed::Winograd(w)) = packed {
+            if conv::winograd::applies(geom, w) {
+                // winograd::conv2d writes every output element.
+                return cx.tensor_dirty::<f32>(shape.to_vec(), |o| {
+                    conv::winograd::conv2d(geom, &xv, w, post, o)
+                });
+            }
+        }
+        let packed = match packed {
+            Some(Packed::Gemm(p)) => Some(&p[..]),
+            _ => None,
+        };
         // conv2d writes every output element.
         cx.tensor_dirty::<f32>(shape.to_vec(), |o| {
             conv::conv2d(geom, &xv, &wv, packed, post, o)
@@ -346,6 +397,13 @@ impl ConvK {
 }
 
 impl Kernel for ConvK {
+    fn algorithm(&self) -> Option<&'static str> {
+        Some(match &self.packed {
+            Some((_, Packed::Winograd(_))) => "winograd",
+            _ => "gemm",
+        })
+    }
+
     fn run(&self, inputs: &[Option<&Value>], cx: &mut RunCx) -> Result<Vec<Value>, KernelError> {
         let x = tensor_input(inputs, 0)?;
         let wt = tensor_input(inputs, 1)?;

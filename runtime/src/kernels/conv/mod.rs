@@ -13,9 +13,12 @@
 //! instead of 252 under the same load.)
 //! The bias (per output channel: the GEMM's row bias), the residual `Z` of a `FusedConv` and
 //! its activation are applied in the GEMM's store, so `Y` is written once. Depthwise
-//! convolutions (`group = C = M`) run a direct kernel instead.
+//! convolutions (`group = C = M`) run a direct kernel instead, and 3×3 stride-1 ones with
+//! enough channels and pixels Winograd's F(4×4, 3×3) ([`winograd`]).
 
 use rayon::prelude::*;
+
+pub(crate) mod winograd;
 
 use crate::gemm::{
     cols_inside, default_gemm, scalar_activate, AOperand, Activation, BOperand, Epilogue, Im2col,
