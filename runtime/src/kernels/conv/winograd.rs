@@ -86,30 +86,30 @@ impl Weights {
             [1.0 / 24.0, -1.0 / 12.0, 1.0 / 6.0],
             [0.0, 0.0, 1.0],
         ];
-        let mut u = vec![0f32; XI * m * c];
-        for (mc, g) in w.chunks_exact(9).take(m * c).enumerate() {
-            // t = G g (6×3), then t Gᵀ (6×6).
-            let mut t = [[0f64; 3]; 6];
-            for (i, ti) in t.iter_mut().enumerate() {
-                for (q, tq) in ti.iter_mut().enumerate() {
-                    *tq = (0..3).map(|p| G[i][p] * g[p * 3 + q] as f64).sum();
-                }
-            }
-            for i in 0..6 {
-                for j in 0..6 {
-                    let v: f64 = (0..3).map(|q| t[i][q] * G[j][q]).sum();
-                    u[(i * 6 + j) * m * c + mc] = v as f32;
-                }
-            }
-        }
+        // One ξ at a time (in parallel), so the unpacked matrices never all exist at once:
+        // for ResNet-50 they would be 56 MB beside their packed copies.
         let gemm = default_gemm();
-        Weights {
-            m,
-            c,
-            u: u.chunks_exact(m * c)
-                .map(|ux| gemm.pack_a(m, c, ux, c, false))
-                .collect(),
-        }
+        let u = (0..XI)
+            .into_par_iter()
+            .map(|xi| {
+                let (gi, gj) = (&G[xi / 6], &G[xi % 6]);
+                let ux: Vec<f32> = w
+                    .chunks_exact(9)
+                    .take(m * c)
+                    .map(|g| {
+                        let mut v = 0f64;
+                        for p in 0..3 {
+                            for q in 0..3 {
+                                v += gi[p] * g[p * 3 + q] as f64 * gj[q];
+                            }
+                        }
+                        v as f32
+                    })
+                    .collect();
+                gemm.pack_a(m, c, &ux, c, false)
+            })
+            .collect();
+        Weights { m, c, u }
     }
 
     /// Floats of scratch [`conv2d`] needs for `g`.
