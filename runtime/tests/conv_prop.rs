@@ -526,6 +526,31 @@ proptest! {
     }
 }
 
+/// A batch of 0 images on the Winograd path: an empty output, no panic.
+#[test]
+fn winograd_empty_batch() {
+    let c = Case {
+        rank: 2,
+        n: 0,
+        g: 1,
+        cg: 16,
+        mg: 16,
+        sp: [16, 16],
+        k: [3, 3],
+        s: [1, 1],
+        d: [1, 1],
+        pb: [1, 1],
+        pe: [1, 1],
+        bias: true,
+        seed: 5,
+    };
+    let b = build(&c);
+    let inputs = vec![Some(b.x.clone()), Some(b.w.clone()), b.b.clone()];
+    let (got, alg) = run_typed(&b.op, &inputs, &[false, true, true], &out_type(&b));
+    assert_eq!(alg, Some("winograd"));
+    assert_eq!(got[0].shape(), &[0, 16, 16, 16]);
+}
+
 /// Below the planner's thresholds (7×7 output: 4 tiles; 8 channels), im2col + GEMM.
 #[test]
 fn winograd_only_where_it_pays() {

@@ -150,6 +150,10 @@ fn run(g: &Geom, x: &[f32], w: &Weights, post: Post, y: &mut [f32], scratch: &mu
     let win = &g.win;
     let (th, tw) = (tiles(win.oh), tiles(win.ow));
     let t_all = g.n * th * tw;
+    if t_all == 0 {
+        // An empty batch: nothing to write (and no chunk of zero length to split V into).
+        return;
+    }
     let (c, m) = (w.c, w.m);
     let (v, rest) = scratch.split_at_mut(XI * c * t_all);
     let mt = &mut rest[..XI * m * t_all];
