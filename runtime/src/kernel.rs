@@ -14,8 +14,9 @@ pub trait Kernel: Send + Sync {
     /// return fewer when trailing optional outputs are not produced.
     fn run(&self, inputs: &[Option<&Value>], cx: &mut RunCx) -> Result<Vec<Value>, KernelError>;
 
-    /// The algorithm chosen at build, for ops that have several (`Conv`: `"winograd"` or
-    /// `"gemm"`); `None` for the others.
+    /// The algorithm chosen at build, for ops that have several (`Conv`: `"winograd"`, or
+    /// `"gemm"` for im2col + GEMM, which includes the direct depthwise kernel that the run
+    /// picks from the weights' shape); `None` for the others.
     fn algorithm(&self) -> Option<&'static str> {
         None
     }
