@@ -485,10 +485,10 @@ proptest! {
     #[test]
     fn winograd_conv_f32_matches_reference(c in winograd_case()) {
         let b = build(&c);
-        let inputs = vec![Some(b.x.clone()), Some(b.w.clone()), b.b.clone()];
-        let (got, alg) = run_typed(&b.op, &inputs, &[false, true, true], &out_type(&b));
+        let (got, alg) = run_planned(&b);
         prop_assert_eq!(alg, Some("winograd"));
         check_within(&got[0], &b, WINOGRAD_REL)?;
+        let inputs = vec![Some(b.x.clone()), Some(b.w.clone()), b.b.clone()];
         let (got, alg) = run_typed(&b.op, &inputs, &[false, false, false], &out_type(&b));
         prop_assert_eq!(alg, Some("gemm"));
         check(&got[0], &b)?;
@@ -529,24 +529,8 @@ proptest! {
 /// A batch of 0 images on the Winograd path: an empty output, no panic.
 #[test]
 fn winograd_empty_batch() {
-    let c = Case {
-        rank: 2,
-        n: 0,
-        g: 1,
-        cg: 16,
-        mg: 16,
-        sp: [16, 16],
-        k: [3, 3],
-        s: [1, 1],
-        d: [1, 1],
-        pb: [1, 1],
-        pe: [1, 1],
-        bias: true,
-        seed: 5,
-    };
-    let b = build(&c);
-    let inputs = vec![Some(b.x.clone()), Some(b.w.clone()), b.b.clone()];
-    let (got, alg) = run_typed(&b.op, &inputs, &[false, true, true], &out_type(&b));
+    let b = build(&same_3x3(0, 16, 16));
+    let (got, alg) = run_planned(&b);
     assert_eq!(alg, Some("winograd"));
     assert_eq!(got[0].shape(), &[0, 16, 16, 16]);
 }
@@ -555,25 +539,36 @@ fn winograd_empty_batch() {
 #[test]
 fn winograd_only_where_it_pays() {
     for (cg, sp) in [(32, 7), (8, 32)] {
-        let c = Case {
-            rank: 2,
-            n: 1,
-            g: 1,
-            cg,
-            mg: cg,
-            sp: [sp, sp],
-            k: [3, 3],
-            s: [1, 1],
-            d: [1, 1],
-            pb: [1, 1],
-            pe: [1, 1],
-            bias: true,
-            seed: 7,
-        };
-        let b = build(&c);
-        let inputs = vec![Some(b.x.clone()), Some(b.w.clone()), b.b.clone()];
-        let (got, alg) = run_typed(&b.op, &inputs, &[false, true, true], &out_type(&b));
+        let b = build(&same_3x3(1, cg, sp));
+        let (got, alg) = run_planned(&b);
         assert_eq!(alg, Some("gemm"), "{cg} channels, {sp}×{sp}");
         check(&got[0], &b).unwrap();
     }
+}
+
+/// A "same" 3×3 convolution (stride 1, pads 1) of `n` images of `ch` channels, `sp × sp`,
+/// with as many output channels and a bias.
+fn same_3x3(n: usize, ch: usize, sp: usize) -> Case {
+    Case {
+        rank: 2,
+        n,
+        g: 1,
+        cg: ch,
+        mg: ch,
+        sp: [sp, sp],
+        k: [3, 3],
+        s: [1, 1],
+        d: [1, 1],
+        pb: [1, 1],
+        pe: [1, 1],
+        bias: true,
+        seed: 7,
+    }
+}
+
+/// Runs `b` with its weights and bias constant and its output type known, as a compiled
+/// plan would: the builder may choose Winograd.
+fn run_planned(b: &Built) -> (Vec<Tensor>, Option<&'static str>) {
+    let inputs = vec![Some(b.x.clone()), Some(b.w.clone()), b.b.clone()];
+    run_typed(&b.op, &inputs, &[false, true, true], &out_type(b))
 }
