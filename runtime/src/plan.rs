@@ -83,7 +83,7 @@ impl Plan {
             }
         }
         check_inputs(&self.inputs, &ordered)?;
-        let outs = self.run_positional(ordered, cx)?;
+        let outs = on_pool(|| self.run_positional(ordered, cx))?;
         Ok(self
             .outputs
             .iter()
@@ -240,4 +240,17 @@ fn check_inputs(decl: &[PlanInput], given: &[Option<Value>]) -> Result<(), Runti
         }
     }
     Ok(())
+}
+
+/// Runs `f` on one of rayon's worker threads (the caller waits). A parallel loop started from
+/// a worker runs its first part on that worker and hands the rest to the others; started from
+/// outside the pool, the caller sleeps while two workers are woken, and each loop ends with a
+/// wake-up of the caller: per step, two sleeps and wake-ups instead of at most one. MiniLM at
+/// batch 1, -O1, 2 threads: 39–40.5 ms per run from the caller's thread, 32.5–33 ms on the pool.
+fn on_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
+    if rayon::current_thread_index().is_some() || rayon::current_num_threads() <= 1 {
+        f()
+    } else {
+        rayon::scope(|_| f())
+    }
 }
