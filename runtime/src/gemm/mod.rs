@@ -1310,8 +1310,9 @@ impl Gemm {
             gemm_seq(kern, m, n, k, 0, alpha, a, b, beta, c, ldc, epi);
             return;
         }
-        // Split columns (no duplicated packing of A, B packed once per region) unless there
-        // are too few panels to balance, then rows. Costs count vectors of columns per row
+        // A raw B: split columns (B packed once, in parts; each region packs all of A)
+        // unless there are too few panels to balance, then rows. A pre-packed B: split rows
+        // unless that balances clearly worse. Costs count vectors of columns per row
         // tile, so that a narrow last panel counts for what it runs (N = 49 is 3 panels and
         // one vector, not 4 panels).
         let vectors = |c0: usize, c1: usize| (c1 - c0).div_ceil(kern.lanes);
@@ -1325,6 +1326,9 @@ impl Gemm {
         let split_n = np >= t
             && match b {
                 BView::Im2col { .. } => cost_n * 4 <= cost_m * 5,
+                // B packed ahead of time: rows cost no packing twice, while every column
+                // region packs all of A.
+                BView::Packed { .. } => cost_n * 21 < cost_m * 20,
                 _ => cost_n * 20 <= cost_m * 21,
             };
         let regions: Vec<(usize, usize, usize, usize)> = if split_n {

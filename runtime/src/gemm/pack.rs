@@ -306,6 +306,11 @@ unsafe fn transpose_into(
         dst.fill(0.0);
     }
     let mut p = 0;
+    #[cfg(target_arch = "x86_64")]
+    if ps == 1 && width == 6 && h == 6 && super::vmath::has_avx2() {
+        // SAFETY: the CPU has AVX2; `src` holds 6 lines of `kc` floats, `dst` `kc × 6`.
+        p = transpose6_avx2(dst.as_mut_ptr(), src, ls, kc);
+    }
     if ps == 1 {
         while p + 8 <= kc {
             for i in 0..h {
@@ -323,6 +328,58 @@ unsafe fn transpose_into(
         }
         p += 1;
     }
+}
+
+/// [`transpose_into`] of 6 full lines of consecutive floats into a 6-wide panel (the AVX2
+/// kernel's A panels), 8 steps of `k` at a time: 6 loads, an 8 × 8 register transpose (two
+/// zero lines), 8 stores of 6 floats. Returns the number of steps done (a multiple of 8).
+///
+/// # Safety
+/// AVX2; `src` valid for lines `i·ls .. i·ls + kc` (`i < 6`), `dst` for `kc · 6` floats.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn transpose6_avx2(dst: *mut f32, src: *const f32, ls: usize, kc: usize) -> usize {
+    use std::arch::x86_64::*;
+    let mut p = 0;
+    while p + 8 <= kc {
+        let r = |i: usize| _mm256_loadu_ps(src.add(i * ls + p));
+        let (r0, r1, r2, r3, r4, r5) = (r(0), r(1), r(2), r(3), r(4), r(5));
+        let z = _mm256_setzero_ps();
+        // Pairs, then quads of lines interleaved within each 128-bit half.
+        let t0 = _mm256_unpacklo_ps(r0, r1);
+        let t1 = _mm256_unpackhi_ps(r0, r1);
+        let t2 = _mm256_unpacklo_ps(r2, r3);
+        let t3 = _mm256_unpackhi_ps(r2, r3);
+        let t4 = _mm256_unpacklo_ps(r4, r5);
+        let t5 = _mm256_unpackhi_ps(r4, r5);
+        let u0 = _mm256_shuffle_ps::<0x44>(t0, t2);
+        let u1 = _mm256_shuffle_ps::<0xEE>(t0, t2);
+        let u2 = _mm256_shuffle_ps::<0x44>(t1, t3);
+        let u3 = _mm256_shuffle_ps::<0xEE>(t1, t3);
+        let u4 = _mm256_shuffle_ps::<0x44>(t4, z);
+        let u5 = _mm256_shuffle_ps::<0xEE>(t4, z);
+        let u6 = _mm256_shuffle_ps::<0x44>(t5, z);
+        let u7 = _mm256_shuffle_ps::<0xEE>(t5, z);
+        // Column q (k = p + q) of lines 0..6: lines 0-3 from u, lines 4-5 from the second quad.
+        let cols = [
+            _mm256_permute2f128_ps::<0x20>(u0, u4),
+            _mm256_permute2f128_ps::<0x20>(u1, u5),
+            _mm256_permute2f128_ps::<0x20>(u2, u6),
+            _mm256_permute2f128_ps::<0x20>(u3, u7),
+            _mm256_permute2f128_ps::<0x31>(u0, u4),
+            _mm256_permute2f128_ps::<0x31>(u1, u5),
+            _mm256_permute2f128_ps::<0x31>(u2, u6),
+            _mm256_permute2f128_ps::<0x31>(u3, u7),
+        ];
+        for (q, c) in cols.into_iter().enumerate() {
+            let d = dst.add((p + q) * 6);
+            _mm_storeu_ps(d, _mm256_castps256_ps128(c));
+            let hi = _mm_castps_si128(_mm256_extractf128_ps::<1>(c));
+            _mm_storel_epi64(d.add(4) as *mut __m128i, hi);
+        }
+        p += 8;
+    }
+    p
 }
 
 /// Packs the `mc × kc` block of `a` into `ceil(mc/mr)` panels of `mr × kc` (element `(i, p)` of
@@ -566,5 +623,36 @@ impl PackedA {
 
     pub(crate) fn describe(&self) -> String {
         self.0.describe(self.m(), self.k(), "MR")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Whichever path packs them (the AVX2 transpose for full 6-row panels, the portable
+        /// loops for the rest and the tails), the panels hold `a[i][p]` at `p·MR + i` and
+        /// zeros in the padding rows.
+        #[test]
+        fn pack_a_places_every_element(mc in 0usize..20, kc in 0usize..40, extra in 0usize..9) {
+            let (mr, lda) = (6, kc + extra);
+            let a: Vec<f32> = (0..mc * lda).map(|x| x as f32 + 0.5).collect();
+            let mp = mc.div_ceil(mr);
+            let mut dst = vec![f32::NAN; mp * mr * kc];
+            let view = AView::new(&a, lda, false);
+            // SAFETY: `a` holds the `mc × kc` block (row stride `lda`).
+            unsafe { pack_a(&mut dst, view, mc, kc, mr) };
+            for q in 0..mp {
+                for p in 0..kc {
+                    for i in 0..mr {
+                        let row = q * mr + i;
+                        let want = if row < mc { a[row * lda + p] } else { 0.0 };
+                        prop_assert_eq!(dst[q * mr * kc + p * mr + i], want, "panel {} k {} row {}", q, p, i);
+                    }
+                }
+            }
+        }
     }
 }
