@@ -246,9 +246,24 @@ fn copy_strided<T: Clone>(
         return;
     };
     let outer = &dims[..dims.len() - 1];
-    let mut idx = vec![0usize; outer.len()];
-    let (mut s, mut d) = (s0, d0);
-    loop {
+    // A transpose: the inner run strided in the source while the next dim is contiguous there.
+    // Element by element, each step of the inner run would touch a new source cache line;
+    // in tiles of TILE lines of that next dim, each source line serves TILE elements.
+    const TILE: usize = 8;
+    if let Some(&(m, 1, b2)) = outer.last().filter(|_| a != 1 && n >= TILE) {
+        return for_each_offset(&outer[..outer.len() - 1], s0, d0, |s, d| {
+            for i0 in (0..m).step_by(TILE) {
+                let h = TILE.min(m - i0) as isize;
+                let (s, d) = (s + i0 as isize, d + i0 as isize * b2);
+                for j in 0..n as isize {
+                    for i in 0..h {
+                        dst[(d + i * b2 + j * b) as usize] = src[(s + i + j * a) as usize].clone();
+                    }
+                }
+            }
+        });
+    }
+    for_each_offset(outer, s0, d0, |s, d| {
         if a == 1 && b == 1 {
             dst[d as usize..d as usize + n].clone_from_slice(&src[s as usize..s as usize + n]);
         } else if a == 0 && b == 1 {
@@ -261,29 +276,60 @@ fn copy_strided<T: Clone>(
                 di += b;
             }
         }
-        // Odometer over the outer dims.
-        let mut k = outer.len();
+    })
+}
+
+/// Calls `f(s, d)` with the source and destination offsets of every index of `dims`
+/// (`(len, source stride, destination stride)`), the last dim fastest.
+fn for_each_offset(
+    dims: &[(usize, isize, isize)],
+    s0: isize,
+    d0: isize,
+    mut f: impl FnMut(isize, isize),
+) {
+    let mut idx = vec![0usize; dims.len()];
+    let (mut s, mut d) = (s0, d0);
+    loop {
+        f(s, d);
+        let mut k = dims.len();
         loop {
             if k == 0 {
                 return;
             }
             k -= 1;
             idx[k] += 1;
-            s += outer[k].1;
-            d += outer[k].2;
-            if idx[k] < outer[k].0 {
+            s += dims[k].1;
+            d += dims[k].2;
+            if idx[k] < dims[k].0 {
                 break;
             }
-            s -= outer[k].1 * outer[k].0 as isize;
-            d -= outer[k].2 * outer[k].0 as isize;
+            s -= dims[k].1 * dims[k].0 as isize;
+            d -= dims[k].2 * dims[k].0 as isize;
             idx[k] = 0;
         }
     }
 }
 
-/// A strided view of `src` (`shape`, offset `s0`, strides `ss`) copied out contiguously.
-fn gather_view<T: Clone>(src: &[T], s0: isize, ss: &[isize], shape: &[usize], dst: &mut [T]) {
-    copy_strided(src, s0, ss, dst, 0, &istrides(shape), shape);
+/// A strided view of `src` (`shape`, offset `s0`, strides `ss`) copied out contiguously; a
+/// large copy is split across threads along its first dim longer than 1.
+fn gather_view<T: Clone + Send + Sync>(
+    src: &[T],
+    s0: isize,
+    ss: &[isize],
+    shape: &[usize],
+    dst: &mut [T],
+) {
+    let Some(ax) = shape.iter().position(|&d| d > 1) else {
+        return copy_strided(src, s0, ss, dst, 0, &istrides(shape), shape);
+    };
+    let inner: usize = shape[ax + 1..].iter().product();
+    crate::kernels::par::for_chunks(dst, inner.max(1), |start, chunk| {
+        let i0 = start / inner.max(1);
+        let mut part = shape.to_vec();
+        part[ax] = chunk.len() / inner.max(1);
+        let s = s0 + i0 as isize * ss[ax];
+        copy_strided(src, s, ss, chunk, 0, &istrides(&part), &part);
+    });
 }
 
 /// `dst` (contiguous, shape = the maps' lengths) gets `src[Σ_k maps[k][i_k]]`: each map holds,

@@ -1086,3 +1086,53 @@ fn random_layouts_match_numpy() {
         );
     }
 }
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+    /// Transpose against the definition (`y[i_0..i_r] = x[i_perm⁻¹…]`, by index arithmetic)
+    /// over ranks 1–4, every permutation, odd dims and copies large enough to be split across
+    /// threads and to take the tiled path (a source-strided inner dim next to a contiguous one).
+    #[test]
+    fn transpose_matches_index_definition(
+        dims in proptest::collection::vec(1usize..24, 1..5),
+        perm_seed in 0usize..24,
+        big in proptest::bool::ANY,
+    ) {
+        let mut shape = dims.clone();
+        if big {
+            // ≥ 2^15 elements: the threaded path.
+            while shape.iter().product::<usize>() < 1 << 15 {
+                shape[0] += 7;
+            }
+        }
+        let r = shape.len();
+        // The perm_seed-th permutation of 0..r (Lehmer code).
+        let mut pool: Vec<usize> = (0..r).collect();
+        let mut code = perm_seed;
+        let mut perm = Vec::with_capacity(r);
+        for k in (1..=r).rev() {
+            perm.push(pool.remove(code % k));
+            code /= k;
+        }
+        let n: usize = shape.iter().product();
+        let x: Vec<f32> = (0..n).map(|v| v as f32).collect();
+        let y = run(
+            Op::Transpose(op::Transpose { perm: Some(perm.iter().map(|&p| p as i64).collect()) }),
+            &[f32s(&shape, &x)],
+        );
+        let out: Vec<usize> = perm.iter().map(|&p| shape[p]).collect();
+        proptest::prop_assert_eq!(y.shape(), &out[..]);
+        let xst = super::istrides(&shape);
+        let got = vals(&y);
+        let mut idx = vec![0usize; r];
+        for (flat, g) in got.iter().enumerate() {
+            let mut rem = flat;
+            for k in (0..r).rev() {
+                idx[k] = rem % out[k];
+                rem /= out[k];
+            }
+            let src: isize = (0..r).map(|k| idx[k] as isize * xst[perm[k]]).sum();
+            proptest::prop_assert_eq!(*g, src as f64, "at {:?} with perm {:?}", idx, perm);
+        }
+    }
+}
