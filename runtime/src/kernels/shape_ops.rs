@@ -322,11 +322,12 @@ fn gather_view<T: Clone + Send + Sync>(
     let Some(ax) = shape.iter().position(|&d| d > 1) else {
         return copy_strided(src, s0, ss, dst, 0, &istrides(shape), shape);
     };
-    let inner: usize = shape[ax + 1..].iter().product();
-    crate::kernels::par::for_chunks(dst, inner.max(1), |start, chunk| {
-        let i0 = start / inner.max(1);
+    // At least 1, so that a copy with an empty inner dim (nothing to write) divides safely.
+    let inner = shape[ax + 1..].iter().product::<usize>().max(1);
+    crate::kernels::par::for_chunks(dst, inner, |start, chunk| {
+        let i0 = start / inner;
         let mut part = shape.to_vec();
-        part[ax] = chunk.len() / inner.max(1);
+        part[ax] = chunk.len() / inner;
         let s = s0 + i0 as isize * ss[ax];
         copy_strided(src, s, ss, chunk, 0, &istrides(&part), &part);
     });
