@@ -4,7 +4,9 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use kiln_ir::{Attr, DType, Graph, Model, Op, ValueDef, ValueId};
+mod fuse;
+
+use kiln_ir::{Attr, DType, Graph, Model, NodeId, Op, ValueDef, ValueId};
 use kiln_runtime::kernels::control::{
     FlexAttentionKernel, IfKernel, LoopKernel, Scan8Kernel, ScanKernel, SequenceMapKernel, SubPlan,
 };
@@ -43,16 +45,47 @@ fn op_name(op: &Op) -> String {
 /// Compiles one graph. For a subgraph, the plan's inputs are its formal inputs followed by
 /// the outer values it captures, in [`Graph::outer_refs`] order.
 pub fn compile_graph(g: &Graph, opsets: &BTreeMap<String, i64>) -> Result<Plan, CompileError> {
+    let fuse = !std::env::var_os("KILN_FUSE_ELEMENTWISE").is_some_and(|v| v == "0");
+    compile_graph_with(g, opsets, fuse)
+}
+
+/// [`compile_graph`] with the fusion of elementwise chains into single steps on or off
+/// (`compile_graph` fuses unless the environment sets `KILN_FUSE_ELEMENTWISE=0`).
+pub fn compile_graph_with(
+    g: &Graph,
+    opsets: &BTreeMap<String, i64>,
+    fuse_elementwise: bool,
+) -> Result<Plan, CompileError> {
     let order = g
         .topo_order()
         .map_err(|e| CompileError::Invalid(e.to_string()))?;
     let slot = |v: ValueId| v.index() as Slot;
 
+    // Elementwise chains fused into one step each, run where the chain's last node is.
+    let groups = if fuse_elementwise {
+        fuse::groups(g, &order)
+    } else {
+        Vec::new()
+    };
+    let pos: HashMap<NodeId, usize> = order.iter().enumerate().map(|(i, &n)| (n, i)).collect();
+    let mut runs_at: HashMap<NodeId, usize> = HashMap::new();
+    let mut group_of: HashMap<NodeId, usize> = HashMap::new();
+    for (gi, grp) in groups.iter().enumerate() {
+        let root = *grp.nodes.last().expect("a group has nodes");
+        for &n in &grp.nodes {
+            runs_at.insert(n, pos[&root]);
+            group_of.insert(n, gi);
+        }
+    }
+    let at = |i: usize, n: NodeId| runs_at.get(&n).copied().unwrap_or(i);
+
     // Last reader of each value, to free it right after.
     let mut last_use: HashMap<ValueId, usize> = HashMap::new();
     for (i, &n) in order.iter().enumerate() {
         for v in g.node_reads(n) {
-            last_use.insert(v, i);
+            let p = at(i, n);
+            let e = last_use.entry(v).or_insert(p);
+            *e = (*e).max(p);
         }
     }
     let is_output = |v: ValueId| g.outputs.contains(&v);
@@ -93,6 +126,14 @@ pub fn compile_graph(g: &Graph, opsets: &BTreeMap<String, i64>) -> Result<Plan, 
     let mut steps = Vec::with_capacity(order.len());
     for (i, &n) in order.iter().enumerate() {
         let node = g.node(n);
+        if let Some(&gi) = group_of.get(&n) {
+            let grp = &groups[gi];
+            if grp.nodes.last() != Some(&n) {
+                continue;
+            }
+            steps.push(fused_step(g, grp, i, &last_use, &is_output)?);
+            continue;
+        }
         let opset = opsets.get(node.op.domain()).copied().unwrap_or(1);
         let unsupported = |msg: String| CompileError::Unsupported {
             node: node.name.clone(),
@@ -358,5 +399,39 @@ fn control_kernel(
             })
         }
         _ => unreachable!("only control-flow ops reach here"),
+    })
+}
+
+/// The step of a fused elementwise group, at the position `i` of its last node.
+fn fused_step(
+    g: &Graph,
+    grp: &fuse::Group,
+    i: usize,
+    last_use: &HashMap<ValueId, usize>,
+    is_output: &dyn Fn(ValueId) -> bool,
+) -> Result<Step, CompileError> {
+    let root = g.node(*grp.nodes.last().expect("a group has nodes"));
+    let kernel = kiln_runtime::kernels::FusedMap::new(grp.prog.clone())
+        .map_err(|e| CompileError::Invalid(format!("node `{}`: {e}", root.name)))?;
+    let slot = |v: ValueId| v.index() as Slot;
+    let out = root.outputs[0];
+    let inner: Vec<ValueId> = grp.nodes.iter().map(|&n| g.node(n).outputs[0]).collect();
+    let mut frees: Vec<Slot> = grp
+        .nodes
+        .iter()
+        .flat_map(|&n| g.node_reads(n))
+        .filter(|v| !inner.contains(v) && last_use.get(v) == Some(&i) && !is_output(*v))
+        .map(slot)
+        .collect();
+    frees.sort();
+    frees.dedup();
+    let ops: Vec<String> = grp.nodes.iter().map(|&n| op_name(&g.node(n).op)).collect();
+    Ok(Step {
+        kernel: Box::new(kernel),
+        inputs: grp.inputs.iter().map(|&v| Some(slot(v))).collect(),
+        outputs: vec![(last_use.contains_key(&out) || is_output(out)).then(|| slot(out))],
+        frees,
+        node: root.name.clone(),
+        op: format!("Fused({})", ops.join("+")),
     })
 }

@@ -17,6 +17,7 @@ use crate::value::Value;
 mod binary;
 mod broadcast;
 mod cast;
+pub(crate) mod fused;
 mod num;
 mod unary;
 

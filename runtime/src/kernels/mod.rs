@@ -22,6 +22,8 @@ mod sequence;
 mod shape_ops;
 pub mod util;
 
+pub use elementwise::fused::{FusedMap, MapOp, MapProgram};
+
 /// Builds the kernel for `op`. Errors with `Unsupported` when kiln has none.
 pub fn build(op: &Op, cx: &BuildCx) -> Result<Box<dyn Kernel>, KernelError> {
     let families: [fn(&Op, &BuildCx) -> Option<Result<Box<dyn Kernel>, KernelError>>; 8] = [

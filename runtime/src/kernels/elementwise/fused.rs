@@ -1,0 +1,558 @@
+//! A chain of f32 elementwise ops run as one loop ([`FusedMap`]): the compiler's loop fusion of
+//! an expression like Gelu's `x · 0.5 · (1 + erf(x / √2))` when the graph spells it out op by
+//! op. Unfused, each op is a pass over memory; fused, the inputs are read once, in chunks
+//! that stay in L1, and only the result is written.
+//!
+//! Every op computes exactly what its standalone kernel computes (the same `erf`, `x·x` for
+//! `Pow(x, 2)`, ...), element by element, so fusing changes no bit of the result.
+
+use kiln_ir::{DType, Tensor};
+
+use super::{new_tensor, view};
+use crate::error::KernelError;
+use crate::gemm::vmath;
+use crate::kernel::{Kernel, RunCx};
+use crate::kernels::par::for_chunks_weighted;
+use crate::kernels::util::broadcast_shapes;
+use crate::value::Value;
+
+/// One instruction of a [`MapProgram`]. Operands are register numbers: registers
+/// `0..inputs` hold the kernel's inputs (broadcast to the output), instruction `i` writes
+/// register `inputs + i`. Booleans are `1.0` / `0.0`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum MapOp {
+    Add(u16, u16),
+    Sub(u16, u16),
+    Mul(u16, u16),
+    Div(u16, u16),
+    /// `Pow` by a constant scalar exponent.
+    Pow(u16, f32),
+    Sqrt(u16),
+    Erf(u16),
+    Exp(u16),
+    Tanh(u16),
+    Sigmoid(u16),
+    Neg(u16),
+    Abs(u16),
+    Relu(u16),
+    IsNaN(u16),
+    /// `Where(cond, a, b)`.
+    Where(u16, u16, u16),
+}
+
+impl MapOp {
+    fn operands(self) -> Vec<u16> {
+        use MapOp::*;
+        match self {
+            Add(a, b) | Sub(a, b) | Mul(a, b) | Div(a, b) => vec![a, b],
+            Pow(a, _)
+            | Sqrt(a)
+            | Erf(a)
+            | Exp(a)
+            | Tanh(a)
+            | Sigmoid(a)
+            | Neg(a)
+            | Abs(a)
+            | Relu(a)
+            | IsNaN(a) => vec![a],
+            Where(c, a, b) => vec![c, a, b],
+        }
+    }
+}
+
+/// A fused elementwise expression: `inputs` tensors (f32, or bool read as 0/1) in, the last
+/// register out (f32, or bool when the last op is `IsNaN`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct MapProgram {
+    pub inputs: usize,
+    pub ops: Vec<MapOp>,
+}
+
+impl MapProgram {
+    /// Checks that every operand names an earlier register and that there is a result.
+    pub fn validate(&self) -> Result<(), KernelError> {
+        if self.ops.is_empty() {
+            return Err(KernelError::Invalid("a fused map with no ops".into()));
+        }
+        for (i, op) in self.ops.iter().enumerate() {
+            if op.operands().iter().any(|&r| r as usize >= self.inputs + i) {
+                return Err(KernelError::Invalid(format!(
+                    "fused map op {i} ({op:?}) reads a register not yet written"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    fn out_bool(&self) -> bool {
+        matches!(self.ops.last(), Some(MapOp::IsNaN(_)))
+    }
+}
+
+/// The kernel of a [`MapProgram`].
+pub struct FusedMap(MapProgram);
+
+impl FusedMap {
+    pub fn new(prog: MapProgram) -> Result<FusedMap, KernelError> {
+        prog.validate()?;
+        Ok(FusedMap(prog))
+    }
+}
+
+/// Elements per register: a chunk of every register stays in L1 together.
+const CH: usize = 256;
+
+/// Where input `k` comes from for the current piece of output.
+#[derive(Clone, Copy)]
+enum Src<'a> {
+    F32(&'a [f32]),
+    Bool(&'a [u8]),
+}
+
+impl Kernel for FusedMap {
+    fn run(&self, inputs: &[Option<&Value>], cx: &mut RunCx) -> Result<Vec<Value>, KernelError> {
+        let p = &self.0;
+        if inputs.len() != p.inputs {
+            return Err(KernelError::Invalid(format!(
+                "fused map: {} inputs, the program takes {}",
+                inputs.len(),
+                p.inputs
+            )));
+        }
+        let mut ts: Vec<&Tensor> = Vec::with_capacity(inputs.len());
+        for (i, v) in inputs.iter().enumerate() {
+            match v {
+                Some(Value::Tensor(t)) if matches!(t.dtype(), DType::F32 | DType::Bool) => {
+                    ts.push(t)
+                }
+                Some(Value::Tensor(t)) => {
+                    return Err(KernelError::Invalid(format!(
+                        "fused map input {i} is {}, not f32 or bool",
+                        t.dtype()
+                    )))
+                }
+                _ => {
+                    return Err(KernelError::Invalid(format!(
+                        "fused map input {i} is missing"
+                    )))
+                }
+            }
+        }
+        let shapes: Vec<&[usize]> = ts.iter().map(|t| t.shape()).collect();
+        let out_shape = broadcast_shapes(&shapes)?;
+        let data: Vec<Cow32> = ts
+            .iter()
+            .map(|t| {
+                Ok(if t.dtype() == DType::Bool {
+                    Cow32::Bool(view::<u8>(t)?)
+                } else {
+                    Cow32::F32(view::<f32>(t)?)
+                })
+            })
+            .collect::<Result<_, KernelError>>()?;
+        let layout = Layout::new(&out_shape, &shapes);
+        let n: usize = out_shape.iter().product();
+        let srcs: Vec<Src> = data.iter().map(|d| d.src()).collect();
+        let run = |start: usize, out: &mut [f32]| chunk(p, &layout, &srcs, start, out);
+        let weight = p.ops.len() + p.inputs;
+        let out = if p.out_bool() {
+            // Rare (a fused chain ending in IsNaN): through an f32 buffer.
+            let mut tmp = vec![0f32; n];
+            for_chunks_weighted(&mut tmp, layout.unit(), weight, run);
+            new_tensor::<u8>(cx, DType::Bool, out_shape, |o| {
+                for (o, &v) in o.iter_mut().zip(&tmp) {
+                    *o = (v != 0.0) as u8;
+                }
+            })?
+        } else {
+            new_tensor::<f32>(cx, DType::F32, out_shape, |o| {
+                for_chunks_weighted(o, layout.unit(), weight, run)
+            })?
+        };
+        Ok(vec![Value::Tensor(out)])
+    }
+}
+
+enum Cow32<'a> {
+    F32(std::borrow::Cow<'a, [f32]>),
+    Bool(std::borrow::Cow<'a, [u8]>),
+}
+
+impl Cow32<'_> {
+    fn src(&self) -> Src<'_> {
+        match self {
+            Cow32::F32(x) => Src::F32(x),
+            Cow32::Bool(x) => Src::Bool(x),
+        }
+    }
+}
+
+/// How the inputs map onto the output: the output as rows of `row` elements (the longest
+/// suffix of its dims over which every input is either whole or broadcast); within a row
+/// each input is contiguous (`Some(offset)`) or one repeated element (`None`).
+struct Layout {
+    row: usize,
+    /// Per input: its strides over the output's dims (0 where broadcast).
+    strides: Vec<Vec<usize>>,
+    /// Per input: contiguous along the row (else constant along it).
+    along: Vec<bool>,
+    out: Vec<usize>,
+}
+
+impl Layout {
+    fn new(out: &[usize], shapes: &[&[usize]]) -> Layout {
+        let r = out.len();
+        let strides: Vec<Vec<usize>> = shapes
+            .iter()
+            .map(|s| {
+                // Right-aligned, as broadcasting aligns dims.
+                let mut st = vec![0usize; r];
+                let mut acc = 1;
+                for k in (0..s.len()).rev() {
+                    let ok = r - s.len() + k;
+                    st[ok] = if s[k] == 1 { 0 } else { acc };
+                    acc *= s[k];
+                }
+                st
+            })
+            .collect();
+        // Grow the row over trailing dims while every input stays whole or broadcast.
+        let mut row = 1;
+        let mut along: Vec<Option<bool>> = vec![None; shapes.len()];
+        for ax in (0..r).rev() {
+            if out[ax] == 1 {
+                continue;
+            }
+            let ok = strides.iter().zip(&along).all(|(st, a)| {
+                let full = st[ax] == row;
+                let bcast = st[ax] == 0;
+                match a {
+                    None => full || bcast,
+                    Some(true) => full,
+                    Some(false) => bcast,
+                }
+            });
+            if !ok {
+                break;
+            }
+            for (st, a) in strides.iter().zip(along.iter_mut()) {
+                if a.is_none() {
+                    *a = Some(st[ax] != 0);
+                }
+            }
+            row *= out[ax];
+        }
+        Layout {
+            row,
+            along: along.into_iter().map(|a| a.unwrap_or(false)).collect(),
+            strides,
+            out: out.to_vec(),
+        }
+    }
+
+    /// Work is split in whole registers (a piece may start anywhere in a row).
+    fn unit(&self) -> usize {
+        CH
+    }
+
+    /// Offset in input `k` of output element `flat`.
+    #[inline(always)]
+    fn offset(&self, k: usize, mut flat: usize) -> usize {
+        let mut off = 0;
+        for ax in (0..self.out.len()).rev() {
+            let d = self.out[ax];
+            off += (flat % d) * self.strides[k][ax];
+            flat /= d;
+        }
+        off
+    }
+}
+
+/// Computes output elements `start..start + out.len()` into `out`.
+fn chunk(p: &MapProgram, layout: &Layout, srcs: &[Src], start: usize, out: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn chunk_avx2(p: &MapProgram, l: &Layout, srcs: &[Src], start: usize, out: &mut [f32]) {
+        chunk_base(p, l, srcs, start, out)
+    }
+    #[cfg(target_arch = "x86_64")]
+    if vmath::has_avx2() {
+        // SAFETY: the CPU has AVX2 and FMA.
+        return unsafe { chunk_avx2(p, layout, srcs, start, out) };
+    }
+    chunk_base(p, layout, srcs, start, out)
+}
+
+/// Per piece: the inputs into their registers, the program, the last register out.
+#[inline(always)]
+fn chunk_base(p: &MapProgram, layout: &Layout, srcs: &[Src], start: usize, out: &mut [f32]) {
+    let nregs = p.inputs + p.ops.len();
+    let mut regs = vec![0f32; nregs * CH];
+    // A plain loop, not a closure handed to a helper: a closure body is compiled out of line,
+    // without this function's AVX2.
+    let mut o = 0;
+    while o < out.len() {
+        let flat = start + o;
+        let len = CH.min(layout.row - flat % layout.row).min(out.len() - o);
+        for (k, src) in srcs.iter().enumerate() {
+            let r = &mut regs[k * CH..k * CH + len];
+            let off = layout.offset(k, flat);
+            match (*src, layout.along[k]) {
+                (Src::F32(x), true) => r.copy_from_slice(&x[off..off + len]),
+                (Src::F32(x), false) => r.fill(x[off]),
+                (Src::Bool(x), true) => {
+                    let x = &x[off..off + len];
+                    for i in 0..len {
+                        r[i] = if x[i] != 0 { 1.0 } else { 0.0 };
+                    }
+                }
+                (Src::Bool(x), false) => r.fill(if x[off] != 0 { 1.0 } else { 0.0 }),
+            }
+        }
+        eval_base(p, &mut regs, len);
+        let res = &regs[(nregs - 1) * CH..(nregs - 1) * CH + len];
+        out[o..o + len].copy_from_slice(res);
+        o += len;
+    }
+}
+
+/// Runs the program over the first `len` elements of every register.
+#[inline(always)]
+fn eval_base(p: &MapProgram, regs: &mut [f32], len: usize) {
+    for (i, &op) in p.ops.iter().enumerate() {
+        let d = p.inputs + i;
+        // Operands are earlier registers: split so the destination is borrowed mutably.
+        let (src, dst) = regs.split_at_mut(d * CH);
+        let dst = &mut dst[..len];
+        let r = |k: u16| &src[k as usize * CH..k as usize * CH + len];
+        use MapOp::*;
+        match op {
+            Add(a, b) => zip2(dst, r(a), r(b), |x, y| x + y),
+            Sub(a, b) => zip2(dst, r(a), r(b), |x, y| x - y),
+            Mul(a, b) => zip2(dst, r(a), r(b), |x, y| x * y),
+            Div(a, b) => zip2(dst, r(a), r(b), |x, y| x / y),
+            Pow(a, e) if e == 2.0 => map1(dst, r(a), |x| x * x),
+            Pow(a, e) => map1(dst, r(a), |x| x.powf(e)),
+            Sqrt(a) => map1(dst, r(a), f32::sqrt),
+            Erf(a) => map1(dst, r(a), vmath::erf),
+            Exp(a) => map1(dst, r(a), f32::exp),
+            Tanh(a) => map1(dst, r(a), f32::tanh),
+            Sigmoid(a) => map1(dst, r(a), |v| 1.0 / (1.0 + vmath::exp(-v))),
+            Neg(a) => map1(dst, r(a), |x| -x),
+            Abs(a) => map1(dst, r(a), f32::abs),
+            Relu(a) => map1(dst, r(a), |x| if x < 0.0 { 0.0 } else { x }),
+            // Selects, not branches, so that the loops vectorize.
+            IsNaN(a) => map1(dst, r(a), |x| if x.is_nan() { 1.0 } else { 0.0 }),
+            Where(c, a, b) => {
+                let (c, x, y) = (r(c), r(a), r(b));
+                for i in 0..len {
+                    // Both loaded first: a select, where loads under the condition compile to a
+                    // branch per element.
+                    let (xv, yv) = (x[i], y[i]);
+                    dst[i] = if c[i] != 0.0 { xv } else { yv };
+                }
+            }
+        }
+    }
+}
+
+#[inline(always)]
+fn map1(dst: &mut [f32], a: &[f32], f: impl Fn(f32) -> f32) {
+    let a = &a[..dst.len()];
+    for i in 0..dst.len() {
+        dst[i] = f(a[i]);
+    }
+}
+
+#[inline(always)]
+fn zip2(dst: &mut [f32], a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32) {
+    let (a, b) = (&a[..dst.len()], &b[..dst.len()]);
+    for i in 0..dst.len() {
+        dst[i] = f(a[i], b[i]);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use kiln_ir::op;
+    use kiln_ir::Op;
+    use proptest::prelude::*;
+
+    use super::super::testutil::{run1, t};
+    use super::*;
+
+    /// The standalone op of a program instruction, with its operands as tensors.
+    fn unfused(op: MapOp, r: &[Tensor]) -> Tensor {
+        use MapOp::*;
+        let g = |k: u16| r[k as usize].clone();
+        let (o, ins): (Op, Vec<Tensor>) = match op {
+            Add(a, b) => (Op::Add(op::Add {}), vec![g(a), g(b)]),
+            Sub(a, b) => (Op::Sub(op::Sub {}), vec![g(a), g(b)]),
+            Mul(a, b) => (Op::Mul(op::Mul {}), vec![g(a), g(b)]),
+            Div(a, b) => (Op::Div(op::Div {}), vec![g(a), g(b)]),
+            Pow(a, e) => (Op::Pow(op::Pow {}), vec![g(a), t(&[], vec![e])]),
+            Sqrt(a) => (Op::Sqrt(op::Sqrt {}), vec![g(a)]),
+            Erf(a) => (Op::Erf(op::Erf {}), vec![g(a)]),
+            Exp(a) => (Op::Exp(op::Exp {}), vec![g(a)]),
+            Tanh(a) => (Op::Tanh(op::Tanh {}), vec![g(a)]),
+            Sigmoid(a) => (Op::Sigmoid(op::Sigmoid {}), vec![g(a)]),
+            Neg(a) => (Op::Neg(op::Neg {}), vec![g(a)]),
+            Abs(a) => (Op::Abs(op::Abs {}), vec![g(a)]),
+            Relu(a) => (Op::Relu(op::Relu {}), vec![g(a)]),
+            IsNaN(a) => (Op::IsNaN(op::IsNaN {}), vec![g(a)]),
+            Where(c, a, b) => (Op::Where(op::Where {}), vec![g(c), g(a), g(b)]),
+        };
+        run1(o, &ins)
+    }
+
+    fn fused(p: &MapProgram, ins: &[Tensor]) -> Tensor {
+        let k = FusedMap::new(p.clone()).unwrap();
+        let vals: Vec<Value> = ins.iter().cloned().map(Value::Tensor).collect();
+        let refs: Vec<Option<&Value>> = vals.iter().map(Some).collect();
+        k.run(&refs, &mut RunCx::new())
+            .unwrap()
+            .remove(0)
+            .into_tensor()
+            .unwrap()
+    }
+
+    fn same_bits(a: &Tensor, b: &Tensor) -> bool {
+        a.shape() == b.shape() && a.dtype() == b.dtype() && a.bytes() == b.bytes()
+    }
+
+    fn floats(shape: &[usize], seed: u64, nans: bool) -> Tensor {
+        let n: usize = shape.iter().product();
+        let mut s = seed | 1;
+        let v = (0..n)
+            .map(|_| {
+                s ^= s << 13;
+                s ^= s >> 7;
+                s ^= s << 17;
+                let x = (s % 20001) as f32 / 2500.0 - 4.0;
+                if nans && s % 7 == 0 {
+                    f32::NAN
+                } else {
+                    x
+                }
+            })
+            .collect();
+        t(shape, v)
+    }
+
+    /// Gelu as the exporters spell it, LayerNorm's tail (a per-row divisor, per-column scale
+    /// and shift), a NaN scrub after Softmax, and every other op once.
+    fn programs() -> Vec<(MapProgram, Vec<u8>)> {
+        use MapOp::*;
+        // Input kinds: 0 = full, 1 = scalar, 2 = per row [.., 1], 3 = per column [c], 4 = bool full.
+        vec![
+            (
+                MapProgram {
+                    inputs: 4,
+                    ops: vec![Div(0, 1), Erf(4), Add(5, 2), Mul(0, 6), Mul(7, 3)],
+                },
+                vec![0, 1, 1, 1],
+            ),
+            (
+                MapProgram {
+                    inputs: 5,
+                    ops: vec![Add(1, 2), Sqrt(5), Div(0, 6), Mul(7, 3), Add(8, 4)],
+                },
+                vec![0, 2, 1, 3, 3],
+            ),
+            (
+                MapProgram {
+                    inputs: 2,
+                    ops: vec![IsNaN(0), Where(2, 1, 0)],
+                },
+                vec![0, 1],
+            ),
+            (
+                MapProgram {
+                    inputs: 3,
+                    ops: vec![Where(0, 1, 2), Pow(3, 2.0), Pow(3, 3.0), Sub(4, 5)],
+                },
+                vec![4, 0, 3],
+            ),
+            (
+                MapProgram {
+                    inputs: 2,
+                    ops: vec![
+                        Exp(0),
+                        Tanh(1),
+                        Sigmoid(2),
+                        Neg(3),
+                        Abs(4),
+                        Relu(5),
+                        Sub(7, 6),
+                        IsNaN(8),
+                    ],
+                },
+                vec![0, 2],
+            ),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(48))]
+        /// Every program, over odd shapes (threaded ones too), gives bit for bit what its ops
+        /// give one kernel at a time.
+        #[test]
+        fn fused_map_matches_unfused_ops_bit_for_bit(
+            rows in 1usize..300, cols in 1usize..300, lead in 1usize..3, seed in 1u64..1000,
+        ) {
+            for (pi, (p, kinds)) in programs().into_iter().enumerate() {
+                let full = [lead, rows, cols];
+                let ins: Vec<Tensor> = kinds.iter().enumerate().map(|(k, &kind)| {
+                    let seed = seed * 31 + k as u64;
+                    match kind {
+                        0 => floats(&full, seed, pi == 2),
+                        1 => floats(&[], seed, false),
+                        2 => {
+                            let v = floats(&[lead, rows, 1], seed, false).to_f64_vec().unwrap();
+                            t(&[lead, rows, 1], v.iter().map(|&x| x.abs() as f32).collect())
+                        }
+                        3 => floats(&[cols], seed, false),
+                        _ => {
+                            let f = floats(&full, seed, false);
+                            let b: Vec<u8> = f.to_f64_vec().unwrap().iter().map(|&x| (x > 0.0) as u8).collect();
+                            Tensor::from_bytes(DType::Bool, full.to_vec(), &b).unwrap()
+                        }
+                    }
+                }).collect();
+                let mut regs = ins.clone();
+                for &op in &p.ops {
+                    let next = unfused(op, &regs);
+                    regs.push(next);
+                }
+                let want = regs.last().unwrap();
+                let got = fused(&p, &ins);
+                prop_assert!(same_bits(&got, want), "program {pi} differs: {:?}", p);
+            }
+        }
+    }
+
+    #[test]
+    fn bad_programs_and_inputs_are_errors() {
+        let p = MapProgram {
+            inputs: 1,
+            ops: vec![MapOp::Add(0, 1)],
+        };
+        assert!(FusedMap::new(p).is_err());
+        assert!(FusedMap::new(MapProgram {
+            inputs: 1,
+            ops: vec![]
+        })
+        .is_err());
+        let p = MapProgram {
+            inputs: 2,
+            ops: vec![MapOp::Add(0, 1)],
+        };
+        let k = FusedMap::new(p).unwrap();
+        let a = Value::Tensor(t(&[2, 3], vec![0f32; 6]));
+        let b = Value::Tensor(t(&[4], vec![0f32; 4]));
+        assert!(k.run(&[Some(&a), Some(&b)], &mut RunCx::new()).is_err());
+        let i = Value::Tensor(t(&[3], vec![1i64, 2, 3]));
+        assert!(k.run(&[Some(&a), Some(&i)], &mut RunCx::new()).is_err());
+        assert!(k.run(&[Some(&a)], &mut RunCx::new()).is_err());
+    }
+}
