@@ -12,14 +12,20 @@
 use std::collections::{HashMap, HashSet};
 
 use kiln_ir::{DType, Graph, NodeId, Op, Type, ValueDef, ValueId};
-use kiln_runtime::kernels::{MapOp, MapProgram};
+use kiln_runtime::kernels::{AttentionCore, MapOp, MapProgram, Operand};
 
 /// A fused group: its nodes in schedule order (the last is the root, whose output the
-/// fused step produces), its external inputs (in register order) and its program.
+/// fused step produces), its external inputs (in the kernel's order) and its kernel.
 pub(crate) struct Group {
     pub nodes: Vec<NodeId>,
     pub inputs: Vec<ValueId>,
-    pub prog: MapProgram,
+    pub kernel: Fused,
+}
+
+/// What a group runs as.
+pub(crate) enum Fused {
+    Map(MapProgram),
+    Attention(AttentionCore),
 }
 
 /// What a fusible node computes, its operands still values.
@@ -98,48 +104,52 @@ fn same_shape(g: &Graph, a: ValueId, b: ValueId) -> bool {
     matches!((shape(a), shape(b)), (Some(x), Some(y)) if x == y)
 }
 
-/// The fusible groups of `g` (two nodes or more), given its schedule.
-pub(crate) fn groups(g: &Graph, order: &[NodeId]) -> Vec<Group> {
-    let pos: HashMap<NodeId, usize> = order.iter().enumerate().map(|(i, &n)| (n, i)).collect();
-    let mut readers: HashMap<ValueId, Vec<NodeId>> = HashMap::new();
-    for &n in order {
-        for v in g.node_reads(n) {
-            readers.entry(v).or_default().push(n);
+/// What grouping needs to know about the graph.
+struct Cx<'g> {
+    g: &'g Graph,
+    pos: HashMap<NodeId, usize>,
+    readers: HashMap<ValueId, Vec<NodeId>>,
+    outputs: HashSet<ValueId>,
+    forms: HashMap<NodeId, Form>,
+    taken: HashSet<NodeId>,
+}
+
+impl Cx<'_> {
+    /// The node computing `v`, when a node does.
+    fn producer(&self, v: ValueId) -> Option<NodeId> {
+        match self.g.value(v).def {
+            ValueDef::Node { node, .. } => Some(node),
+            _ => None,
         }
     }
-    let outputs: HashSet<ValueId> = g.outputs.iter().copied().collect();
-    let forms: HashMap<NodeId, Form> = order
-        .iter()
-        .filter_map(|&n| form(g, n).map(|f| (n, f)))
-        .collect();
-    let mut taken: HashSet<NodeId> = HashSet::new();
-    let mut out = Vec::new();
-    for &root in order.iter().rev() {
-        if taken.contains(&root) || !forms.contains_key(&root) {
-            continue;
-        }
-        let root_out = g.node(root).outputs[0];
-        let mut members: HashSet<NodeId> = HashSet::from([root]);
-        // Grow until no producer qualifies (a value read twice inside the group qualifies
-        // only once both readers are in).
+
+    /// Whether every reader of `v` is in `members` (or is `extra`), and `v` is no graph
+    /// output: then nothing outside needs `v` once the group runs.
+    fn private(&self, v: ValueId, members: &HashSet<NodeId>, extra: Option<NodeId>) -> bool {
+        !self.outputs.contains(&v)
+            && self
+                .readers
+                .get(&v)
+                .is_some_and(|rs| rs.iter().all(|r| members.contains(r) || Some(*r) == extra))
+    }
+
+    /// Adds to `members` every fusible producer, not yet taken, whose value has `shape_of`'s
+    /// shape and is read only inside the group, until none qualifies (a value read twice
+    /// inside the group qualifies only once both readers are in).
+    fn grow(&self, members: &mut HashSet<NodeId>, shape_of: ValueId) {
         loop {
             let mut grew = false;
             let cands: Vec<ValueId> = members
                 .iter()
-                .flat_map(|&m| g.node(m).inputs.iter().flatten().copied())
+                .flat_map(|&m| self.g.node(m).inputs.iter().flatten().copied())
                 .collect();
             for v in cands {
-                let ValueDef::Node { node: p, .. } = g.value(v).def else {
-                    continue;
-                };
+                let Some(p) = self.producer(v) else { continue };
                 if members.contains(&p)
-                    || taken.contains(&p)
-                    || !forms.contains_key(&p)
-                    || outputs.contains(&v)
-                    || !same_shape(g, v, root_out)
-                    || !readers
-                        .get(&v)
-                        .is_some_and(|rs| rs.iter().all(|r| members.contains(r)))
+                    || self.taken.contains(&p)
+                    || !self.forms.contains_key(&p)
+                    || !same_shape(self.g, v, shape_of)
+                    || !self.private(v, members, None)
                 {
                     continue;
                 }
@@ -150,22 +160,268 @@ pub(crate) fn groups(g: &Graph, order: &[NodeId]) -> Vec<Group> {
                 break;
             }
         }
+    }
+
+    /// The elementwise group that ends in `v`, which only `consumer` reads, grown back
+    /// towards its inputs (empty when `v`'s producer is not fusible).
+    fn chain_into(&self, v: ValueId, consumer: NodeId, shape_of: ValueId) -> HashSet<NodeId> {
+        let mut members = HashSet::new();
+        if let Some(p) = self.producer(v) {
+            if self.forms.contains_key(&p)
+                && !self.taken.contains(&p)
+                && same_shape(self.g, v, shape_of)
+                && self.private(v, &members, Some(consumer))
+            {
+                members.insert(p);
+                self.grow(&mut members, shape_of);
+            }
+        }
+        members
+    }
+
+    /// The value among the external inputs of `members` (or `v` itself when `members` is
+    /// empty) that `is_head`'s node produces and only `members` (or `consumer`) read.
+    fn head_of(
+        &self,
+        v: ValueId,
+        members: &HashSet<NodeId>,
+        consumer: NodeId,
+        is_head: impl Fn(&Op) -> bool,
+    ) -> Option<(ValueId, NodeId)> {
+        let cands: Vec<ValueId> = if members.is_empty() {
+            vec![v]
+        } else {
+            members
+                .iter()
+                .flat_map(|&m| self.g.node(m).inputs.iter().flatten().copied())
+                .collect()
+        };
+        cands.into_iter().find_map(|c| {
+            let p = self.producer(c)?;
+            let ok = !members.contains(&p)
+                && !self.taken.contains(&p)
+                && is_head(&self.g.node(p).op)
+                && self.private(c, members, members.is_empty().then_some(consumer));
+            ok.then_some((c, p))
+        })
+    }
+
+    /// A matrix operand `v` of `consumer`, read in place through a `Mul` by a constant
+    /// scalar and, before it, a `Transpose`, when only this chain reads them: the value to
+    /// read, how, and the nodes folded.
+    fn operand(&self, v: ValueId, consumer: NodeId) -> (ValueId, Operand, Vec<NodeId>) {
+        let g = self.g;
+        let (mut x, mut reader) = (v, consumer);
+        let mut op = Operand::plain();
+        let mut folded = Vec::new();
+        let only = |x: ValueId, r: NodeId| {
+            !self.outputs.contains(&x) && self.readers.get(&x).is_some_and(|rs| rs == &[r])
+        };
+        if let Some(p) = self
+            .producer(x)
+            .filter(|p| !self.taken.contains(p) && only(x, reader))
+        {
+            if let (Op::Mul(_), [Some(a), Some(b)]) = (&g.node(p).op, &g.node(p).inputs[..]) {
+                let scalar = |c: ValueId| {
+                    let t = g.const_value(c)?;
+                    (t.dtype() == DType::F32 && t.len() == 1)
+                        .then(|| t.to_f64_vec())??
+                        .first()
+                        .copied()
+                };
+                let pick = match (scalar(*a), scalar(*b)) {
+                    (_, Some(s)) => Some((*a, s)),
+                    (Some(s), None) => Some((*b, s)),
+                    _ => None,
+                };
+                if let Some((other, s)) = pick.filter(|(o, _)| same_shape(g, *o, x)) {
+                    op.scale = s as f32;
+                    folded.push(p);
+                    reader = p;
+                    x = other;
+                }
+            }
+        }
+        if let Some(p) = self
+            .producer(x)
+            .filter(|p| !self.taken.contains(p) && only(x, reader))
+        {
+            if let (Op::Transpose(t), [Some(a)]) = (&g.node(p).op, &g.node(p).inputs[..]) {
+                let perm: Option<Vec<usize>> = t
+                    .perm
+                    .as_ref()
+                    .and_then(|p| p.iter().map(|&i| usize::try_from(i).ok()).collect());
+                if let Some(perm) = perm {
+                    op.perm = Some(perm);
+                    folded.push(p);
+                    x = *a;
+                }
+            }
+        }
+        (x, op, folded)
+    }
+
+    /// `MatMul → elementwise* → Softmax(last axis) → elementwise* → MatMul` ending at `mm2`,
+    /// every intermediate value read only inside, the scores' shape throughout.
+    fn attention(&self, mm2: NodeId) -> Option<Group> {
+        let g = self.g;
+        let n2 = g.node(mm2);
+        let (Op::MatMul(_), [Some(p_val), Some(v_val)]) = (&n2.op, &n2.inputs[..]) else {
+            return None;
+        };
+        let (p_val, v_val) = (*p_val, *v_val);
+        let post = self.chain_into(p_val, mm2, p_val);
+        let (s_val, sm) = self.head_of(p_val, &post, mm2, |op| matches!(op, Op::Softmax(_)))?;
+        let Op::Softmax(so) = &g.node(sm).op else {
+            return None;
+        };
+        let x_val = g.node(sm).inputs.first().copied().flatten()?;
+        let r = rank(g, s_val)?;
+        if !(so.axis == -1 || so.axis == r as i64 - 1)
+            || !same_shape(g, x_val, s_val)
+            || !same_shape(g, p_val, s_val)
+        {
+            return None;
+        }
+        let pre = self.chain_into(x_val, sm, s_val);
+        let (y_val, mm1) = self.head_of(x_val, &pre, sm, |op| matches!(op, Op::MatMul(_)))?;
+        let n1 = g.node(mm1);
+        let [Some(q_val), Some(k_val)] = n1.inputs[..] else {
+            return None;
+        };
+        // f32 matrices (MatMul of a 1-D operand means something else), the output batched
+        // as the scores are.
+        let f32s = [q_val, k_val, v_val, y_val, s_val, n2.outputs[0]];
+        if f32s.iter().any(|&v| dtype(g, v) != Some(DType::F32))
+            || [q_val, k_val, v_val]
+                .iter()
+                .any(|&v| rank(g, v).is_none_or(|r| r < 2))
+            || !same_shape(g, y_val, s_val)
+            || !same_batch(g, n2.outputs[0], s_val)
+        {
+            return None;
+        }
+        let (q_src, q_op, q_nodes) = self.operand(q_val, mm1);
+        let (k_src, k_op, k_nodes) = self.operand(k_val, mm1);
+        let (v_src, v_op, v_nodes) = self.operand(v_val, mm2);
+        let prog = |members: &HashSet<NodeId>, first: ValueId| {
+            if members.is_empty() {
+                return None;
+            }
+            let mut nodes: Vec<NodeId> = members.iter().copied().collect();
+            nodes.sort_by_key(|n| self.pos[n]);
+            Some(program(g, nodes, &self.forms, Some(first)))
+        };
+        let pre_p = prog(&pre, y_val);
+        let post_p = prog(&post, s_val);
+        let mut inputs = vec![q_src, k_src, v_src];
+        for (_, ins, _) in pre_p.iter().chain(&post_p) {
+            inputs.extend_from_slice(&ins[1..]);
+        }
+        let core = AttentionCore::new(AttentionCore {
+            q: q_op,
+            k: k_op,
+            v: v_op,
+            pre: pre_p.map(|(_, _, p)| p),
+            post: post_p.map(|(_, _, p)| p),
+        })
+        .ok()?;
+        let mut nodes: Vec<NodeId> = [mm1, sm, mm2]
+            .into_iter()
+            .chain(pre.iter().copied())
+            .chain(post.iter().copied())
+            .chain(q_nodes)
+            .chain(k_nodes)
+            .chain(v_nodes)
+            .collect();
+        nodes.sort_by_key(|n| self.pos[n]);
+        nodes.dedup();
+        Some(Group {
+            nodes,
+            inputs,
+            kernel: Fused::Attention(core),
+        })
+    }
+}
+
+fn rank(g: &Graph, v: ValueId) -> Option<usize> {
+    match g.value(v).ty.as_ref()? {
+        Type::Tensor(t) => t.shape.as_ref().map(|s| s.len()),
+        _ => None,
+    }
+}
+
+/// Whether `a` and `b` have the same rank and the same (known) dims but the last two.
+fn same_batch(g: &Graph, a: ValueId, b: ValueId) -> bool {
+    let shape = |v: ValueId| match g.value(v).ty.as_ref()? {
+        Type::Tensor(t) => t.shape.clone(),
+        _ => None,
+    };
+    matches!((shape(a), shape(b)), (Some(x), Some(y))
+        if x.len() == y.len() && x.len() >= 2 && x[..x.len() - 2] == y[..y.len() - 2])
+}
+
+/// The fused groups of `g` given its schedule: attention cores first, then elementwise
+/// chains of two nodes or more among the nodes left.
+pub(crate) fn groups(g: &Graph, order: &[NodeId], fusions: crate::Fusions) -> Vec<Group> {
+    let mut readers: HashMap<ValueId, Vec<NodeId>> = HashMap::new();
+    for &n in order {
+        for v in g.node_reads(n) {
+            readers.entry(v).or_default().push(n);
+        }
+    }
+    let mut cx = Cx {
+        g,
+        pos: order.iter().enumerate().map(|(i, &n)| (n, i)).collect(),
+        readers,
+        outputs: g.outputs.iter().copied().collect(),
+        forms: order
+            .iter()
+            .filter_map(|&n| form(g, n).map(|f| (n, f)))
+            .collect(),
+        taken: HashSet::new(),
+    };
+    let mut out = Vec::new();
+    if fusions.attention {
+        for &root in order {
+            if let Some(grp) = cx.attention(root) {
+                cx.taken.extend(grp.nodes.iter().copied());
+                out.push(grp);
+            }
+        }
+    }
+    for &root in order.iter().rev() {
+        if !fusions.elementwise || cx.taken.contains(&root) || !cx.forms.contains_key(&root) {
+            continue;
+        }
+        let mut members: HashSet<NodeId> = HashSet::from([root]);
+        cx.grow(&mut members, g.node(root).outputs[0]);
         if members.len() < 2 {
             continue;
         }
         let mut nodes: Vec<NodeId> = members.iter().copied().collect();
-        nodes.sort_by_key(|n| pos[n]);
-        taken.extend(nodes.iter().copied());
-        out.push(program(g, nodes, &forms));
+        nodes.sort_by_key(|n| cx.pos[n]);
+        cx.taken.extend(nodes.iter().copied());
+        let (nodes, inputs, prog) = program(g, nodes, &cx.forms, None);
+        out.push(Group {
+            nodes,
+            inputs,
+            kernel: Fused::Map(prog),
+        });
     }
     out
 }
 
 /// The group's program: external inputs first (in order of first use), then one register
 /// per node.
-fn program(g: &Graph, nodes: Vec<NodeId>, forms: &HashMap<NodeId, Form>) -> Group {
+fn program(
+    g: &Graph,
+    nodes: Vec<NodeId>,
+    forms: &HashMap<NodeId, Form>,
+    first: Option<ValueId>,
+) -> (Vec<NodeId>, Vec<ValueId>, MapProgram) {
     let inner: HashSet<ValueId> = nodes.iter().map(|&n| g.node(n).outputs[0]).collect();
-    let mut inputs: Vec<ValueId> = Vec::new();
+    let mut inputs: Vec<ValueId> = first.into_iter().collect();
     for &n in &nodes {
         let node = g.node(n);
         let used = match forms[&n] {
@@ -196,12 +452,9 @@ fn program(g: &Graph, nodes: Vec<NodeId>, forms: &HashMap<NodeId, Form>) -> Grou
         reg.insert(node.outputs[0], (inputs.len() + ops.len()) as u16);
         ops.push(op);
     }
-    Group {
-        prog: MapProgram {
-            inputs: inputs.len(),
-            ops,
-        },
-        nodes,
-        inputs,
-    }
+    let prog = MapProgram {
+        inputs: inputs.len(),
+        ops,
+    };
+    (nodes, inputs, prog)
 }

@@ -45,25 +45,57 @@ fn op_name(op: &Op) -> String {
 /// Compiles one graph. For a subgraph, the plan's inputs are its formal inputs followed by
 /// the outer values it captures, in [`Graph::outer_refs`] order.
 pub fn compile_graph(g: &Graph, opsets: &BTreeMap<String, i64>) -> Result<Plan, CompileError> {
-    let fuse = !std::env::var_os("KILN_FUSE_ELEMENTWISE").is_some_and(|v| v == "0");
-    compile_graph_with(g, opsets, fuse)
+    compile_graph_with(g, opsets, Fusions::from_env())
 }
 
-/// [`compile_graph`] with the fusion of elementwise chains into single steps on or off
-/// (`compile_graph` fuses unless the environment sets `KILN_FUSE_ELEMENTWISE=0`).
+/// The loop fusions lowering does. They change the plan's steps, never the IR.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Fusions {
+    /// Chains of f32 elementwise ops become one step each.
+    pub elementwise: bool,
+    /// `MatMul → elementwise → Softmax → elementwise → MatMul` (attention spelled out op by
+    /// op) becomes one step that goes through the scores slice by slice.
+    pub attention: bool,
+}
+
+impl Fusions {
+    /// Every fusion on.
+    pub const ALL: Fusions = Fusions {
+        elementwise: true,
+        attention: true,
+    };
+    /// No fusion: one step per node.
+    pub const NONE: Fusions = Fusions {
+        elementwise: false,
+        attention: false,
+    };
+
+    /// [`Fusions::ALL`], less what the environment turns off (`KILN_FUSE_ELEMENTWISE=0`,
+    /// `KILN_FUSE_ATTENTION=0`), to measure or bisect a fusion.
+    pub fn from_env() -> Fusions {
+        let on = |k: &str| !std::env::var_os(k).is_some_and(|v| v == "0");
+        Fusions {
+            elementwise: on("KILN_FUSE_ELEMENTWISE"),
+            attention: on("KILN_FUSE_ATTENTION"),
+        }
+    }
+}
+
+/// [`compile_graph`] with the given loop fusions (`compile_graph` takes
+/// [`Fusions::from_env`]).
 pub fn compile_graph_with(
     g: &Graph,
     opsets: &BTreeMap<String, i64>,
-    fuse_elementwise: bool,
+    fusions: Fusions,
 ) -> Result<Plan, CompileError> {
     let order = g
         .topo_order()
         .map_err(|e| CompileError::Invalid(e.to_string()))?;
     let slot = |v: ValueId| v.index() as Slot;
 
-    // Elementwise chains fused into one step each, run where the chain's last node is.
-    let groups = if fuse_elementwise {
-        fuse::groups(g, &order)
+    // Fused groups, each one step run where its last node is.
+    let groups = if fusions.elementwise || fusions.attention {
+        fuse::groups(g, &order, fusions)
     } else {
         Vec::new()
     };
@@ -411,8 +443,13 @@ fn fused_step(
     is_output: &dyn Fn(ValueId) -> bool,
 ) -> Result<Step, CompileError> {
     let root = g.node(*grp.nodes.last().expect("a group has nodes"));
-    let kernel = kiln_runtime::kernels::FusedMap::new(grp.prog.clone())
-        .map_err(|e| CompileError::Invalid(format!("node `{}`: {e}", root.name)))?;
+    let kernel: Box<dyn Kernel> = match &grp.kernel {
+        fuse::Fused::Map(p) => Box::new(
+            kiln_runtime::kernels::FusedMap::new(p.clone())
+                .map_err(|e| CompileError::Invalid(format!("node `{}`: {e}", root.name)))?,
+        ),
+        fuse::Fused::Attention(a) => Box::new(a.clone()),
+    };
     let slot = |v: ValueId| v.index() as Slot;
     let out = root.outputs[0];
     let inner: Vec<ValueId> = grp.nodes.iter().map(|&n| g.node(n).outputs[0]).collect();
@@ -427,7 +464,7 @@ fn fused_step(
     frees.dedup();
     let ops: Vec<String> = grp.nodes.iter().map(|&n| op_name(&g.node(n).op)).collect();
     Ok(Step {
-        kernel: Box::new(kernel),
+        kernel,
         inputs: grp.inputs.iter().map(|&v| Some(slot(v))).collect(),
         outputs: vec![(last_use.contains_key(&out) || is_output(out)).then(|| slot(out))],
         frees,

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use kiln_codegen::compile_graph_with;
+use kiln_codegen::{compile_graph_with, Fusions};
 use kiln_ir::op::*;
 use kiln_ir::{DType, Dim, Graph, Op, Tensor, Type, ValueId};
 use kiln_runtime::{Plan, Value};
@@ -57,7 +57,8 @@ fn gelu_graph(extra: bool, erf_is_output: bool) -> Graph {
 fn plan(g: &Graph, fuse: bool) -> Plan {
     let mut opsets = BTreeMap::new();
     opsets.insert(String::new(), 20);
-    compile_graph_with(g, &opsets, fuse).unwrap()
+    let f = if fuse { Fusions::ALL } else { Fusions::NONE };
+    compile_graph_with(g, &opsets, f).unwrap()
 }
 
 fn ops(p: &Plan) -> Vec<String> {

@@ -11,6 +11,7 @@ use crate::error::KernelError;
 use crate::kernel::{BuildCx, Kernel};
 
 mod attention;
+mod attention_core;
 mod einsum;
 mod fused_norm;
 mod gemm;
@@ -25,6 +26,8 @@ mod seq;
 /// The f32/f64 GEMM entry points, for other families (convolutions …).
 #[allow(unused_imports)]
 pub(crate) use gemm::{gemm_f32, gemm_f64};
+
+pub use attention_core::{AttentionCore, Operand};
 
 type KResult<T> = Result<T, KernelError>;
 

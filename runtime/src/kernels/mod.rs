@@ -23,6 +23,7 @@ mod shape_ops;
 pub mod util;
 
 pub use elementwise::fused::{FusedMap, MapOp, MapProgram};
+pub use linalg::{AttentionCore, Operand};
 
 /// Builds the kernel for `op`. Errors with `Unsupported` when kiln has none.
 pub fn build(op: &Op, cx: &BuildCx) -> Result<Box<dyn Kernel>, KernelError> {

@@ -84,7 +84,7 @@ impl MapProgram {
         Ok(())
     }
 
-    fn out_bool(&self) -> bool {
+    pub(crate) fn out_bool(&self) -> bool {
         matches!(self.ops.last(), Some(MapOp::IsNaN(_)))
     }
 }
@@ -104,7 +104,7 @@ const CH: usize = 256;
 
 /// Where input `k` comes from for the current piece of output.
 #[derive(Clone, Copy)]
-enum Src<'a> {
+pub(crate) enum Src<'a> {
     F32(&'a [f32]),
     Bool(&'a [u8]),
 }
@@ -266,6 +266,20 @@ impl Layout {
         }
         off
     }
+}
+
+/// Runs `p` over a whole output of `out_shape` into `out`, on the calling thread (for
+/// callers that already spread their work over threads). Input `k` is `srcs[k]`, of shape
+/// `shapes[k]`, which must broadcast to `out_shape` without enlarging it.
+pub(crate) fn eval_into(
+    p: &MapProgram,
+    srcs: &[Src],
+    shapes: &[&[usize]],
+    out_shape: &[usize],
+    out: &mut [f32],
+) {
+    let layout = Layout::new(out_shape, shapes);
+    chunk(p, &layout, srcs, 0, out)
 }
 
 /// Computes output elements `start..start + out.len()` into `out`.
