@@ -75,6 +75,8 @@ enum Variant {
     Packed,
     /// `sgemm`, B packed on every call.
     Unpacked,
+    /// `sgemm` with B stored transposed (`n × k`, as K is in attention's `Q·Kᵀ`).
+    UnpackedBt,
     /// B packed once, epilogue bias + Gelu (erf) fused into the store (BERT's FFN1).
     PackedBiasGelu,
 }
@@ -84,6 +86,7 @@ impl Variant {
         match self {
             Variant::Packed => "packed",
             Variant::Unpacked => "sgemm",
+            Variant::UnpackedBt => "sgemm Bᵀ",
             Variant::PackedBiasGelu => "packed+bias+gelu",
         }
     }
@@ -106,6 +109,22 @@ fn run_once(g: &Gemm, s: &mut Shape, pb: &PackedB, v: Variant) {
             &s.b,
             n,
             false,
+            0.0,
+            &mut s.c,
+            n,
+            Epilogue::NONE,
+        ),
+        Variant::UnpackedBt => g.sgemm(
+            m,
+            n,
+            k,
+            1.0,
+            &s.a,
+            k,
+            false,
+            &s.b,
+            k,
+            true,
             0.0,
             &mut s.c,
             n,
@@ -143,7 +162,8 @@ fn shapes() -> Vec<Shape> {
     }
 }
 
-/// `KILN_BENCH_B=packed,sgemm,gelu` (default: packed,sgemm; gelu = packed with a fused bias + Gelu).
+/// `KILN_BENCH_B=packed,sgemm,sgemm_bt,gelu` (default: packed,sgemm; sgemm_bt = B stored
+/// transposed; gelu = packed with a fused bias + Gelu).
 fn variants() -> Vec<Variant> {
     match std::env::var("KILN_BENCH_B") {
         Ok(v) => v
@@ -151,8 +171,9 @@ fn variants() -> Vec<Variant> {
             .map(|x| match x {
                 "packed" => Variant::Packed,
                 "sgemm" => Variant::Unpacked,
+                "sgemm_bt" => Variant::UnpackedBt,
                 "gelu" => Variant::PackedBiasGelu,
-                _ => panic!("KILN_BENCH_B: packed, sgemm or gelu"),
+                _ => panic!("KILN_BENCH_B: packed, sgemm, sgemm_bt or gelu"),
             })
             .collect(),
         Err(_) => vec![Variant::Packed, Variant::Unpacked],

@@ -310,6 +310,11 @@ unsafe fn transpose_into(
     if ps == 1 && width == 6 && h == 6 && super::vmath::has_avx2() {
         // SAFETY: the CPU has AVX2; `src` holds 6 lines of `kc` floats, `dst` `kc × 6`.
         p = transpose6_avx2(dst.as_mut_ptr(), src, ls, kc);
+    } else if ps == 1 && h == width && width % 8 == 0 && super::vmath::has_avx2() {
+        // A full panel of a B stored transposed (K in `Q·Kᵀ`).
+        // SAFETY: the CPU has AVX2; `src` holds `width` lines of `kc` floats, `dst`
+        // `kc × width`.
+        p = transpose8s_avx2(dst.as_mut_ptr(), width, src, ls, kc);
     }
     if ps == 1 {
         while p + 8 <= kc {
@@ -376,6 +381,63 @@ unsafe fn transpose6_avx2(dst: *mut f32, src: *const f32, ls: usize, kc: usize) 
             _mm_storeu_ps(d, _mm256_castps256_ps128(c));
             let hi = _mm_castps_si128(_mm256_extractf128_ps::<1>(c));
             _mm_storel_epi64(d.add(4) as *mut __m128i, hi);
+        }
+        p += 8;
+    }
+    p
+}
+
+/// [`transpose_into`] of `width` full lines (a multiple of 8) of consecutive floats into a
+/// `width`-wide panel, 8 lines × 8 steps of `k` at a time: 8 loads, an 8 × 8 register
+/// transpose, 8 stores of 8 floats. Returns the number of steps done (a multiple of 8).
+///
+/// # Safety
+/// AVX2; `src` valid for lines `i·ls .. i·ls + kc` (`i < width`), `dst` for `kc · width`
+/// floats.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn transpose8s_avx2(
+    dst: *mut f32,
+    width: usize,
+    src: *const f32,
+    ls: usize,
+    kc: usize,
+) -> usize {
+    use std::arch::x86_64::*;
+    let mut p = 0;
+    while p + 8 <= kc {
+        for i0 in (0..width).step_by(8) {
+            let r = |i: usize| _mm256_loadu_ps(src.add((i0 + i) * ls + p));
+            let t0 = _mm256_unpacklo_ps(r(0), r(1));
+            let t1 = _mm256_unpackhi_ps(r(0), r(1));
+            let t2 = _mm256_unpacklo_ps(r(2), r(3));
+            let t3 = _mm256_unpackhi_ps(r(2), r(3));
+            let t4 = _mm256_unpacklo_ps(r(4), r(5));
+            let t5 = _mm256_unpackhi_ps(r(4), r(5));
+            let t6 = _mm256_unpacklo_ps(r(6), r(7));
+            let t7 = _mm256_unpackhi_ps(r(6), r(7));
+            let u0 = _mm256_shuffle_ps::<0x44>(t0, t2);
+            let u1 = _mm256_shuffle_ps::<0xEE>(t0, t2);
+            let u2 = _mm256_shuffle_ps::<0x44>(t1, t3);
+            let u3 = _mm256_shuffle_ps::<0xEE>(t1, t3);
+            let u4 = _mm256_shuffle_ps::<0x44>(t4, t6);
+            let u5 = _mm256_shuffle_ps::<0xEE>(t4, t6);
+            let u6 = _mm256_shuffle_ps::<0x44>(t5, t7);
+            let u7 = _mm256_shuffle_ps::<0xEE>(t5, t7);
+            // Column q (k = p + q) of lines i0..i0 + 8: lines 0-3 from u0-3, 4-7 from u4-7.
+            let cols = [
+                _mm256_permute2f128_ps::<0x20>(u0, u4),
+                _mm256_permute2f128_ps::<0x20>(u1, u5),
+                _mm256_permute2f128_ps::<0x20>(u2, u6),
+                _mm256_permute2f128_ps::<0x20>(u3, u7),
+                _mm256_permute2f128_ps::<0x31>(u0, u4),
+                _mm256_permute2f128_ps::<0x31>(u1, u5),
+                _mm256_permute2f128_ps::<0x31>(u2, u6),
+                _mm256_permute2f128_ps::<0x31>(u3, u7),
+            ];
+            for (q, c) in cols.into_iter().enumerate() {
+                _mm256_storeu_ps(dst.add((p + q) * width + i0), c);
+            }
         }
         p += 8;
     }
@@ -650,6 +712,32 @@ mod tests {
                         let row = q * mr + i;
                         let want = if row < mc { a[row * lda + p] } else { 0.0 };
                         prop_assert_eq!(dst[q * mr * kc + p * mr + i], want, "panel {} k {} row {}", q, p, i);
+                    }
+                }
+            }
+        }
+
+        /// A B stored transposed (`b[j][p]`, row stride `ldb`), packed into 8-, 16- and
+        /// 32-wide panels: whichever path (the AVX2 8 × 8 transposes for full panels, the
+        /// portable loops for the rest and the tails), the panels hold `b[j][p]` at
+        /// `p·NR + j` and zeros in the padding columns.
+        #[test]
+        fn pack_b_transposed_places_every_element(
+            nc in 0usize..70, kc in 0usize..40, extra in 0usize..9, nr_i in 0usize..3,
+        ) {
+            let (nr, ldb) = ([8, 16, 32][nr_i], kc + extra);
+            let b: Vec<f32> = (0..nc * ldb).map(|x| x as f32 + 0.5).collect();
+            let np = nc.div_ceil(nr);
+            let mut dst = vec![f32::NAN; np * nr * kc];
+            let view = AView::new(&b, ldb, true);
+            // SAFETY: `b` holds `nc` lines of `kc` elements (line stride `ldb`).
+            unsafe { pack_b(&mut dst, view, kc, nc, nr) };
+            for q in 0..np {
+                for p in 0..kc {
+                    for j in 0..nr {
+                        let col = q * nr + j;
+                        let want = if col < nc { b[col * ldb + p] } else { 0.0 };
+                        prop_assert_eq!(dst[q * nr * kc + p * nr + j], want, "panel {} k {} col {}", q, p, j);
                     }
                 }
             }
