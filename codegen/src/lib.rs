@@ -272,6 +272,7 @@ pub fn compile_graph_with(
         consts,
         inputs,
         outputs,
+        buffers: Default::default(),
     })
 }
 

@@ -76,6 +76,21 @@ impl RunCx {
         RunCx::default()
     }
 
+    /// Whether the pool holds any buffer.
+    pub fn has_pool(&self) -> bool {
+        !self.pool.is_empty()
+    }
+
+    /// Replaces the pool (with buffers an earlier run freed).
+    pub fn set_pool(&mut self, pool: Vec<AlignedBuf>) {
+        self.pool = pool;
+    }
+
+    /// Takes the pool out, leaving it empty.
+    pub fn take_pool(&mut self) -> Vec<AlignedBuf> {
+        std::mem::take(&mut self.pool)
+    }
+
     /// A zeroed buffer of `bytes` bytes, reusing a pooled allocation when one fits.
     pub fn alloc(&mut self, bytes: usize) -> AlignedBuf {
         match self.take_pooled(bytes) {

@@ -1,8 +1,9 @@
 //! A compiled plan and its executor.
 
 use std::collections::HashMap;
+use std::sync::Mutex;
 
-use kiln_ir::{Tensor, Type};
+use kiln_ir::{AlignedBuf, Tensor, Type};
 
 use crate::error::RuntimeError;
 use crate::kernel::{Kernel, RunCx};
@@ -43,6 +44,37 @@ pub struct Plan {
     pub consts: Vec<(Slot, Value)>,
     pub inputs: Vec<PlanInput>,
     pub outputs: Vec<(String, Slot)>,
+    /// Buffers earlier runs freed, for the next runs.
+    pub buffers: BufferCache,
+}
+
+/// The buffers a plan's runs freed, kept for its next runs: a stream of runs then allocates
+/// (and the OS maps and zeroes) no fresh pages — on MiniLM 8×128 page faults were ~6 % of
+/// the samples. One pool per run in flight, so concurrent runs never share one; a few at
+/// most are kept.
+#[derive(Default)]
+pub struct BufferCache(Mutex<Vec<Vec<AlignedBuf>>>);
+
+/// Pools kept for runs in flight at once (more concurrent runs start with an empty pool).
+const CACHED_POOLS: usize = 4;
+
+impl BufferCache {
+    fn take(&self) -> Vec<AlignedBuf> {
+        self.0
+            .lock()
+            .map(|mut v| v.pop())
+            .ok()
+            .flatten()
+            .unwrap_or_default()
+    }
+
+    fn keep(&self, pool: Vec<AlignedBuf>) {
+        if let Ok(mut v) = self.0.lock() {
+            if v.len() < CACHED_POOLS {
+                v.push(pool);
+            }
+        }
+    }
 }
 
 impl Plan {
@@ -51,7 +83,9 @@ impl Plan {
         self.run_with(inputs, &mut RunCx::new())
     }
 
-    /// [`Plan::run`] with a caller-provided context (e.g. one that collects a profile).
+    /// [`Plan::run`] with a caller-provided context (e.g. one that collects a profile). A
+    /// context whose pool is empty starts with the buffers of an earlier run; the buffers
+    /// this run frees are kept for a later one.
     pub fn run_with(
         &self,
         inputs: Vec<(String, Value)>,
@@ -83,7 +117,12 @@ impl Plan {
             }
         }
         check_inputs(&self.inputs, &ordered)?;
-        let outs = on_pool(|| self.run_positional(ordered, cx))?;
+        if !cx.has_pool() {
+            cx.set_pool(self.buffers.take());
+        }
+        let outs = on_pool(|| self.run_positional(ordered, &mut *cx));
+        self.buffers.keep(cx.take_pool());
+        let outs = outs?;
         Ok(self
             .outputs
             .iter()
