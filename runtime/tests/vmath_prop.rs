@@ -78,6 +78,45 @@ fn sigmoid_and_gelu_errors() {
     assert!(ws < 2e-7 && wg < 2e-6, "sigmoid {ws:e}, gelu {wg:e}");
 }
 
+#[test]
+fn tanh_max_relative_error() {
+    // Dense near 0 and around the switch at 0.625, then out to where tanh rounds to ±1.
+    let mut xs = sweep(-1.0, 1.0, 400_000);
+    xs.extend(sweep(-20.0, 20.0, 400_000));
+    xs.extend([0.0, -0.0, 1e-30, -1e-30, 1e-8, 0.625, -0.625, 100.0, -100.0]);
+    let mut y = vec![0f32; xs.len()];
+    vmath::tanh_slice(&xs, &mut y);
+    let mut worst = (0f64, 0f32);
+    for (&x, &v) in xs.iter().zip(&y) {
+        let want = (x as f64).tanh();
+        let rel = if want == 0.0 {
+            (v as f64).abs()
+        } else {
+            (v as f64 - want).abs() / want.abs()
+        };
+        if rel > worst.0 {
+            worst = (rel, x);
+        }
+    }
+    println!(
+        "tanh: max relative error {:.3e} at x = {}",
+        worst.0, worst.1
+    );
+    assert!(
+        worst.0 < 4e-7,
+        "tanh: relative error {:e} at {}",
+        worst.0,
+        worst.1
+    );
+    // Signs, infinities and NaN.
+    let special = [f32::INFINITY, f32::NEG_INFINITY, f32::NAN, -0.0];
+    let mut o = [0f32; 4];
+    vmath::tanh_slice(&special, &mut o);
+    assert_eq!(o[..2], [1.0, -1.0]);
+    assert!(o[2].is_nan());
+    assert!(o[3] == 0.0 && o[3].is_sign_negative());
+}
+
 proptest! {
     /// Softmax rows against f64 (odd row lengths, tails, ±inf and NaN rows, many rows so that
     /// the threaded path runs too).

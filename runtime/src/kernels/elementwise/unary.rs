@@ -195,8 +195,9 @@ impl Kernel for Unary {
                     _ => map(&x, o, |v| v.to_c().is_nan() as u8),
                 })?
             }, else return Err(unsupported(&name(), dt))),
-            // f32 Erf / Sigmoid / Gelu: vectorized polynomial approximations (gemm::vmath).
-            U::Erf | U::Sigmoid | U::Gelu if dt == DType::F32 => {
+            // f32 Erf / Tanh / Sigmoid / Gelu: vectorized polynomial approximations
+            // (gemm::vmath).
+            U::Erf | U::Tanh | U::Sigmoid | U::Gelu if dt == DType::F32 => {
                 use crate::gemm::vmath;
                 let x = view::<f32>(x)?;
                 new_tensor::<f32>(cx, dt, shape, |o| {
@@ -204,6 +205,7 @@ impl Kernel for Unary {
                         let x = &x[s..s + o.len()];
                         match op {
                             U::Erf => vmath::erf_slice(x, o),
+                            U::Tanh => vmath::tanh_slice(x, o),
                             U::Sigmoid => vmath::sigmoid_slice(x, o),
                             _ => vmath::gelu_slice(x, o),
                         }
