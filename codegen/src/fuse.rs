@@ -11,7 +11,7 @@
 
 use std::collections::{HashMap, HashSet};
 
-use kiln_ir::{DType, Graph, NodeId, Op, Type, ValueDef, ValueId};
+use kiln_ir::{DType, Dim, Graph, NodeId, Op, Type, ValueDef, ValueId};
 use kiln_runtime::kernels::{AttentionCore, MapOp, MapProgram, Operand};
 
 /// A fused group: its nodes in schedule order (the last is the root, whose output the
@@ -97,11 +97,15 @@ fn form(g: &Graph, n: NodeId) -> Option<Form> {
 /// once per element of the larger output (a mask computed once per head, a row's
 /// `sqrt(var + eps)` once per column).
 fn same_shape(g: &Graph, a: ValueId, b: ValueId) -> bool {
-    let shape = |v: ValueId| match g.value(v).ty.as_ref()? {
+    matches!((shape(g, a), shape(g, b)), (Some(x), Some(y)) if x == y)
+}
+
+/// `v`'s inferred dims, when known.
+fn shape(g: &Graph, v: ValueId) -> Option<Vec<Dim>> {
+    match g.value(v).ty.as_ref()? {
         Type::Tensor(t) => t.shape.clone(),
         _ => None,
-    };
-    matches!((shape(a), shape(b)), (Some(x), Some(y)) if x == y)
+    }
 }
 
 /// What grouping needs to know about the graph.
@@ -345,19 +349,12 @@ impl Cx<'_> {
 }
 
 fn rank(g: &Graph, v: ValueId) -> Option<usize> {
-    match g.value(v).ty.as_ref()? {
-        Type::Tensor(t) => t.shape.as_ref().map(|s| s.len()),
-        _ => None,
-    }
+    shape(g, v).map(|s| s.len())
 }
 
 /// Whether `a` and `b` have the same rank and the same (known) dims but the last two.
 fn same_batch(g: &Graph, a: ValueId, b: ValueId) -> bool {
-    let shape = |v: ValueId| match g.value(v).ty.as_ref()? {
-        Type::Tensor(t) => t.shape.clone(),
-        _ => None,
-    };
-    matches!((shape(a), shape(b)), (Some(x), Some(y))
+    matches!((shape(g, a), shape(g, b)), (Some(x), Some(y))
         if x.len() == y.len() && x.len() >= 2 && x[..x.len() - 2] == y[..y.len() - 2])
 }
 

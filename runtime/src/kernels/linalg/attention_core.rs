@@ -18,7 +18,7 @@ use crate::gemm::{default_gemm, vmath, Epilogue, Gemm};
 use crate::kernel::{Kernel, RunCx};
 use crate::kernels::elementwise::fused::{eval_into, MapProgram, Src};
 use crate::kernels::elementwise::view;
-use crate::kernels::util::broadcast_shapes;
+use crate::kernels::util::{broadcast_shapes, strides};
 use crate::value::Value;
 
 /// A matrix operand read in place: its tensor's dims permuted by `perm` (a folded
@@ -77,21 +77,13 @@ struct View<'a> {
     strides: Vec<usize>,
 }
 
-fn dense_strides(shape: &[usize]) -> Vec<usize> {
-    let mut st = vec![1usize; shape.len()];
-    for i in (0..shape.len().saturating_sub(1)).rev() {
-        st[i] = st[i + 1] * shape[i + 1];
-    }
-    st
-}
-
 fn operand_view<'a>(
     data: &'a [f32],
     shape: &[usize],
     op: &Operand,
     what: &str,
 ) -> KResult<View<'a>> {
-    let st = dense_strides(shape);
+    let st = strides(shape);
     let (shape, strides) = match &op.perm {
         None => (shape.to_vec(), st),
         Some(p) => {
@@ -185,7 +177,7 @@ fn extra<'a>(t: &'a Tensor, data: Src<'a>, full: &[usize], what: &str) -> KResul
     }
     let mut padded = vec![1usize; full.len() - s.len()];
     padded.extend_from_slice(s);
-    let st = dense_strides(&padded);
+    let st = strides(&padded);
     let nb = full.len() - 2;
     Ok(Extra {
         src: data,
