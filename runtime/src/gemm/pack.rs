@@ -335,6 +335,43 @@ unsafe fn transpose_into(
     }
 }
 
+/// The 8 × 8 transpose of `r` (8 lines of 8 floats): element `q` of result `i` is element
+/// `i` of line `q`. Pairs, then quads of lines interleaved within each 128-bit half, then
+/// the halves recombined.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+#[inline]
+unsafe fn transpose8x8(r: [std::arch::x86_64::__m256; 8]) -> [std::arch::x86_64::__m256; 8] {
+    use std::arch::x86_64::*;
+    let t0 = _mm256_unpacklo_ps(r[0], r[1]);
+    let t1 = _mm256_unpackhi_ps(r[0], r[1]);
+    let t2 = _mm256_unpacklo_ps(r[2], r[3]);
+    let t3 = _mm256_unpackhi_ps(r[2], r[3]);
+    let t4 = _mm256_unpacklo_ps(r[4], r[5]);
+    let t5 = _mm256_unpackhi_ps(r[4], r[5]);
+    let t6 = _mm256_unpacklo_ps(r[6], r[7]);
+    let t7 = _mm256_unpackhi_ps(r[6], r[7]);
+    let u0 = _mm256_shuffle_ps::<0x44>(t0, t2);
+    let u1 = _mm256_shuffle_ps::<0xEE>(t0, t2);
+    let u2 = _mm256_shuffle_ps::<0x44>(t1, t3);
+    let u3 = _mm256_shuffle_ps::<0xEE>(t1, t3);
+    let u4 = _mm256_shuffle_ps::<0x44>(t4, t6);
+    let u5 = _mm256_shuffle_ps::<0xEE>(t4, t6);
+    let u6 = _mm256_shuffle_ps::<0x44>(t5, t7);
+    let u7 = _mm256_shuffle_ps::<0xEE>(t5, t7);
+    // Column q: lines 0-3 from u0-3, lines 4-7 from u4-7.
+    [
+        _mm256_permute2f128_ps::<0x20>(u0, u4),
+        _mm256_permute2f128_ps::<0x20>(u1, u5),
+        _mm256_permute2f128_ps::<0x20>(u2, u6),
+        _mm256_permute2f128_ps::<0x20>(u3, u7),
+        _mm256_permute2f128_ps::<0x31>(u0, u4),
+        _mm256_permute2f128_ps::<0x31>(u1, u5),
+        _mm256_permute2f128_ps::<0x31>(u2, u6),
+        _mm256_permute2f128_ps::<0x31>(u3, u7),
+    ]
+}
+
 /// [`transpose_into`] of 6 full lines of consecutive floats into a 6-wide panel (the AVX2
 /// kernel's A panels), 8 steps of `k` at a time: 6 loads, an 8 × 8 register transpose (two
 /// zero lines), 8 stores of 6 floats. Returns the number of steps done (a multiple of 8).
@@ -348,34 +385,9 @@ unsafe fn transpose6_avx2(dst: *mut f32, src: *const f32, ls: usize, kc: usize) 
     let mut p = 0;
     while p + 8 <= kc {
         let r = |i: usize| _mm256_loadu_ps(src.add(i * ls + p));
-        let (r0, r1, r2, r3, r4, r5) = (r(0), r(1), r(2), r(3), r(4), r(5));
         let z = _mm256_setzero_ps();
-        // Pairs, then quads of lines interleaved within each 128-bit half.
-        let t0 = _mm256_unpacklo_ps(r0, r1);
-        let t1 = _mm256_unpackhi_ps(r0, r1);
-        let t2 = _mm256_unpacklo_ps(r2, r3);
-        let t3 = _mm256_unpackhi_ps(r2, r3);
-        let t4 = _mm256_unpacklo_ps(r4, r5);
-        let t5 = _mm256_unpackhi_ps(r4, r5);
-        let u0 = _mm256_shuffle_ps::<0x44>(t0, t2);
-        let u1 = _mm256_shuffle_ps::<0xEE>(t0, t2);
-        let u2 = _mm256_shuffle_ps::<0x44>(t1, t3);
-        let u3 = _mm256_shuffle_ps::<0xEE>(t1, t3);
-        let u4 = _mm256_shuffle_ps::<0x44>(t4, z);
-        let u5 = _mm256_shuffle_ps::<0xEE>(t4, z);
-        let u6 = _mm256_shuffle_ps::<0x44>(t5, z);
-        let u7 = _mm256_shuffle_ps::<0xEE>(t5, z);
-        // Column q (k = p + q) of lines 0..6: lines 0-3 from u, lines 4-5 from the second quad.
-        let cols = [
-            _mm256_permute2f128_ps::<0x20>(u0, u4),
-            _mm256_permute2f128_ps::<0x20>(u1, u5),
-            _mm256_permute2f128_ps::<0x20>(u2, u6),
-            _mm256_permute2f128_ps::<0x20>(u3, u7),
-            _mm256_permute2f128_ps::<0x31>(u0, u4),
-            _mm256_permute2f128_ps::<0x31>(u1, u5),
-            _mm256_permute2f128_ps::<0x31>(u2, u6),
-            _mm256_permute2f128_ps::<0x31>(u3, u7),
-        ];
+        // Lines 6 and 7 are zero: column q holds lines 0..6 in its first 6 floats.
+        let cols = transpose8x8([r(0), r(1), r(2), r(3), r(4), r(5), z, z]);
         for (q, c) in cols.into_iter().enumerate() {
             let d = dst.add((p + q) * 6);
             _mm_storeu_ps(d, _mm256_castps256_ps128(c));
@@ -408,33 +420,7 @@ unsafe fn transpose8s_avx2(
     while p + 8 <= kc {
         for i0 in (0..width).step_by(8) {
             let r = |i: usize| _mm256_loadu_ps(src.add((i0 + i) * ls + p));
-            let t0 = _mm256_unpacklo_ps(r(0), r(1));
-            let t1 = _mm256_unpackhi_ps(r(0), r(1));
-            let t2 = _mm256_unpacklo_ps(r(2), r(3));
-            let t3 = _mm256_unpackhi_ps(r(2), r(3));
-            let t4 = _mm256_unpacklo_ps(r(4), r(5));
-            let t5 = _mm256_unpackhi_ps(r(4), r(5));
-            let t6 = _mm256_unpacklo_ps(r(6), r(7));
-            let t7 = _mm256_unpackhi_ps(r(6), r(7));
-            let u0 = _mm256_shuffle_ps::<0x44>(t0, t2);
-            let u1 = _mm256_shuffle_ps::<0xEE>(t0, t2);
-            let u2 = _mm256_shuffle_ps::<0x44>(t1, t3);
-            let u3 = _mm256_shuffle_ps::<0xEE>(t1, t3);
-            let u4 = _mm256_shuffle_ps::<0x44>(t4, t6);
-            let u5 = _mm256_shuffle_ps::<0xEE>(t4, t6);
-            let u6 = _mm256_shuffle_ps::<0x44>(t5, t7);
-            let u7 = _mm256_shuffle_ps::<0xEE>(t5, t7);
-            // Column q (k = p + q) of lines i0..i0 + 8: lines 0-3 from u0-3, 4-7 from u4-7.
-            let cols = [
-                _mm256_permute2f128_ps::<0x20>(u0, u4),
-                _mm256_permute2f128_ps::<0x20>(u1, u5),
-                _mm256_permute2f128_ps::<0x20>(u2, u6),
-                _mm256_permute2f128_ps::<0x20>(u3, u7),
-                _mm256_permute2f128_ps::<0x31>(u0, u4),
-                _mm256_permute2f128_ps::<0x31>(u1, u5),
-                _mm256_permute2f128_ps::<0x31>(u2, u6),
-                _mm256_permute2f128_ps::<0x31>(u3, u7),
-            ];
+            let cols = transpose8x8([r(0), r(1), r(2), r(3), r(4), r(5), r(6), r(7)]);
             for (q, c) in cols.into_iter().enumerate() {
                 _mm256_storeu_ps(dst.add((p + q) * width + i0), c);
             }
