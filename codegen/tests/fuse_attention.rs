@@ -5,20 +5,13 @@
 
 use std::collections::BTreeMap;
 
+mod common;
+
+use common::{input, node};
 use kiln_codegen::{compile_graph_with, Fusions};
 use kiln_ir::op::*;
-use kiln_ir::{DType, Dim, Graph, Op, Tensor, Type, ValueId};
+use kiln_ir::{Graph, Op, Tensor, ValueId};
 use kiln_runtime::{Plan, Value};
-
-fn node(g: &mut Graph, op: Op, inputs: &[ValueId], out: &str) -> ValueId {
-    let n = g.add_node(out, op, inputs.iter().map(|&v| Some(v)).collect(), &[out]);
-    g.node(n).outputs[0]
-}
-
-fn input(g: &mut Graph, name: &str, dims: &[i64]) -> ValueId {
-    let shape = dims.iter().map(|&d| Dim::from(d)).collect();
-    g.add_input(name, Some(Type::tensor(DType::F32, shape)))
-}
 
 fn transpose(g: &mut Graph, x: ValueId, perm: &[i64], out: &str) -> ValueId {
     let op = Op::Transpose(Transpose {
@@ -85,7 +78,7 @@ fn ops(p: &Plan) -> Vec<String> {
 
 fn data(n: usize, seed: usize) -> Vec<f32> {
     (0..n)
-        .map(|i| (((i * 37 + seed * 11) % 101) as f32 / 25.0 - 2.0))
+        .map(|i| ((i * 37 + seed * 11) % 101) as f32 / 25.0 - 2.0)
         .collect()
 }
 

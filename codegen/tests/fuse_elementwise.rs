@@ -3,20 +3,13 @@
 
 use std::collections::BTreeMap;
 
+mod common;
+
+use common::{input, node};
 use kiln_codegen::{compile_graph_with, Fusions};
 use kiln_ir::op::*;
-use kiln_ir::{DType, Dim, Graph, Op, Tensor, Type, ValueId};
+use kiln_ir::{Graph, Op, Tensor};
 use kiln_runtime::{Plan, Value};
-
-fn node(g: &mut Graph, op: Op, inputs: &[ValueId], out: &str) -> ValueId {
-    let n = g.add_node(out, op, inputs.iter().map(|&v| Some(v)).collect(), &[out]);
-    g.node(n).outputs[0]
-}
-
-fn input(g: &mut Graph, name: &str, dims: &[i64]) -> ValueId {
-    let shape = dims.iter().map(|&d| Dim::from(d)).collect();
-    g.add_input(name, Some(Type::tensor(DType::F32, shape)))
-}
 
 /// `y = x·0.5·(1 + erf(x/√2))` after a MatMul, as the exporters write Gelu; `extra` adds a
 /// reader of the `erf` value outside the chain (a Relu that is a graph output).

@@ -310,7 +310,7 @@ unsafe fn transpose_into(
     if ps == 1 && width == 6 && h == 6 && super::vmath::has_avx2() {
         // SAFETY: the CPU has AVX2; `src` holds 6 lines of `kc` floats, `dst` `kc × 6`.
         p = transpose6_avx2(dst.as_mut_ptr(), src, ls, kc);
-    } else if ps == 1 && h == width && width % 8 == 0 && super::vmath::has_avx2() {
+    } else if ps == 1 && h == width && width.is_multiple_of(8) && super::vmath::has_avx2() {
         // A full panel of a B stored transposed (K in `Q·Kᵀ`).
         // SAFETY: the CPU has AVX2; `src` holds `width` lines of `kc` floats, `dst`
         // `kc × width`.
