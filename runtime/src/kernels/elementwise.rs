@@ -113,6 +113,17 @@ pub(crate) mod testutil {
             .collect())
     }
 
+    /// Runs a built kernel on tensors; its first output.
+    pub fn run_kernel(k: &dyn Kernel, inputs: &[Tensor]) -> Tensor {
+        let vals: Vec<Value> = inputs.iter().cloned().map(Value::Tensor).collect();
+        let refs: Vec<Option<&Value>> = vals.iter().map(Some).collect();
+        k.run(&refs, &mut RunCx::new())
+            .unwrap()
+            .remove(0)
+            .into_tensor()
+            .unwrap()
+    }
+
     pub fn run1(op: Op, inputs: &[Tensor]) -> Tensor {
         let ins: Vec<Option<Tensor>> = inputs.iter().cloned().map(Some).collect();
         run_op(op, &ins).unwrap().remove(0)

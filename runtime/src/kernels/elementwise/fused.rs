@@ -393,7 +393,7 @@ mod tests {
     use kiln_ir::Op;
     use proptest::prelude::*;
 
-    use super::super::testutil::{run1, t};
+    use super::super::testutil::{run1, run_kernel, t};
     use super::*;
 
     /// The standalone op of a program instruction, with its operands as tensors.
@@ -421,14 +421,7 @@ mod tests {
     }
 
     fn fused(p: &MapProgram, ins: &[Tensor]) -> Tensor {
-        let k = FusedMap::new(p.clone()).unwrap();
-        let vals: Vec<Value> = ins.iter().cloned().map(Value::Tensor).collect();
-        let refs: Vec<Option<&Value>> = vals.iter().map(Some).collect();
-        k.run(&refs, &mut RunCx::new())
-            .unwrap()
-            .remove(0)
-            .into_tensor()
-            .unwrap()
+        run_kernel(&FusedMap::new(p.clone()).unwrap(), ins)
     }
 
     fn same_bits(a: &Tensor, b: &Tensor) -> bool {

@@ -423,17 +423,11 @@ mod tests {
         seed: u64,
     }
 
+    /// Deterministic values in [-2, 2).
     fn vals(n: usize, seed: u64) -> Vec<f32> {
-        let mut s = seed
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        (0..n)
-            .map(|_| {
-                s = s
-                    .wrapping_mul(6364136223846793005)
-                    .wrapping_add(1442695040888963407);
-                ((s >> 40) as f32 / (1u64 << 24) as f32) * 4.0 - 2.0
-            })
+        super::super::ort_tests::rand(n, seed)
+            .into_iter()
+            .map(|x| 2.0 * x)
             .collect()
     }
 

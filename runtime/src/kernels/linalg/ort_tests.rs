@@ -189,7 +189,7 @@ fn check(
 }
 
 /// Deterministic pseudo-random values in [-1, 1).
-fn rand(n: usize, seed: u64) -> Vec<f32> {
+pub(super) fn rand(n: usize, seed: u64) -> Vec<f32> {
     let mut s = seed
         .wrapping_mul(6364136223846793005)
         .wrapping_add(1442695040888963407);

@@ -754,13 +754,7 @@ mod tests {
     }
 
     fn run1(k: &dyn Kernel, inputs: Vec<Tensor>) -> Tensor {
-        let vals: Vec<Value> = inputs.into_iter().map(Value::Tensor).collect();
-        let refs: Vec<Option<&Value>> = vals.iter().map(Some).collect();
-        k.run(&refs, &mut RunCx::new())
-            .unwrap()
-            .remove(0)
-            .into_tensor()
-            .unwrap()
+        crate::kernels::elementwise::testutil::run_kernel(k, &inputs)
     }
 
     fn strs(v: &[&str]) -> Vec<Vec<u8>> {
