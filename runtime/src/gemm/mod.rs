@@ -521,7 +521,6 @@ pub(crate) unsafe fn block<V: Simd, const MR: usize, const NV: usize>(x: &BlockA
     // The next B panel is fetched into L1 a slice per tile while this one is in use.
     let panel_bytes = nr_full * x.kc * 4;
     let slice = panel_bytes.div_ceil(mp).div_ceil(64) * 64;
-    let read_c = !(x.first && x.beta == 0.0);
     for jp in 0..np {
         let j0 = jp * nr_full;
         let nr = nr_full.min(x.nc - j0);
@@ -541,11 +540,18 @@ pub(crate) unsafe fn block<V: Simd, const MR: usize, const NV: usize>(x: &BlockA
                     off += 64;
                 }
             }
-            if read_c {
-                let c = x.c.add(i0 * x.ldc + j0);
+            // The tile's lines of C (read, or written: a store that misses waits as long) and
+            // of the residual arrive while the micro-kernel runs.
+            let c = x.c.add(i0 * x.ldc + j0);
+            for i in 0..mr {
+                V::prefetch(c.add(i * x.ldc) as *const u8);
+                V::prefetch(c.add(i * x.ldc + nr - 1) as *const u8);
+            }
+            if x.last && !x.res.is_null() {
+                let r = x.res.add(i0 * x.ldr + j0);
                 for i in 0..mr {
-                    V::prefetch(c.add(i * x.ldc) as *const u8);
-                    V::prefetch(c.add(i * x.ldc + nr - 1) as *const u8);
+                    V::prefetch(r.add(i * x.ldr) as *const u8);
+                    V::prefetch(r.add(i * x.ldr + nr - 1) as *const u8);
                 }
             }
             let ap = x.a.add(ip * MR * x.kc);
@@ -1556,6 +1562,10 @@ unsafe fn scale_c(m: usize, n: usize, beta: f32, c: *mut f32, ldc: usize, e: &Ra
     }
 }
 
+/// The L2 share of a B block packed per call when A was packed ahead of time (Zen 3's L2 is
+/// 512 KiB; the rest holds A's block and C's tiles).
+const B_BLOCK_L2_BYTES: usize = 192 * 1024;
+
 /// One region as a sequential GEMM. `panel0` is the region's first column panel in a packed B.
 #[allow(clippy::too_many_arguments)]
 unsafe fn gemm_seq(
@@ -1575,10 +1585,21 @@ unsafe fn gemm_seq(
     let (mr, nr) = (kern.mr, kern.nr);
     // Row blocks of nearly equal size (multiples of MR) rather than MC, MC, …, remainder.
     let mc_step = m.div_ceil(m.div_ceil(kern.mc)).div_ceil(mr) * mr;
+    // `NC` is sized for a B block that many row blocks reuse from L3 while A is packed once
+    // per block. With A packed ahead of time, revisiting it is free, so a B packed here (a
+    // convolution's image) is packed in blocks that stay in L2 from their packing to their
+    // last use instead.
+    let nc_max = match (a, b) {
+        (AOp::Packed { .. }, BView::Raw(_) | BView::Im2col { .. }) => {
+            let cols = B_BLOCK_L2_BYTES / (kern.kc.min(k) * 4);
+            (cols / nr * nr).clamp(nr, kern.nc)
+        }
+        _ => kern.nc,
+    };
     pack::with_buffers(|abuf, bbuf| {
         let mut jc = 0;
         while jc < n {
-            let nc = kern.nc.min(n - jc);
+            let nc = nc_max.min(n - jc);
             let mut pc = 0;
             while pc < k {
                 let kc = kern.kc.min(k - pc);
