@@ -1337,12 +1337,26 @@ impl Gemm {
                 BView::Packed { .. } => cost_n * 21 < cost_m * 20,
                 _ => cost_n * 20 <= cost_m * 21,
             };
+        // Where the split packs nothing twice (rows of a packed B, columns of a packed A),
+        // up to 4 regions per thread, each still a full cache block or more, taken by
+        // whichever thread is free: on a shared machine one core often runs slower than the
+        // other, and equal halves would wait for it.
+        let pieces = |units: usize, per_block: usize, packs_nothing_twice: bool| {
+            if packs_nothing_twice {
+                units.div_ceil(per_block.max(1)).clamp(t, 4 * t)
+            } else {
+                t
+            }
+        };
         let regions: Vec<(usize, usize, usize, usize)> = if split_n {
-            chunks(np, t)
+            let per_block = (B_BLOCK_L2_BYTES / (kern.kc.min(k) * 4) / kern.nr).max(1);
+            let p = pieces(np, per_block, matches!(a, AOp::Packed { .. }));
+            chunks(np, p)
                 .map(|(q0, q1)| (0, m, q0 * kern.nr, (q1 * kern.nr).min(n)))
                 .collect()
         } else {
-            chunks(mp, t)
+            let p = pieces(mp, kern.mc / kern.mr, matches!(b, BView::Packed { .. }));
+            chunks(mp, p)
                 .map(|(r0, r1)| (r0 * kern.mr, (r1 * kern.mr).min(m), 0, n))
                 .collect()
         };
