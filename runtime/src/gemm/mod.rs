@@ -11,7 +11,8 @@
 //!   the tile, and applied once, on the last `KC` block.
 //! * Loops: columns in `NC` blocks → `k` in `KC` blocks → rows in `MC` blocks → `NR` panels →
 //!   `MR` tiles. Threads (rayon) split the columns (or the rows, when there are few columns)
-//!   into one region each; every region is an independent sequential GEMM.
+//!   into regions, one per thread, or up to four per thread where the split packs nothing
+//!   twice; every region is an independent sequential GEMM.
 //!
 //! The micro-kernel is written once, generic over a small vector abstraction ([`Simd`]), and
 //! instantiated per ISA (AVX2+FMA, AVX-512F, NEON) inside a `#[target_feature]` function, and
@@ -1343,7 +1344,11 @@ impl Gemm {
         // other, and equal halves would wait for it.
         let pieces = |units: usize, per_block: usize, packs_nothing_twice: bool| {
             if packs_nothing_twice {
-                units.div_ceil(per_block.max(1)).clamp(t, 4 * t)
+                // A multiple of the threads: 5 equal pieces on 2 threads end on one thread.
+                units
+                    .div_ceil(per_block.max(1))
+                    .next_multiple_of(t)
+                    .clamp(t, 4 * t)
             } else {
                 t
             }
