@@ -1354,7 +1354,7 @@ impl Gemm {
             }
         };
         let regions: Vec<(usize, usize, usize, usize)> = if split_n {
-            let per_block = (B_BLOCK_L2_BYTES / (kern.kc.min(k) * 4) / kern.nr).max(1);
+            let per_block = l2_block_cols(kern, k) / kern.nr;
             let p = pieces(np, per_block, matches!(a, AOp::Packed { .. }));
             chunks(np, p)
                 .map(|(q0, q1)| (0, m, q0 * kern.nr, (q1 * kern.nr).min(n)))
@@ -1585,6 +1585,12 @@ unsafe fn scale_c(m: usize, n: usize, beta: f32, c: *mut f32, ldc: usize, e: &Ra
 /// 512 KiB; the rest holds A's block and C's tiles).
 const B_BLOCK_L2_BYTES: usize = 192 * 1024;
 
+/// Columns (whole panels, at most `NC`) of a `KC`-deep B block that fits [`B_BLOCK_L2_BYTES`].
+fn l2_block_cols(kern: &Kernel, k: usize) -> usize {
+    let cols = B_BLOCK_L2_BYTES / (kern.kc.min(k) * 4);
+    (cols / kern.nr * kern.nr).clamp(kern.nr, kern.nc)
+}
+
 /// One region as a sequential GEMM. `panel0` is the region's first column panel in a packed B.
 #[allow(clippy::too_many_arguments)]
 unsafe fn gemm_seq(
@@ -1609,10 +1615,7 @@ unsafe fn gemm_seq(
     // convolution's image) is packed in blocks that stay in L2 from their packing to their
     // last use instead.
     let nc_max = match (a, b) {
-        (AOp::Packed { .. }, BView::Raw(_) | BView::Im2col { .. }) => {
-            let cols = B_BLOCK_L2_BYTES / (kern.kc.min(k) * 4);
-            (cols / nr * nr).clamp(nr, kern.nc)
-        }
+        (AOp::Packed { .. }, BView::Raw(_) | BView::Im2col { .. }) => l2_block_cols(kern, k),
         _ => kern.nc,
     };
     pack::with_buffers(|abuf, bbuf| {
