@@ -543,17 +543,16 @@ pub(crate) unsafe fn block<V: Simd, const MR: usize, const NV: usize>(x: &BlockA
             }
             // The tile's lines of C (read, or written: a store that misses waits as long) and
             // of the residual arrive while the micro-kernel runs.
-            let c = x.c.add(i0 * x.ldc + j0);
-            for i in 0..mr {
-                V::prefetch(c.add(i * x.ldc) as *const u8);
-                V::prefetch(c.add(i * x.ldc + nr - 1) as *const u8);
-            }
-            if x.last && !x.res.is_null() {
-                let r = x.res.add(i0 * x.ldr + j0);
+            // First and last element of each of the tile's rows in a matrix at `p`.
+            let prefetch_tile = |p: *const f32, ld: usize| {
                 for i in 0..mr {
-                    V::prefetch(r.add(i * x.ldr) as *const u8);
-                    V::prefetch(r.add(i * x.ldr + nr - 1) as *const u8);
+                    V::prefetch(p.add(i * ld) as *const u8);
+                    V::prefetch(p.add(i * ld + nr - 1) as *const u8);
                 }
+            };
+            prefetch_tile(x.c.add(i0 * x.ldc + j0), x.ldc);
+            if x.last && !x.res.is_null() {
+                prefetch_tile(x.res.add(i0 * x.ldr + j0), x.ldr);
             }
             let ap = x.a.add(ip * MR * x.kc);
             // A last panel of fewer columns runs as few vectors as cover them (a 7×7 image's
