@@ -7,6 +7,12 @@
 //! every reader of that value is already in the group. A group of one node stays a plain
 //! step.
 //!
+//! A group whose only tensor input is a `Gemm`'s result (directly or through a `Reshape`),
+//! read by nothing else, and whose other inputs are scalar constants runs in that GEMM's
+//! store instead ([`Fused::GemmMap`]): -O1 leaves a transformer's Gelu spelled out after the
+//! feed-forward Gemm, and so it runs on each panel of the GEMM's output while the panel is in
+//! L1 rather than in another pass over a `[tokens, 4·hidden]` tensor.
+//!
 //! [`FusedMap`]: kiln_runtime::kernels::FusedMap
 
 use std::collections::{HashMap, HashSet};
@@ -26,6 +32,15 @@ pub(crate) struct Group {
 pub(crate) enum Fused {
     Map(MapProgram),
     Attention(AttentionCore),
+    /// A `Gemm` (then at most a `Reshape`) whose result only an element-wise chain reads: the
+    /// chain runs in the GEMM's store. `prog`'s register 0 is the GEMM's result, its other
+    /// inputs the constant `scalars`.
+    GemmMap {
+        gemm: NodeId,
+        reshape: Option<NodeId>,
+        prog: MapProgram,
+        scalars: Vec<f32>,
+    },
 }
 
 /// What a fusible node computes, its operands still values.
@@ -406,7 +421,86 @@ pub(crate) fn groups(g: &Graph, order: &[NodeId], fusions: crate::Fusions) -> Ve
             kernel: Fused::Map(prog),
         });
     }
+    if fusions.gemm_epilogue {
+        for grp in &mut out {
+            if let Some(fused) = cx.into_gemm(grp) {
+                *grp = fused;
+            }
+        }
+    }
     out
+}
+
+impl Cx<'_> {
+    /// An element-wise group whose one non-constant input is a `Gemm`'s result (directly or
+    /// through a `Reshape`, which an element-wise chain commutes with) that nothing else reads,
+    /// and whose other inputs are f32 scalar constants: the group as that GEMM's epilogue.
+    fn into_gemm(&self, grp: &Group) -> Option<Group> {
+        let g = self.g;
+        if !matches!(grp.kernel, Fused::Map(_)) {
+            return None;
+        }
+        let scalar = |v: ValueId| {
+            let t = g.const_value(v)?;
+            (t.dtype() == DType::F32 && t.len() == 1)
+                .then(|| t.to_f64_vec())??
+                .first()
+                .copied()
+        };
+        let mut tensors = grp.inputs.iter().filter(|&&v| scalar(v).is_none());
+        let x = *tensors.next()?;
+        if tensors.next().is_some() {
+            return None;
+        }
+        let root = *grp.nodes.last()?;
+        let out = g.node(root).outputs[0];
+        // A scalar of higher rank than `x` would broadcast the result to more dims.
+        if !same_shape(g, x, out) {
+            return None;
+        }
+        let members: HashSet<NodeId> = grp.nodes.iter().copied().collect();
+        let p = self.producer(x)?;
+        if !self.private(x, &members, None) || self.taken.contains(&p) {
+            return None;
+        }
+        let (gemm, reshape) = match &g.node(p).op {
+            Op::Reshape(_) => {
+                let y = g.node(p).inputs.first().copied().flatten()?;
+                let q = self.producer(y)?;
+                if !self.private(y, &HashSet::from([p]), None) || self.taken.contains(&q) {
+                    return None;
+                }
+                (q, Some(p))
+            }
+            _ => (p, None),
+        };
+        if !matches!(g.node(gemm).op, Op::Gemm(_) | Op::FusedGemm(_))
+            || dtype(g, g.node(gemm).outputs[0]) != Some(DType::F32)
+        {
+            return None;
+        }
+        // The chain again, with the GEMM's result as register 0 and the scalars after it.
+        let (nodes, inputs, prog) = program(g, grp.nodes.clone(), &self.forms, Some(x));
+        let scalars: Vec<f32> = inputs[1..]
+            .iter()
+            .filter_map(|&v| scalar(v))
+            .map(|s| s as f32)
+            .collect();
+        if scalars.len() + 1 != inputs.len() {
+            return None;
+        }
+        let nodes = [gemm].into_iter().chain(reshape).chain(nodes).collect();
+        Some(Group {
+            nodes,
+            inputs,
+            kernel: Fused::GemmMap {
+                gemm,
+                reshape,
+                prog,
+                scalars,
+            },
+        })
+    }
 }
 
 /// The group's program: external inputs first (in order of first use), then one register

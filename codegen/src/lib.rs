@@ -56,6 +56,9 @@ pub struct Fusions {
     /// `MatMul → elementwise → Softmax → elementwise → MatMul` (attention spelled out op by
     /// op) becomes one step that goes through the scores slice by slice.
     pub attention: bool,
+    /// A chain of f32 elementwise ops (with scalar constants) that alone reads a `Gemm`'s
+    /// result runs in the GEMM's store, on each block while it is in cache.
+    pub gemm_epilogue: bool,
 }
 
 impl Fusions {
@@ -63,20 +66,24 @@ impl Fusions {
     pub const ALL: Fusions = Fusions {
         elementwise: true,
         attention: true,
+        gemm_epilogue: true,
     };
     /// No fusion: one step per node.
     pub const NONE: Fusions = Fusions {
         elementwise: false,
         attention: false,
+        gemm_epilogue: false,
     };
 
     /// [`Fusions::ALL`], less what the environment turns off (`KILN_FUSE_ELEMENTWISE=0`,
-    /// `KILN_FUSE_ATTENTION=0`), to measure or bisect a fusion.
+    /// `KILN_FUSE_ATTENTION=0`, `KILN_FUSE_GEMM_EPILOGUE=0`), to measure or bisect a fusion.
+    /// The GEMM epilogue fuses elementwise groups, so it needs `elementwise`.
     pub fn from_env() -> Fusions {
         let on = |k: &str| !std::env::var_os(k).is_some_and(|v| v == "0");
         Fusions {
             elementwise: on("KILN_FUSE_ELEMENTWISE"),
             attention: on("KILN_FUSE_ATTENTION"),
+            gemm_epilogue: on("KILN_FUSE_GEMM_EPILOGUE"),
         }
     }
 }
@@ -163,7 +170,11 @@ pub fn compile_graph_with(
             if grp.nodes.last() != Some(&n) {
                 continue;
             }
-            steps.push(fused_step(g, grp, i, &last_use, &is_output)?);
+            if let fuse::Fused::GemmMap { .. } = grp.kernel {
+                steps.extend(gemm_map_steps(g, grp, i, &last_use, &is_output)?);
+            } else {
+                steps.push(fused_step(g, grp, i, &last_use, &is_output)?);
+            }
             continue;
         }
         let opset = opsets.get(node.op.domain()).copied().unwrap_or(1);
@@ -198,24 +209,7 @@ pub fn compile_graph_with(
                 )?
             }
             op => {
-                let cx = BuildCx {
-                    input_types: node
-                        .inputs
-                        .iter()
-                        .map(|i| i.and_then(|v| g.value(v).ty.as_ref()))
-                        .collect(),
-                    const_inputs: node
-                        .inputs
-                        .iter()
-                        .map(|i| i.and_then(|v| g.const_value(v)))
-                        .collect(),
-                    output_types: node
-                        .outputs
-                        .iter()
-                        .map(|&o| g.value(o).ty.as_ref())
-                        .collect(),
-                    graph: g,
-                };
+                let cx = build_cx(g, n);
                 kiln_runtime::kernels::build(op, &cx).map_err(|e| match (e, op) {
                     // An op outside every kernel family: say kiln does not know it.
                     (KernelError::Unsupported(m), Op::Opaque(o)) if m.starts_with("no kernel") => {
@@ -274,6 +268,29 @@ pub fn compile_graph_with(
         outputs,
         buffers: Default::default(),
     })
+}
+
+/// What building node `n`'s kernel may know of its inputs and outputs.
+fn build_cx(g: &Graph, n: NodeId) -> BuildCx<'_> {
+    let node = g.node(n);
+    BuildCx {
+        input_types: node
+            .inputs
+            .iter()
+            .map(|i| i.and_then(|v| g.value(v).ty.as_ref()))
+            .collect(),
+        const_inputs: node
+            .inputs
+            .iter()
+            .map(|i| i.and_then(|v| g.const_value(v)))
+            .collect(),
+        output_types: node
+            .outputs
+            .iter()
+            .map(|&o| g.value(o).ty.as_ref())
+            .collect(),
+        graph: g,
+    }
 }
 
 fn sub_plan(
@@ -435,6 +452,90 @@ fn control_kernel(
     })
 }
 
+/// The steps of a GEMM with an element-wise chain in its store ([`fuse::Fused::GemmMap`]), at
+/// the position `i` of the chain's last node: the GEMM, writing the chain's result, then the
+/// `Reshape` it went through, if any, writing the chain's output value.
+fn gemm_map_steps(
+    g: &Graph,
+    grp: &fuse::Group,
+    i: usize,
+    last_use: &HashMap<ValueId, usize>,
+    is_output: &dyn Fn(ValueId) -> bool,
+) -> Result<Vec<Step>, CompileError> {
+    let fuse::Fused::GemmMap {
+        gemm,
+        reshape,
+        prog,
+        scalars,
+    } = &grp.kernel
+    else {
+        unreachable!("only GEMM epilogue groups come here")
+    };
+    let slot = |v: ValueId| v.index() as Slot;
+    let root = g.node(*grp.nodes.last().expect("a group has nodes"));
+    let out = root.outputs[0];
+    let gnode = g.node(*gemm);
+    let invalid = |e: KernelError| CompileError::Invalid(format!("node `{}`: {e}", gnode.name));
+    let map =
+        kiln_runtime::kernels::MapEpilogue::new(prog.clone(), scalars.clone()).map_err(invalid)?;
+    let kernel = kiln_runtime::kernels::gemm_with_map(&gnode.op, &build_cx(g, *gemm), map)
+        .ok_or_else(|| CompileError::Invalid(format!("node `{}` is no Gemm", gnode.name)))?
+        .map_err(invalid)?;
+    let inner: Vec<ValueId> = grp.nodes.iter().map(|&n| g.node(n).outputs[0]).collect();
+    let mut frees: Vec<Slot> = grp
+        .nodes
+        .iter()
+        .flat_map(|&n| g.node_reads(n))
+        .filter(|v| !inner.contains(v) && last_use.get(v) == Some(&i) && !is_output(*v))
+        .map(slot)
+        .collect();
+    let out_slot = (last_use.contains_key(&out) || is_output(out)).then(|| slot(out));
+    let chain: Vec<String> = grp.nodes[1 + reshape.is_some() as usize..]
+        .iter()
+        .map(|&n| op_name(&g.node(n).op))
+        .collect();
+    let gemm_op = format!("{}+Fused({})", op_name(&gnode.op), chain.join("+"));
+    let gemm_inputs: Vec<Option<Slot>> = gnode.inputs.iter().map(|i| i.map(slot)).collect();
+    let Some(r) = reshape else {
+        frees.sort();
+        frees.dedup();
+        return Ok(vec![Step {
+            kernel,
+            inputs: gemm_inputs,
+            outputs: vec![out_slot],
+            frees,
+            node: root.name.clone(),
+            op: gemm_op,
+        }]);
+    };
+    // The GEMM writes its own (2-D) value; the Reshape turns it into the chain's output.
+    let y = gnode.outputs[0];
+    let rnode = g.node(*r);
+    let rkernel = kiln_runtime::kernels::build(&rnode.op, &build_cx(g, *r))
+        .map_err(|e| CompileError::Invalid(format!("node `{}`: {e}", rnode.name)))?;
+    frees.push(slot(y));
+    frees.sort();
+    frees.dedup();
+    Ok(vec![
+        Step {
+            kernel,
+            inputs: gemm_inputs,
+            outputs: vec![Some(slot(y))],
+            frees: Vec::new(),
+            node: gnode.name.clone(),
+            op: gemm_op,
+        },
+        Step {
+            kernel: rkernel,
+            inputs: rnode.inputs.iter().map(|i| i.map(slot)).collect(),
+            outputs: vec![out_slot],
+            frees,
+            node: root.name.clone(),
+            op: op_name(&rnode.op),
+        },
+    ])
+}
+
 /// The step of a fused elementwise group, at the position `i` of its last node.
 fn fused_step(
     g: &Graph,
@@ -450,6 +551,7 @@ fn fused_step(
                 .map_err(|e| CompileError::Invalid(format!("node `{}`: {e}", root.name)))?,
         ),
         fuse::Fused::Attention(a) => Box::new(a.clone()),
+        fuse::Fused::GemmMap { .. } => unreachable!("GEMM epilogues have their own steps"),
     };
     let slot = |v: ValueId| v.index() as Slot;
     let out = root.outputs[0];

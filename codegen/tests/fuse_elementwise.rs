@@ -142,3 +142,130 @@ fn a_producer_broadcast_into_the_chain_stays_outside() {
     };
     assert_eq!(go(&fused), go(&plain));
 }
+
+/// `Gemm(a, w, bias)` of `[15, 8] × [8, 7]`, then (when `reshape`) a Reshape to `[3, 5, 7]`,
+/// then Gelu spelled out, as -O1 leaves a transformer's feed-forward layer. `chain_const`
+/// replaces the `0.5` by a `[7]` vector (not a scalar); `gemm_is_output` makes the Gemm's
+/// result a graph output.
+fn gemm_gelu_graph(reshape: bool, chain_const: bool, gemm_is_output: bool) -> Graph {
+    let mut g = Graph::default();
+    let a = input(&mut g, "a", &[15, 8]);
+    let w = g.add_const(
+        "w",
+        Tensor::from_vec(
+            vec![8, 7],
+            (0..56).map(|i| (i as f32 - 28.0) / 17.0).collect(),
+        )
+        .unwrap(),
+    );
+    let b = g.add_const(
+        "b",
+        Tensor::from_vec(vec![7], (0..7).map(|i| i as f32 / 9.0 - 0.3).collect()).unwrap(),
+    );
+    let gemm = Op::Gemm(Gemm {
+        alpha: 1.0,
+        beta: 1.0,
+        trans_a: false,
+        trans_b: false,
+    });
+    let y = node(&mut g, gemm, &[a, w, b], "y");
+    let x = if reshape {
+        let to = g.add_const("to", Tensor::from_vec(vec![3], vec![3i64, 5, -1]).unwrap());
+        node(
+            &mut g,
+            Op::Reshape(Reshape { allowzero: false }),
+            &[y, to],
+            "x",
+        )
+    } else {
+        y
+    };
+    let c = |g: &mut Graph, n: &str, v: f32| g.add_const(n, Tensor::scalar(v));
+    let s2 = c(&mut g, "sqrt2", std::f32::consts::SQRT_2);
+    let one = c(&mut g, "one", 1.0);
+    let half = if chain_const {
+        g.add_const("half", Tensor::from_vec(vec![7], vec![0.5f32; 7]).unwrap())
+    } else {
+        c(&mut g, "half", 0.5)
+    };
+    let d = node(&mut g, Op::Div(Div {}), &[x, s2], "d");
+    let e = node(&mut g, Op::Erf(Erf {}), &[d], "e");
+    let p = node(&mut g, Op::Add(Add {}), &[e, one], "p");
+    let m = node(&mut g, Op::Mul(Mul {}), &[x, p], "m");
+    let out = node(&mut g, Op::Mul(Mul {}), &[m, half], "out");
+    g.outputs.push(out);
+    if gemm_is_output {
+        g.outputs.push(y);
+    }
+    kiln_ir::infer::infer_graph(&mut g).unwrap();
+    g
+}
+
+fn run_a(p: &Plan) -> Vec<Vec<u8>> {
+    let a: Vec<f32> = (0..120)
+        .map(|i| ((i * 37) % 101) as f32 / 25.0 - 2.0)
+        .collect();
+    let a = Tensor::from_vec(vec![15, 8], a).unwrap();
+    p.run(vec![("a".into(), Value::Tensor(a))])
+        .unwrap()
+        .into_iter()
+        .map(|(_, v)| v.into_tensor().unwrap().bytes().to_vec())
+        .collect()
+}
+
+fn plan_with(g: &Graph, f: Fusions) -> Plan {
+    let mut opsets = BTreeMap::new();
+    opsets.insert(String::new(), 20);
+    compile_graph_with(g, &opsets, f).unwrap()
+}
+
+const NO_EPILOGUE: Fusions = Fusions {
+    gemm_epilogue: false,
+    ..Fusions::ALL
+};
+
+#[test]
+fn a_chain_that_alone_reads_a_gemm_runs_in_its_store_with_the_same_bits() {
+    const CHAIN: &str = "Gemm+Fused(Div+Erf+Add+Mul+Mul)";
+    // Directly on the Gemm's result.
+    let g = gemm_gelu_graph(false, false, false);
+    let (fused, apart, plain) = (plan(&g, true), plan_with(&g, NO_EPILOGUE), plan(&g, false));
+    assert_eq!(ops(&fused), [CHAIN]);
+    assert_eq!(ops(&apart), ["Gemm", "Fused(Div+Erf+Add+Mul+Mul)"]);
+    assert_eq!(run_a(&fused), run_a(&plain));
+    assert_eq!(run_a(&apart), run_a(&plain));
+    // Through the Reshape back to 3-D that -O1's MatMul + Add → Gemm leaves.
+    let g = gemm_gelu_graph(true, false, false);
+    let (fused, plain) = (plan(&g, true), plan(&g, false));
+    assert_eq!(ops(&fused), [CHAIN, "Reshape"]);
+    assert_eq!(
+        ops(&plan_with(&g, NO_EPILOGUE)),
+        ["Gemm", "Reshape", "Fused(Div+Erf+Add+Mul+Mul)"]
+    );
+    let out = run_a(&fused);
+    assert_eq!(out, run_a(&plain));
+    assert_eq!(out[0].len(), 3 * 5 * 7 * 4);
+}
+
+#[test]
+fn a_chain_stays_out_of_the_gemm_when_it_needs_more_than_scalars_or_the_gemm_result_is_read_elsewhere(
+) {
+    // A [7] vector operand: not a scalar the epilogue can hold.
+    let g = gemm_gelu_graph(true, true, false);
+    let (fused, plain) = (plan(&g, true), plan(&g, false));
+    assert_eq!(
+        ops(&fused),
+        ["Gemm", "Reshape", "Fused(Div+Erf+Add+Mul+Mul)"]
+    );
+    assert_eq!(run_a(&fused), run_a(&plain));
+    // The Gemm's result is also a graph output: it must keep its own value.
+    let g = gemm_gelu_graph(true, false, true);
+    let (fused, plain) = (plan(&g, true), plan(&g, false));
+    assert_eq!(
+        ops(&fused),
+        ["Gemm", "Reshape", "Fused(Div+Erf+Add+Mul+Mul)"]
+    );
+    assert_eq!(run_a(&fused), run_a(&plain));
+    let g = gemm_gelu_graph(false, false, true);
+    assert_eq!(ops(&plan(&g, true)), ["Gemm", "Fused(Div+Erf+Add+Mul+Mul)"]);
+}

@@ -92,6 +92,7 @@ impl Problem {
             row_bias: self.c.row_bias.then_some(&self.row_bias[..]),
             activation: self.c.act,
             residual: self.c.residual.then_some((&self.res[..], self.ldr)),
+            map: None,
         }
     }
 
@@ -521,6 +522,7 @@ proptest! {
             row_bias: None,
             activation: c.act,
             residual: c.residual.then(|| (res.get(i * sr..).unwrap_or(&[]), ldr)),
+            map: None,
         };
         for g in native() {
             let g = g.with_threads(threads);
@@ -627,6 +629,7 @@ fn zero_sizes() {
             row_bias: None,
             activation: Activation::Relu,
             residual: Some((&res, 3)),
+            map: None,
         };
         g.sgemm(
             2,

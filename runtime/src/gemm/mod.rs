@@ -8,7 +8,8 @@
 //!   measured ~10 % slower: six strided row streams instead of one sequential panel).
 //! * A register-blocked micro-kernel computes an `MR × NR` tile of `op(A)·op(B)` over `KC` steps
 //!   of `k`; the epilogue (alpha, beta, bias, residual, activation) is fused into the store of
-//!   the tile, and applied once, on the last `KC` block.
+//!   the tile, and applied once, on the last `KC` block. An [`EpilogueMap`] (a fused
+//!   element-wise chain) runs on each `MC × NR` panel of the last block once it is stored.
 //! * Loops: columns in `NC` blocks → `k` in `KC` blocks → rows in `MC` blocks → `NR` panels →
 //!   `MR` tiles. Threads (rayon) split the columns (or the rows, when there are few columns)
 //!   into regions, one per thread, or up to four per thread where the split packs nothing
@@ -234,8 +235,22 @@ impl Activation {
     }
 }
 
+/// An element-wise function of one `f32` that the GEMM applies to `C`'s elements once they
+/// are final, while they are still in cache: the loop fusion of a GEMM with the element-wise
+/// chain that reads its result (the chain's other operands are constants). It must not
+/// depend on where an element is, only on its value: the GEMM applies it to blocks of `C` in
+/// any order, from any thread.
+pub trait EpilogueMap: Sync + std::fmt::Debug {
+    /// Maps the `rows × cols` elements at `c` (row `i` at `c + i·ld`) in place.
+    ///
+    /// # Safety
+    /// The elements must be valid for reads and writes, and no other thread may access them
+    /// during the call.
+    unsafe fn apply(&self, c: *mut f32, ld: usize, rows: usize, cols: usize);
+}
+
 /// What the store of `C` adds to `alpha·op(A)·op(B) + beta·C`, in this order:
-/// `C[i][j] = act(alpha·AB[i][j] + beta·C[i][j] + bias[j] + row_bias[i] + residual[i][j])`.
+/// `C[i][j] = map(act(alpha·AB[i][j] + beta·C[i][j] + bias[j] + row_bias[i] + residual[i][j]))`.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Epilogue<'a> {
     /// Added per column; at least `n` long.
@@ -246,6 +261,8 @@ pub struct Epilogue<'a> {
     pub activation: Activation,
     /// Added per element: `(data, ld)`, element `(i, j)` at `data[i·ld + j]`.
     pub residual: Option<(&'a [f32], usize)>,
+    /// Applied after the activation.
+    pub map: Option<&'a dyn EpilogueMap>,
 }
 
 impl<'a> Epilogue<'a> {
@@ -254,6 +271,7 @@ impl<'a> Epilogue<'a> {
         row_bias: None,
         activation: Activation::None,
         residual: None,
+        map: None,
     };
 
     pub fn bias(bias: &'a [f32]) -> Self {
@@ -272,6 +290,10 @@ impl<'a> Epilogue<'a> {
     }
     pub fn with_residual(mut self, residual: &'a [f32], ld: usize) -> Self {
         self.residual = Some((residual, ld));
+        self
+    }
+    pub fn with_map(mut self, map: &'a dyn EpilogueMap) -> Self {
+        self.map = Some(map);
         self
     }
 }
@@ -473,7 +495,7 @@ const MAX_NR: usize = 64;
 /// One call of a kernel's block loop: `C[0..mc, 0..nc]` (+)= `A[0..mc, 0..kc] · B[0..kc, 0..nc]`
 /// with the store of `C` as described by the flags.
 #[derive(Clone, Copy)]
-pub(crate) struct BlockArgs {
+pub(crate) struct BlockArgs<'a> {
     pub kc: usize,
     pub mc: usize,
     pub nc: usize,
@@ -499,6 +521,8 @@ pub(crate) struct BlockArgs {
     pub res: *const f32,
     pub ldr: usize,
     pub act: Activation,
+    /// Applied to each finished panel of the last `k` block.
+    pub map: Option<&'a dyn EpilogueMap>,
 }
 
 /// The block loop of one ISA: `NR` panels outside, `MR` tiles inside.
@@ -567,6 +591,10 @@ pub(crate) unsafe fn block<V: Simd, const MR: usize, const NV: usize>(x: &BlockA
                     _ => rows::<V, MR, 3>(x, mr, ap, bp, nr_full, i0, j0, nr),
                 }
             }
+        }
+        // The panel's `mc × nr` elements of C are final and still in L1.
+        if let Some(map) = x.map.filter(|_| x.last) {
+            map.apply(x.c.add(j0), x.ldc, x.mc, nr);
         }
     }
 }
@@ -1242,6 +1270,7 @@ impl Gemm {
                 residual: epilogue
                     .residual
                     .map(|(r, ld)| (&r[i * batch.stride_residual..], ld)),
+                map: epilogue.map,
             };
             let epi = RawEpi::new(&ep, m, n);
             let av = AView::new(
@@ -1506,16 +1535,17 @@ impl BView {
 
 /// The epilogue as raw pointers at the origin of a region.
 #[derive(Clone, Copy)]
-struct RawEpi {
+struct RawEpi<'a> {
     bias: SendConst,
     row_bias: SendConst,
     res: SendConst,
     ldr: usize,
     act: Activation,
+    map: Option<&'a dyn EpilogueMap>,
 }
 
-impl RawEpi {
-    fn new(e: &Epilogue, m: usize, n: usize) -> RawEpi {
+impl<'a> RawEpi<'a> {
+    fn new(e: &Epilogue<'a>, m: usize, n: usize) -> RawEpi<'a> {
         if let Some(b) = e.bias {
             assert!(b.len() >= n, "bias has {} elements, n = {n}", b.len());
         }
@@ -1535,9 +1565,10 @@ impl RawEpi {
             res: SendConst(res),
             ldr,
             act: e.activation,
+            map: e.map,
         }
     }
-    fn offset(self, i: usize, j: usize) -> RawEpi {
+    fn offset(self, i: usize, j: usize) -> RawEpi<'a> {
         RawEpi {
             bias: SendConst(if self.bias.0.is_null() {
                 self.bias.0
@@ -1577,6 +1608,9 @@ unsafe fn scale_c(m: usize, n: usize, beta: f32, c: *mut f32, ldc: usize, e: &Ra
             *v = x;
         }
         scalar::activate(e.act, row);
+    }
+    if let Some(map) = e.map {
+        map.apply(c, ldc, m, n);
     }
 }
 
@@ -1683,6 +1717,7 @@ unsafe fn gemm_seq(
                         },
                         ldr: epi.ldr,
                         act: epi.act,
+                        map: epi.map,
                     };
                     (kern.block)(&args);
                     ic += mc;

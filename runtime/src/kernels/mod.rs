@@ -22,8 +22,8 @@ mod sequence;
 mod shape_ops;
 pub mod util;
 
-pub use elementwise::fused::{FusedMap, MapOp, MapProgram};
-pub use linalg::{AttentionCore, Operand};
+pub use elementwise::fused::{FusedMap, MapEpilogue, MapOp, MapProgram};
+pub use linalg::{gemm_with_map, AttentionCore, Operand};
 
 /// Builds the kernel for `op`. Errors with `Unsupported` when kiln has none.
 pub fn build(op: &Op, cx: &BuildCx) -> Result<Box<dyn Kernel>, KernelError> {

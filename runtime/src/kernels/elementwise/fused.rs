@@ -10,7 +10,7 @@ use kiln_ir::{DType, Tensor};
 
 use super::{new_tensor, view};
 use crate::error::KernelError;
-use crate::gemm::vmath;
+use crate::gemm::{vmath, EpilogueMap};
 use crate::kernel::{Kernel, RunCx};
 use crate::kernels::par::for_chunks_weighted;
 use crate::kernels::util::broadcast_shapes;
@@ -330,6 +330,136 @@ fn chunk_base(p: &MapProgram, layout: &Layout, srcs: &[Src], start: usize, out: 
     }
 }
 
+/// A [`MapProgram`] run in a GEMM's store (an [`EpilogueMap`]): register 0 is the GEMM's
+/// result, every other input a scalar constant. Each element goes through the same arithmetic
+/// as in [`FusedMap`], so moving the chain into the GEMM changes no bit of the result.
+#[derive(Debug)]
+pub struct MapEpilogue {
+    prog: MapProgram,
+    scalars: Vec<f32>,
+}
+
+impl MapEpilogue {
+    /// `scalars` are the values of the program's inputs after the first; the program must
+    /// compute an f32.
+    pub fn new(prog: MapProgram, scalars: Vec<f32>) -> Result<MapEpilogue, KernelError> {
+        prog.validate()?;
+        if prog.inputs != scalars.len() + 1 {
+            return Err(KernelError::Invalid(format!(
+                "a GEMM epilogue map of {} inputs given {} scalars",
+                prog.inputs,
+                scalars.len()
+            )));
+        }
+        if prog.out_bool() {
+            return Err(KernelError::Invalid(
+                "a GEMM epilogue map must compute an f32".into(),
+            ));
+        }
+        Ok(MapEpilogue { prog, scalars })
+    }
+}
+
+thread_local! {
+    /// The registers of the epilogue maps run on this thread: allocated once, not per panel.
+    static EPI_REGS: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+impl EpilogueMap for MapEpilogue {
+    unsafe fn apply(&self, c: *mut f32, ld: usize, rows: usize, cols: usize) {
+        #[cfg(target_arch = "x86_64")]
+        #[target_feature(enable = "avx2,fma")]
+        unsafe fn apply_avx2(
+            e: &MapEpilogue,
+            regs: &mut [f32],
+            c: *mut f32,
+            ld: usize,
+            rows: usize,
+            cols: usize,
+        ) {
+            apply_base(e, regs, c, ld, rows, cols)
+        }
+        if rows == 0 || cols == 0 {
+            return;
+        }
+        EPI_REGS.with(|r| {
+            let mut regs = r.borrow_mut();
+            let need = (self.prog.inputs + self.prog.ops.len()) * CH;
+            if regs.len() < need {
+                regs.resize(need, 0.0);
+            }
+            #[cfg(target_arch = "x86_64")]
+            if vmath::has_avx2() {
+                // SAFETY: the CPU has AVX2 and FMA; the caller vouches for `c`.
+                return apply_avx2(self, &mut regs, c, ld, rows, cols);
+            }
+            apply_base(self, &mut regs, c, ld, rows, cols)
+        })
+    }
+}
+
+/// Gathers `C`'s elements into register 0 a piece at a time (whole rows when they are
+/// shorter than a register: a GEMM panel is 16 wide), runs the program, scatters the result.
+///
+/// # Safety
+/// As [`EpilogueMap::apply`]; `regs` holds every register.
+#[inline(always)]
+unsafe fn apply_base(
+    e: &MapEpilogue,
+    regs: &mut [f32],
+    c: *mut f32,
+    ld: usize,
+    rows: usize,
+    cols: usize,
+) {
+    let p = &e.prog;
+    let last = p.inputs + p.ops.len() - 1;
+    // The program never writes its inputs: the scalars are filled once per call.
+    for (k, &v) in e.scalars.iter().enumerate() {
+        regs[(k + 1) * CH..(k + 2) * CH].fill(v);
+    }
+    // Helpers, not closures: a closure is compiled out of line, without AVX2.
+    if cols >= CH {
+        for i in 0..rows {
+            let mut j = 0;
+            while j < cols {
+                let n = CH.min(cols - j);
+                epi_piece(p, regs, &[(c.add(i * ld + j), n)], last);
+                j += n;
+            }
+        }
+        return;
+    }
+    let per = CH / cols;
+    let mut segs = [(std::ptr::null_mut::<f32>(), 0usize); CH];
+    let mut i = 0;
+    while i < rows {
+        let r = per.min(rows - i);
+        for (q, s) in segs[..r].iter_mut().enumerate() {
+            *s = (c.add((i + q) * ld), cols);
+        }
+        epi_piece(p, regs, &segs[..r], last);
+        i += r;
+    }
+}
+
+/// One piece of [`apply_base`]: the segments `src` (at most `CH` elements in all) through
+/// the program, in place.
+#[inline(always)]
+unsafe fn epi_piece(p: &MapProgram, regs: &mut [f32], src: &[(*mut f32, usize)], last: usize) {
+    let mut len = 0;
+    for &(ptr, n) in src {
+        std::ptr::copy_nonoverlapping(ptr, regs[len..].as_mut_ptr(), n);
+        len += n;
+    }
+    eval_base(p, regs, len);
+    let mut off = last * CH;
+    for &(ptr, n) in src {
+        std::ptr::copy_nonoverlapping(regs[off..].as_ptr(), ptr, n);
+        off += n;
+    }
+}
+
 /// Runs the program over the first `len` elements of every register.
 #[inline(always)]
 fn eval_base(p: &MapProgram, regs: &mut [f32], len: usize) {
@@ -562,5 +692,80 @@ mod tests {
         let i = Value::Tensor(t(&[3], vec![1i64, 2, 3]));
         assert!(k.run(&[Some(&a), Some(&i)], &mut RunCx::new()).is_err());
         assert!(k.run(&[Some(&a)], &mut RunCx::new()).is_err());
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(24))]
+        /// A program in a GEMM's store gives bit for bit what the fused map gives on the
+        /// GEMM's plain result, over odd sizes (k = 0 too), a C wider than its columns, B
+        /// packed per call or ahead of time, one thread or two; C's extra columns stay as
+        /// they were.
+        #[test]
+        fn map_in_the_gemm_store_matches_the_map_after_it(
+            m in 1usize..160, n in 1usize..70, k in prop_oneof![0usize..40, 250usize..600], pad in 0usize..5,
+            threads in 1usize..3, packed in any::<bool>(), seed in 1u64..1000,
+        ) {
+            use crate::gemm::{Epilogue, Gemm, Isa};
+            use MapOp::*;
+            let progs = [
+                // Gelu as the exporters spell it.
+                (MapProgram { inputs: 4, ops: vec![Div(0, 1), Erf(4), Add(5, 2), Mul(0, 6), Mul(7, 3)] }, 3),
+                (
+                    MapProgram {
+                        inputs: 2,
+                        ops: vec![Exp(0), Tanh(1), Sigmoid(2), Neg(3), Abs(4), Relu(5), Sub(7, 6), Pow(8, 3.0)],
+                    },
+                    1,
+                ),
+            ];
+            let gemm = Gemm::new(Isa::best()).unwrap().with_threads(threads).with_min_parallel_flops(0);
+            let a = floats(&[m, k], seed, false).to_f64_vec().unwrap();
+            let a: Vec<f32> = a.iter().map(|&x| x as f32 / 4.0).collect();
+            let b = floats(&[k, n], seed + 1, false).to_f64_vec().unwrap();
+            let b: Vec<f32> = b.iter().map(|&x| x as f32 / 4.0).collect();
+            let bias = floats(&[n], seed + 2, false).to_f64_vec().unwrap();
+            let bias: Vec<f32> = bias.iter().map(|&x| x as f32).collect();
+            let ldc = n + pad;
+            let run = |epi: Epilogue| {
+                let mut c = vec![7.0f32; m * ldc];
+                if packed {
+                    let pb = gemm.pack_b(k, n, &b, n.max(1), false);
+                    gemm.sgemm_packed(m, 1.0, &a, k.max(1), false, &pb, 0.0, &mut c, ldc, epi);
+                } else {
+                    gemm.sgemm(m, n, k, 1.0, &a, k.max(1), false, &b, n.max(1), false, 0.0, &mut c, ldc, epi);
+                }
+                c
+            };
+            let plain = run(Epilogue::bias(&bias));
+            let dense: Vec<f32> = (0..m).flat_map(|i| plain[i * ldc..i * ldc + n].to_vec()).collect();
+            for (p, nscalars) in progs {
+                let scalars: Vec<f32> = (0..nscalars).map(|i| [std::f32::consts::SQRT_2, 1.0, 0.5][i]).collect();
+                let mut ins = vec![t(&[m, n], dense.clone())];
+                ins.extend(scalars.iter().map(|&s| t(&[], vec![s])));
+                let want = fused(&p, &ins);
+                let map = MapEpilogue::new(p.clone(), scalars).unwrap();
+                let got = run(Epilogue::bias(&bias).with_map(&map));
+                let got_dense: Vec<f32> = (0..m).flat_map(|i| got[i * ldc..i * ldc + n].to_vec()).collect();
+                prop_assert!(same_bits(&t(&[m, n], got_dense), &want), "program {:?}", p);
+                for i in 0..m {
+                    prop_assert!(got[i * ldc + n..(i + 1) * ldc].iter().all(|&v| v == 7.0));
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn an_epilogue_map_takes_one_tensor_and_computes_an_f32() {
+        let p = MapProgram {
+            inputs: 2,
+            ops: vec![MapOp::Add(0, 1)],
+        };
+        assert!(MapEpilogue::new(p.clone(), vec![1.0]).is_ok());
+        assert!(MapEpilogue::new(p, vec![]).is_err());
+        let p = MapProgram {
+            inputs: 1,
+            ops: vec![MapOp::IsNaN(0)],
+        };
+        assert!(MapEpilogue::new(p, vec![]).is_err());
     }
 }

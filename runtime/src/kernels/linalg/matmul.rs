@@ -10,6 +10,7 @@ use super::KResult;
 use crate::error::KernelError;
 use crate::gemm::{default_gemm, Activation, Epilogue, PackedB};
 use crate::kernel::{opt_tensor_input, tensor_input, BuildCx, Kernel, RunCx};
+use crate::kernels::elementwise::fused::MapEpilogue;
 use crate::kernels::reduce::norm::broadcast_param;
 use crate::kernels::reduce::num::{view, Acc, Float, Num, Real};
 use crate::kernels::util::{for_each_broadcast, strides};
@@ -37,17 +38,43 @@ pub(super) fn build(op: &Op, cx: &BuildCx) -> Option<Result<Box<dyn Kernel>, Ker
                 const_b.and_then(|b| pack_const_b(b, o.trans_b))
             },
         }),
-        Op::Gemm(o) => {
-            let packed = gemm_packed_b(const_b, o.trans_b);
-            Box::new(GemmK {
-                alpha: o.alpha,
-                beta: o.beta,
-                ta: o.trans_a,
-                tb: o.trans_b,
-                act: None,
-                packed,
-            })
-        }
+        Op::Gemm(_) | Op::FusedGemm(_) => match gemm_kernel(op, cx, None)? {
+            Ok(k) => Box::new(k),
+            Err(e) => return Some(Err(e)),
+        },
+        Op::Det(_) => Box::new(DetK),
+        _ => return None,
+    };
+    Some(Ok(k))
+}
+
+/// The kernel of a `Gemm` or `com.microsoft.FusedGemm` node that also runs `map` on its
+/// (f32) result in the GEMM's store: lowering's fusion of a GEMM with the element-wise chain
+/// that alone reads its output. `None` for any other op.
+pub fn gemm_with_map(
+    op: &Op,
+    cx: &BuildCx,
+    map: MapEpilogue,
+) -> Option<Result<Box<dyn Kernel>, KernelError>> {
+    Some(gemm_kernel(op, cx, Some(map))?.map(|k| Box::new(k) as Box<dyn Kernel>))
+}
+
+fn gemm_kernel(
+    op: &Op,
+    cx: &BuildCx,
+    map: Option<MapEpilogue>,
+) -> Option<Result<GemmK, KernelError>> {
+    let const_b = cx.const_inputs.get(1).copied().flatten();
+    Some(Ok(match op {
+        Op::Gemm(o) => GemmK {
+            alpha: o.alpha,
+            beta: o.beta,
+            ta: o.trans_a,
+            tb: o.trans_b,
+            act: None,
+            packed: gemm_packed_b(const_b, o.trans_b),
+            map,
+        },
         Op::FusedGemm(o) => {
             // ONNX Runtime hands every `activation_*` attribute to the activation; of the
             // ones FusedGemm takes, only LeakyRelu has a parameter (default slope 0.01).
@@ -59,19 +86,18 @@ pub(super) fn build(op: &Op, cx: &BuildCx) -> Option<Result<Box<dyn Kernel>, Ker
                 Ok(a) => a,
                 Err(e) => return Some(Err(e)),
             };
-            Box::new(GemmK {
+            GemmK {
                 alpha: o.alpha,
                 beta: o.beta,
                 ta: o.trans_a,
                 tb: o.trans_b,
                 act: Some(act),
                 packed: gemm_packed_b(const_b, o.trans_b),
-            })
+                map,
+            }
         }
-        Op::Det(_) => Box::new(DetK),
         _ => return None,
-    };
-    Some(Ok(k))
+    }))
 }
 
 /// Gemm's `B` packed at build time when it is a constant f32 matrix.
@@ -409,6 +435,8 @@ struct GemmK {
     act: Option<Activation>,
     /// B when it is a constant f32 matrix, packed at build time.
     packed: Option<ConstB>,
+    /// An element-wise chain fused into the store (f32 only).
+    map: Option<MapEpilogue>,
 }
 
 impl Kernel for GemmK {
@@ -462,6 +490,10 @@ impl Kernel for GemmK {
                 None => Epilogue::NONE,
             }
             .with_activation(self.act.unwrap_or_default());
+            let epi = match &self.map {
+                Some(map) => epi.with_map(map),
+                None => epi,
+            };
             let x = view::<f32>(a)?;
             let (lda, ldn) = (a.shape()[1].max(1), n.max(1));
             let packed = self
@@ -496,9 +528,9 @@ impl Kernel for GemmK {
             })?;
             return Ok(vec![t.into()]);
         }
-        if self.act.is_some() {
+        if self.act.is_some() || self.map.is_some() {
             return Err(KernelError::Unsupported(format!(
-                "FusedGemm of {dt} tensors (f32 only)"
+                "FusedGemm or a GEMM with a fused epilogue of {dt} tensors (f32 only)"
             )));
         }
         let cb: Option<Vec<f64>> = match c {
