@@ -7,6 +7,11 @@
 //! every reader of that value is already in the group. A group of one node stays a plain
 //! step.
 //!
+//! Before those chains, row groups: grown the same way from a node of shape `[…, C]`, but
+//! also over `ReduceMean`s of the last axis (kept) and values of one per row `[…, 1]`; a
+//! group that holds such a mean runs row by row ([`Fused::Rows`], a LayerNorm spelled out,
+//! with the residual Add before it, in one pass over each row).
+//!
 //! A group whose only tensor input is a `Gemm`'s result (directly or through a `Reshape`),
 //! read by nothing else, and whose other inputs are scalar constants runs in that GEMM's
 //! store instead ([`Fused::GemmMap`]): -O1 leaves a transformer's Gelu spelled out after the
@@ -32,6 +37,9 @@ pub(crate) struct Group {
 pub(crate) enum Fused {
     Map(MapProgram),
     Attention(AttentionCore),
+    /// Runs row by row (the group holds row means); per input, whether it holds one value
+    /// per row (or one in all) rather than rows.
+    Rows(MapProgram, Vec<bool>),
     /// A `Gemm` (then at most a `Reshape`) whose result only an element-wise chain reads: the
     /// chain runs in the GEMM's store. `prog`'s register 0 is the GEMM's result, its other
     /// inputs the constant `scalars`.
@@ -44,11 +52,14 @@ pub(crate) enum Fused {
 }
 
 /// What a fusible node computes, its operands still values.
+#[derive(Clone, Copy)]
 enum Form {
     Unary(fn(u16) -> MapOp),
     Binary(fn(u16, u16) -> MapOp),
     Pow(f32),
     Where,
+    /// `ReduceMean` over the last axis, kept: only in row groups.
+    MeanRow,
 }
 
 fn dtype(g: &Graph, v: ValueId) -> Option<DType> {
@@ -402,6 +413,17 @@ pub(crate) fn groups(g: &Graph, order: &[NodeId], fusions: crate::Fusions) -> Ve
             }
         }
     }
+    if fusions.rows {
+        for &root in order.iter().rev() {
+            if cx.taken.contains(&root) || !cx.forms.contains_key(&root) {
+                continue;
+            }
+            if let Some(grp) = cx.row_group(root) {
+                cx.taken.extend(grp.nodes.iter().copied());
+                out.push(grp);
+            }
+        }
+    }
     for &root in order.iter().rev() {
         if !fusions.elementwise || cx.taken.contains(&root) || !cx.forms.contains_key(&root) {
             continue;
@@ -431,7 +453,110 @@ pub(crate) fn groups(g: &Graph, order: &[NodeId], fusions: crate::Fusions) -> Ve
     out
 }
 
+/// Whether node `n` is an f32 `ReduceMean` of a value of shape `s` over its last axis,
+/// keeping it.
+fn mean_row(g: &Graph, n: NodeId, s: &[Dim]) -> bool {
+    let node = g.node(n);
+    let Op::ReduceMean(o) = &node.op else {
+        return false;
+    };
+    let (Some(Some(x)), Some(Some(axes))) = (node.inputs.first(), node.inputs.get(1)) else {
+        return false;
+    };
+    let r = s.len() as i64;
+    let last_axis = g
+        .const_value(*axes)
+        .and_then(|t| t.to_f64_vec())
+        .is_some_and(|a| a.len() == 1 && (a[0] as i64 == -1 || a[0] as i64 == r - 1));
+    o.keepdims
+        && r > 0
+        && last_axis
+        && node.inputs.len() == 2
+        && dtype(g, *x) == Some(DType::F32)
+        && dtype(g, node.outputs[0]) == Some(DType::F32)
+        && shape(g, *x).is_some_and(|xs| xs == s)
+}
+
 impl Cx<'_> {
+    /// The group that ends in `root`, grown over element-wise ops and row means of the
+    /// root's shape `[…, C]` or of one value per row `[…, 1]`, when it holds a row mean and
+    /// its inputs are rows, values per row, one row `[C]` or one value (a LayerNorm spelled
+    /// out, with the residual Add before it).
+    fn row_group(&self, root: NodeId) -> Option<Group> {
+        let g = self.g;
+        let s = shape(g, g.node(root).outputs[0])?;
+        let c = s.last()?.clone();
+        let mut rs = s.clone();
+        *rs.last_mut()? = Dim::from(1i64);
+        let fits = |v: ValueId| shape(g, v).is_some_and(|x| x == s || x == rs);
+        let row_form = |n: NodeId| match g.node(n).op {
+            Op::Where(_) | Op::IsNaN(_) => None,
+            _ if mean_row(g, n, &s) => Some(Form::MeanRow),
+            _ => self.forms.get(&n).copied(),
+        };
+        if row_form(root).is_none() {
+            return None;
+        }
+        let mut members: HashSet<NodeId> = HashSet::from([root]);
+        loop {
+            let mut grew = false;
+            let cands: Vec<ValueId> = members
+                .iter()
+                .flat_map(|&m| g.node(m).inputs.iter().flatten().copied())
+                .collect();
+            for v in cands {
+                let Some(p) = self.producer(v) else { continue };
+                if members.contains(&p)
+                    || self.taken.contains(&p)
+                    || row_form(p).is_none()
+                    || !fits(v)
+                    || !self.private(v, &members, None)
+                {
+                    continue;
+                }
+                members.insert(p);
+                grew = true;
+            }
+            if !grew {
+                break;
+            }
+        }
+        if !members.iter().any(|&n| mean_row(g, n, &s)) {
+            return None;
+        }
+        let forms: HashMap<NodeId, Form> = members
+            .iter()
+            .map(|&n| (n, row_form(n).expect("members have a row form")))
+            .collect();
+        let mut nodes: Vec<NodeId> = members.into_iter().collect();
+        nodes.sort_by_key(|n| self.pos[n]);
+        let (nodes, inputs, prog) = program(g, nodes, &forms, None);
+        let one = Dim::from(1i64);
+        let mut per_row = Vec::with_capacity(inputs.len());
+        for &v in &inputs {
+            let vs = shape(g, v)?;
+            if dtype(g, v) != Some(DType::F32) {
+                return None;
+            }
+            let lead_ones =
+                vs.len() <= s.len() && vs[..vs.len().saturating_sub(1)].iter().all(|d| *d == one);
+            per_row.push(if vs == s {
+                false
+            } else if vs == rs || lead_ones && vs.last().is_none_or(|d| *d == one) {
+                true
+            } else if lead_ones && vs.last() == Some(&c) {
+                false
+            } else {
+                return None;
+            });
+        }
+        Some(Group {
+            nodes,
+            inputs,
+            kernel: Fused::Rows(prog, per_row),
+        })
+    }
+
     /// An element-wise group whose one non-constant input is a `Gemm`'s result (directly or
     /// through a `Reshape`, which an element-wise chain commutes with) that nothing else reads,
     /// and whose other inputs are f32 scalar constants: the group as that GEMM's epilogue.
@@ -516,7 +641,7 @@ fn program(
     for &n in &nodes {
         let node = g.node(n);
         let used = match forms[&n] {
-            Form::Pow(_) => &node.inputs[..1],
+            Form::Pow(_) | Form::MeanRow => &node.inputs[..1],
             _ => &node.inputs[..],
         };
         for v in used.iter().flatten() {
@@ -539,6 +664,7 @@ fn program(
             Form::Binary(f) => f(r(0), r(1)),
             Form::Pow(e) => MapOp::Pow(r(0), e),
             Form::Where => MapOp::Where(r(0), r(1), r(2)),
+            Form::MeanRow => MapOp::MeanRow(r(0)),
         };
         reg.insert(node.outputs[0], (inputs.len() + ops.len()) as u16);
         ops.push(op);

@@ -56,6 +56,9 @@ pub struct Fusions {
     /// `MatMul → elementwise → Softmax → elementwise → MatMul` (attention spelled out op by
     /// op) becomes one step that goes through the scores slice by slice.
     pub attention: bool,
+    /// Element-wise ops around row means (`ReduceMean` over the last axis: a LayerNorm
+    /// spelled out) become one step that goes row by row.
+    pub rows: bool,
     /// A chain of f32 elementwise ops (with scalar constants) that alone reads a `Gemm`'s
     /// result runs in the GEMM's store, on each block while it is in cache.
     pub gemm_epilogue: bool,
@@ -66,23 +69,27 @@ impl Fusions {
     pub const ALL: Fusions = Fusions {
         elementwise: true,
         attention: true,
+        rows: true,
         gemm_epilogue: true,
     };
     /// No fusion: one step per node.
     pub const NONE: Fusions = Fusions {
         elementwise: false,
         attention: false,
+        rows: false,
         gemm_epilogue: false,
     };
 
     /// [`Fusions::ALL`], less what the environment turns off (`KILN_FUSE_ELEMENTWISE=0`,
-    /// `KILN_FUSE_ATTENTION=0`, `KILN_FUSE_GEMM_EPILOGUE=0`), to measure or bisect a fusion.
+    /// `KILN_FUSE_ATTENTION=0`, `KILN_FUSE_ROWS=0`, `KILN_FUSE_GEMM_EPILOGUE=0`), to measure or
+    /// bisect a fusion.
     /// The GEMM epilogue fuses elementwise groups, so it needs `elementwise`.
     pub fn from_env() -> Fusions {
         let on = |k: &str| !std::env::var_os(k).is_some_and(|v| v == "0");
         Fusions {
             elementwise: on("KILN_FUSE_ELEMENTWISE"),
             attention: on("KILN_FUSE_ATTENTION"),
+            rows: on("KILN_FUSE_ROWS"),
             gemm_epilogue: on("KILN_FUSE_GEMM_EPILOGUE"),
         }
     }
@@ -101,7 +108,7 @@ pub fn compile_graph_with(
     let slot = |v: ValueId| v.index() as Slot;
 
     // Fused groups, each one step run where its last node is.
-    let groups = if fusions.elementwise || fusions.attention {
+    let groups = if fusions.elementwise || fusions.attention || fusions.rows {
         fuse::groups(g, &order, fusions)
     } else {
         Vec::new()
@@ -551,6 +558,10 @@ fn fused_step(
                 .map_err(|e| CompileError::Invalid(format!("node `{}`: {e}", root.name)))?,
         ),
         fuse::Fused::Attention(a) => Box::new(a.clone()),
+        fuse::Fused::Rows(p, per_row) => Box::new(
+            kiln_runtime::kernels::RowMap::new(p.clone(), per_row)
+                .map_err(|e| CompileError::Invalid(format!("node `{}`: {e}", root.name)))?,
+        ),
         fuse::Fused::GemmMap { .. } => unreachable!("GEMM epilogues have their own steps"),
     };
     let slot = |v: ValueId| v.index() as Slot;

@@ -269,3 +269,116 @@ fn a_chain_stays_out_of_the_gemm_when_it_needs_more_than_scalars_or_the_gemm_res
     let g = gemm_gelu_graph(false, false, true);
     assert_eq!(ops(&plan(&g, true)), ["Gemm", "Fused(Div+Erf+Add+Mul+Mul)"]);
 }
+
+/// `LayerNorm(a + b)` spelled out as the exporters write it (opset-18 ReduceMean, axes an
+/// input), over `[2, 5, 6]`; `axis` is the ReduceMeans' axis, `sub_is_output` makes the
+/// centred value a graph output.
+fn layer_norm_graph(axis: i64, sub_is_output: bool) -> Graph {
+    let mut g = Graph::default();
+    let a = input(&mut g, "a", &[2, 5, 6]);
+    let b = input(&mut g, "b", &[2, 5, 6]);
+    let axes = g.add_const("axes", Tensor::from_vec(vec![1], vec![axis]).unwrap());
+    let c = |g: &mut Graph, n: &str, v: f32| g.add_const(n, Tensor::scalar(v));
+    let two = c(&mut g, "two", 2.0);
+    let eps = c(&mut g, "eps", 1e-5);
+    let gamma = g.add_const(
+        "gamma",
+        Tensor::from_vec(vec![6], (0..6).map(|i| 0.5 + i as f32 / 7.0).collect()).unwrap(),
+    );
+    let beta = g.add_const(
+        "beta",
+        Tensor::from_vec(vec![6], (0..6).map(|i| i as f32 / 3.0 - 1.0).collect()).unwrap(),
+    );
+    let mean = || {
+        Op::ReduceMean(ReduceMean {
+            keepdims: true,
+            noop_with_empty_axes: false,
+        })
+    };
+    let x = node(&mut g, Op::Add(Add {}), &[a, b], "x");
+    let mu = node(&mut g, mean(), &[x, axes], "mu");
+    let d = node(&mut g, Op::Sub(Sub {}), &[x, mu], "d");
+    let p = node(&mut g, Op::Pow(Pow {}), &[d, two], "p");
+    let var = node(&mut g, mean(), &[p, axes], "var");
+    let ve = node(&mut g, Op::Add(Add {}), &[var, eps], "ve");
+    let sd = node(&mut g, Op::Sqrt(Sqrt {}), &[ve], "sd");
+    let n = node(&mut g, Op::Div(Div {}), &[d, sd], "n");
+    let sc = node(&mut g, Op::Mul(Mul {}), &[n, gamma], "sc");
+    let y = node(&mut g, Op::Add(Add {}), &[sc, beta], "y");
+    g.outputs.push(y);
+    if sub_is_output {
+        g.outputs.push(d);
+    }
+    kiln_ir::infer::infer_graph(&mut g).unwrap();
+    g
+}
+
+fn run_ab(p: &Plan) -> Vec<Vec<u8>> {
+    let t = |s: usize| {
+        let v = (0..60)
+            .map(|i| (((i * 37 + s) % 101) as f32 / 25.0 - 2.0) * (1.0 + s as f32))
+            .collect();
+        Value::Tensor(Tensor::from_vec(vec![2, 5, 6], v).unwrap())
+    };
+    p.run(vec![("a".into(), t(0)), ("b".into(), t(3))])
+        .unwrap()
+        .into_iter()
+        .map(|(_, v)| v.into_tensor().unwrap().bytes().to_vec())
+        .collect()
+}
+
+#[test]
+fn a_layer_norm_spelled_out_runs_row_by_row_with_the_same_bits() {
+    let g = layer_norm_graph(-1, false);
+    let (fused, plain) = (plan(&g, true), plan(&g, false));
+    assert_eq!(
+        ops(&fused),
+        ["Fused(Add+ReduceMean+Sub+Pow+ReduceMean+Add+Sqrt+Div+Mul+Add)"]
+    );
+    assert_eq!(run_ab(&fused), run_ab(&plain));
+    // The last axis by its number.
+    let g = layer_norm_graph(2, false);
+    assert_eq!(ops(&plan(&g, true)).len(), 1);
+    // Without row fusion, only the element-wise chains fuse.
+    let apart = plan_with(
+        &layer_norm_graph(-1, false),
+        Fusions {
+            rows: false,
+            ..Fusions::ALL
+        },
+    );
+    assert!(ops(&apart).contains(&"ReduceMean".to_string()));
+    assert_eq!(run_ab(&apart), run_ab(&plain));
+}
+
+#[test]
+fn row_fusion_needs_last_axis_means_and_private_values() {
+    // Means over axis 1: not rows of the last axis.
+    let g = layer_norm_graph(1, false);
+    let (fused, plain) = (plan(&g, true), plan(&g, false));
+    assert_eq!(
+        ops(&fused),
+        [
+            "Add",
+            "ReduceMean",
+            "Sub",
+            "Pow",
+            "ReduceMean",
+            "Fused(Add+Sqrt)",
+            "Fused(Div+Mul+Add)"
+        ]
+    );
+    assert_eq!(run_ab(&fused), run_ab(&plain));
+    // The centred value is a graph output: it stays a value, so the row group ending in `y`
+    // stops at it, and the one computing it is a row group of its own.
+    let g = layer_norm_graph(-1, true);
+    let (fused, plain) = (plan(&g, true), plan(&g, false));
+    assert_eq!(
+        ops(&fused),
+        [
+            "Fused(Add+ReduceMean+Sub)",
+            "Fused(Pow+ReduceMean+Add+Sqrt+Div+Mul+Add)"
+        ]
+    );
+    assert_eq!(run_ab(&fused), run_ab(&plain));
+}

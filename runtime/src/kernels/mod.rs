@@ -22,7 +22,7 @@ mod sequence;
 mod shape_ops;
 pub mod util;
 
-pub use elementwise::fused::{FusedMap, MapEpilogue, MapOp, MapProgram};
+pub use elementwise::fused::{FusedMap, MapEpilogue, MapOp, MapProgram, RowMap};
 pub use linalg::{gemm_with_map, AttentionCore, Operand};
 
 /// Builds the kernel for `op`. Errors with `Unsupported` when kiln has none.

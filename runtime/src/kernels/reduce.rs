@@ -12,6 +12,7 @@ use crate::error::KernelError;
 use crate::kernel::{BuildCx, Kernel};
 
 mod axes;
+pub(crate) use axes::sum_f32;
 pub(crate) mod norm;
 pub(crate) mod num;
 pub(crate) mod softmax;

@@ -13,6 +13,7 @@ use crate::error::KernelError;
 use crate::gemm::{vmath, EpilogueMap};
 use crate::kernel::{Kernel, RunCx};
 use crate::kernels::par::for_chunks_weighted;
+use crate::kernels::reduce::sum_f32;
 use crate::kernels::util::broadcast_shapes;
 use crate::value::Value;
 
@@ -38,6 +39,9 @@ pub enum MapOp {
     IsNaN(u16),
     /// `Where(cond, a, b)`.
     Where(u16, u16, u16),
+    /// The mean of a whole row (`ReduceMean` over the last axis, kept): only in a
+    /// [`RowMap`], whose registers are rows.
+    MeanRow(u16),
 }
 
 impl MapOp {
@@ -54,7 +58,8 @@ impl MapOp {
             | Neg(a)
             | Abs(a)
             | Relu(a)
-            | IsNaN(a) => vec![a],
+            | IsNaN(a)
+            | MeanRow(a) => vec![a],
             Where(c, a, b) => vec![c, a, b],
         }
     }
@@ -87,6 +92,16 @@ impl MapProgram {
     pub(crate) fn out_bool(&self) -> bool {
         matches!(self.ops.last(), Some(MapOp::IsNaN(_)))
     }
+
+    /// For kernels that run the program on pieces of rows: a row mean needs whole rows.
+    fn no_row_means(&self) -> Result<(), KernelError> {
+        if self.ops.iter().any(|o| matches!(o, MapOp::MeanRow(_))) {
+            return Err(KernelError::Invalid(
+                "a row mean outside a row-wise fused map".into(),
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// The kernel of a [`MapProgram`].
@@ -95,6 +110,7 @@ pub struct FusedMap(MapProgram);
 impl FusedMap {
     pub fn new(prog: MapProgram) -> Result<FusedMap, KernelError> {
         prog.validate()?;
+        prog.no_row_means()?;
         Ok(FusedMap(prog))
     }
 }
@@ -344,6 +360,7 @@ impl MapEpilogue {
     /// compute an f32.
     pub fn new(prog: MapProgram, scalars: Vec<f32>) -> Result<MapEpilogue, KernelError> {
         prog.validate()?;
+        prog.no_row_means()?;
         if prog.inputs != scalars.len() + 1 {
             return Err(KernelError::Invalid(format!(
                 "a GEMM epilogue map of {} inputs given {} scalars",
@@ -460,44 +477,362 @@ unsafe fn epi_piece(p: &MapProgram, regs: &mut [f32], src: &[(*mut f32, usize)],
     }
 }
 
+/// A [`MapProgram`] run row by row over the last axis, so that it may hold row means
+/// ([`MapOp::MeanRow`]): the loop fusion of a normalization spelled out op by op (LayerNorm
+/// at -O1: `ReduceMean`, `Sub`, `Pow`, `ReduceMean`, `Add`, `Sqrt`, `Div`, `Mul`, `Add`, and
+/// the residual `Add` before it), one pass over each row instead of one per op. Every input
+/// is the output's shape (a row of it per row), one value per row (`[…, 1]`), one row for
+/// all (`[C]`), or one value; each op computes what its standalone kernel computes, so
+/// fusing changes no bit.
+pub struct RowMap {
+    prog: MapProgram,
+    /// Per register: one value per row (else a whole row).
+    per_row: Vec<bool>,
+    /// Per register computed as whole rows (but the last, written straight to the output):
+    /// its row in the scratch rows.
+    slot: Vec<usize>,
+    slots: usize,
+}
+
+/// How a [`RowMap`] input maps onto the output's rows.
+#[derive(Clone, Copy, PartialEq, Debug)]
+enum RowIn {
+    /// The output's shape: row `i` at `i·C`.
+    Rows,
+    /// One value per row: row `i`'s at `i`.
+    PerRow,
+    /// `[C]` (after leading 1s): the same row for every row.
+    OneRow,
+    /// One value.
+    One,
+}
+
+impl RowMap {
+    /// `per_row_inputs[k]`: input `k` holds one value per row (or one in all), not rows.
+    pub fn new(prog: MapProgram, per_row_inputs: &[bool]) -> Result<RowMap, KernelError> {
+        prog.validate()?;
+        if prog.out_bool()
+            || prog
+                .ops
+                .iter()
+                .any(|o| matches!(o, MapOp::IsNaN(_) | MapOp::Where(..)))
+        {
+            return Err(KernelError::Invalid(
+                "a row-wise fused map computes f32 from f32 only".into(),
+            ));
+        }
+        if per_row_inputs.len() != prog.inputs {
+            return Err(KernelError::Invalid(format!(
+                "a row-wise fused map of {} inputs given {} input kinds",
+                prog.inputs,
+                per_row_inputs.len()
+            )));
+        }
+        let n = prog.inputs + prog.ops.len();
+        let mut per_row = per_row_inputs.to_vec();
+        for op in &prog.ops {
+            let one = match op {
+                MapOp::MeanRow(_) => true,
+                _ => op.operands().iter().all(|&r| per_row[r as usize]),
+            };
+            per_row.push(one);
+        }
+        if per_row[n - 1] {
+            return Err(KernelError::Invalid(
+                "a row-wise fused map must compute whole rows".into(),
+            ));
+        }
+        let mut slot = vec![usize::MAX; n];
+        let mut slots = 0;
+        for d in prog.inputs..n - 1 {
+            if !per_row[d] {
+                slot[d] = slots;
+                slots += 1;
+            }
+        }
+        Ok(RowMap {
+            prog,
+            per_row,
+            slot,
+            slots,
+        })
+    }
+}
+
+impl Kernel for RowMap {
+    fn run(&self, inputs: &[Option<&Value>], cx: &mut RunCx) -> Result<Vec<Value>, KernelError> {
+        let p = &self.prog;
+        if inputs.len() != p.inputs {
+            return Err(KernelError::Invalid(format!(
+                "row-wise fused map: {} inputs, the program takes {}",
+                inputs.len(),
+                p.inputs
+            )));
+        }
+        let mut ts: Vec<&Tensor> = Vec::with_capacity(inputs.len());
+        for (i, v) in inputs.iter().enumerate() {
+            match v {
+                Some(Value::Tensor(t)) if t.dtype() == DType::F32 => ts.push(t),
+                _ => {
+                    return Err(KernelError::Invalid(format!(
+                        "row-wise fused map input {i} is missing or not f32"
+                    )))
+                }
+            }
+        }
+        let shapes: Vec<&[usize]> = ts.iter().map(|t| t.shape()).collect();
+        let out_shape = broadcast_shapes(&shapes)?;
+        let c = out_shape.last().copied().unwrap_or(1);
+        let r = out_shape.len();
+        let kinds: Vec<RowIn> = shapes
+            .iter()
+            .enumerate()
+            .map(|(k, s)| {
+                let pad = r - s.len();
+                let dim = |ax: usize| if ax < pad { 1 } else { s[ax - pad] };
+                let lead_full = (0..r.saturating_sub(1)).all(|ax| dim(ax) == out_shape[ax]);
+                let lead_one = (0..r.saturating_sub(1)).all(|ax| dim(ax) == 1);
+                let last = if r == 0 { 1 } else { dim(r - 1) };
+                let kind = match (last == c, last == 1, lead_full, lead_one) {
+                    (true, _, true, _) if !self.per_row[k] => RowIn::Rows,
+                    (true, _, _, true) if !self.per_row[k] => RowIn::OneRow,
+                    (_, true, true, _) if self.per_row[k] => RowIn::PerRow,
+                    (_, true, _, true) => RowIn::One,
+                    _ => {
+                        return Err(KernelError::Invalid(format!(
+                            "row-wise fused map input {k} of shape {s:?} is neither rows, a \
+                             value per row, one row nor one value of the output {out_shape:?}"
+                        )))
+                    }
+                };
+                Ok(kind)
+            })
+            .collect::<Result<_, KernelError>>()?;
+        let data: Vec<std::borrow::Cow<[f32]>> = ts
+            .iter()
+            .map(|t| view::<f32>(t))
+            .collect::<Result<_, _>>()?;
+        let srcs: Vec<&[f32]> = data.iter().map(|d| &d[..]).collect();
+        let nregs = p.inputs + p.ops.len();
+        let out = new_tensor::<f32>(cx, DType::F32, out_shape, |o| {
+            if c == 0 {
+                return;
+            }
+            for_chunks_weighted(o, c, nregs, |start, o| {
+                self.rows(&kinds, &srcs, c, start / c, o)
+            })
+        })?;
+        Ok(vec![Value::Tensor(out)])
+    }
+}
+
+impl RowMap {
+    /// Rows `row0..` of the output into `out` (whole rows of `c`).
+    fn rows(&self, kinds: &[RowIn], srcs: &[&[f32]], c: usize, row0: usize, out: &mut [f32]) {
+        #[cfg(target_arch = "x86_64")]
+        #[target_feature(enable = "avx2,fma")]
+        unsafe fn rows_avx2(
+            m: &RowMap,
+            kinds: &[RowIn],
+            srcs: &[&[f32]],
+            c: usize,
+            row0: usize,
+            out: &mut [f32],
+        ) {
+            rows_base(m, kinds, srcs, c, row0, out)
+        }
+        #[cfg(target_arch = "x86_64")]
+        if vmath::has_avx2() {
+            // SAFETY: the CPU has AVX2 and FMA.
+            return unsafe { rows_avx2(self, kinds, srcs, c, row0, out) };
+        }
+        rows_base(self, kinds, srcs, c, row0, out)
+    }
+}
+
+#[inline(always)]
+fn rows_base(m: &RowMap, kinds: &[RowIn], srcs: &[&[f32]], c: usize, row0: usize, out: &mut [f32]) {
+    let p = &m.prog;
+    let n = p.inputs + p.ops.len();
+    // Rows of the intermediate values: only these live in scratch (inputs are read where
+    // they are, the result is written where it goes), so a LayerNorm's stay in L1.
+    let mut scratch = vec![0f32; m.slots * c];
+    // The values that are one per row, by register.
+    let mut ones = vec![0f32; n];
+    for (i, out) in out.chunks_exact_mut(c).enumerate() {
+        let row = row0 + i;
+        for (k, (&kind, src)) in kinds.iter().zip(srcs).enumerate() {
+            match kind {
+                RowIn::PerRow => ones[k] = src[row],
+                RowIn::One => ones[k] = src[0],
+                _ => {}
+            }
+        }
+        for (j, &op) in p.ops.iter().enumerate() {
+            let d = p.inputs + j;
+            // Operands are earlier registers, in lower slots: split so the destination's
+            // slot (none for a value per row or the result) is borrowed mutably.
+            let at = if m.per_row[d] || d == n - 1 {
+                m.slots
+            } else {
+                m.slot[d]
+            };
+            let (lo, hi) = scratch.split_at_mut(at * c);
+            let ones_now = &ones;
+            let r = |k: u16| {
+                let k = k as usize;
+                if k < p.inputs {
+                    match kinds[k] {
+                        RowIn::Rows => Opd::Row(&srcs[k][row * c..(row + 1) * c]),
+                        RowIn::OneRow => Opd::Row(&srcs[k][..c]),
+                        RowIn::PerRow | RowIn::One => Opd::One(ones_now[k]),
+                    }
+                } else if m.per_row[k] {
+                    Opd::One(ones_now[k])
+                } else {
+                    Opd::Row(&lo[m.slot[k] * c..(m.slot[k] + 1) * c])
+                }
+            };
+            if m.per_row[d] {
+                let mut v = 0.0;
+                apply_op(op, Dst::One(&mut v), r);
+                ones[d] = v;
+            } else if d == n - 1 {
+                apply_op(op, Dst::Row(&mut *out), r);
+            } else {
+                apply_op(op, Dst::Row(&mut hi[..c]), r);
+            }
+        }
+    }
+}
+
 /// Runs the program over the first `len` elements of every register.
 #[inline(always)]
 fn eval_base(p: &MapProgram, regs: &mut [f32], len: usize) {
     for (i, &op) in p.ops.iter().enumerate() {
-        let d = p.inputs + i;
-        // Operands are earlier registers: split so the destination is borrowed mutably.
-        let (src, dst) = regs.split_at_mut(d * CH);
-        let dst = &mut dst[..len];
-        let r = |k: u16| &src[k as usize * CH..k as usize * CH + len];
-        use MapOp::*;
-        match op {
-            Add(a, b) => zip2(dst, r(a), r(b), |x, y| x + y),
-            Sub(a, b) => zip2(dst, r(a), r(b), |x, y| x - y),
-            Mul(a, b) => zip2(dst, r(a), r(b), |x, y| x * y),
-            Div(a, b) => zip2(dst, r(a), r(b), |x, y| x / y),
-            Pow(a, e) if e == 2.0 => map1(dst, r(a), |x| x * x),
-            Pow(a, e) if e == 3.0 => map1(dst, r(a), |x| x * x * x),
-            Pow(a, e) => map1(dst, r(a), |x| x.powf(e)),
-            Sqrt(a) => map1(dst, r(a), f32::sqrt),
-            Erf(a) => map1(dst, r(a), vmath::erf),
-            Exp(a) => map1(dst, r(a), f32::exp),
-            Tanh(a) => map1(dst, r(a), vmath::tanh),
-            Sigmoid(a) => map1(dst, r(a), |v| 1.0 / (1.0 + vmath::exp(-v))),
-            Neg(a) => map1(dst, r(a), |x| -x),
-            Abs(a) => map1(dst, r(a), f32::abs),
-            Relu(a) => map1(dst, r(a), |x| if x < 0.0 { 0.0 } else { x }),
-            // Selects, not branches, so that the loops vectorize.
-            IsNaN(a) => map1(dst, r(a), |x| if x.is_nan() { 1.0 } else { 0.0 }),
-            Where(c, a, b) => {
-                let (c, x, y) = (r(c), r(a), r(b));
-                for i in 0..len {
+        eval_op(op, p.inputs + i, regs, CH, len);
+    }
+}
+
+/// Runs `op` into register `d` over the first `len` elements of registers `stride` apart.
+#[inline(always)]
+fn eval_op(op: MapOp, d: usize, regs: &mut [f32], stride: usize, len: usize) {
+    // Operands are earlier registers: split so the destination is borrowed mutably.
+    let (src, dst) = regs.split_at_mut(d * stride);
+    let r = |k: u16| Opd::Row(&src[k as usize * stride..k as usize * stride + len]);
+    apply_op(op, Dst::Row(&mut dst[..len]), r);
+}
+
+/// An operand: a row of values, or one value that stands for a whole row.
+#[derive(Clone, Copy)]
+enum Opd<'a> {
+    Row(&'a [f32]),
+    One(f32),
+}
+
+impl Opd<'_> {
+    #[inline(always)]
+    fn first(self) -> f32 {
+        match self {
+            Opd::Row(a) => a[0],
+            Opd::One(x) => x,
+        }
+    }
+}
+
+/// Where an op writes: a row, or one value.
+enum Dst<'a> {
+    Row(&'a mut [f32]),
+    One(&'a mut f32),
+}
+
+/// The arithmetic of every op, once, for every kind of operand (the loops over rows
+/// vectorize; an operand of one value is a register-held constant).
+#[inline(always)]
+fn apply_op<'a>(op: MapOp, dst: Dst, r: impl Fn(u16) -> Opd<'a>) {
+    use MapOp::*;
+    match op {
+        Add(a, b) => bin(dst, r(a), r(b), |x, y| x + y),
+        Sub(a, b) => bin(dst, r(a), r(b), |x, y| x - y),
+        Mul(a, b) => bin(dst, r(a), r(b), |x, y| x * y),
+        Div(a, b) => bin(dst, r(a), r(b), |x, y| x / y),
+        Pow(a, e) if e == 2.0 => un(dst, r(a), |x| x * x),
+        Pow(a, e) if e == 3.0 => un(dst, r(a), |x| x * x * x),
+        Pow(a, e) => un(dst, r(a), |x| x.powf(e)),
+        Sqrt(a) => un(dst, r(a), f32::sqrt),
+        Erf(a) => un(dst, r(a), vmath::erf),
+        Exp(a) => un(dst, r(a), f32::exp),
+        Tanh(a) => un(dst, r(a), vmath::tanh),
+        Sigmoid(a) => un(dst, r(a), |v| 1.0 / (1.0 + vmath::exp(-v))),
+        Neg(a) => un(dst, r(a), |x| -x),
+        Abs(a) => un(dst, r(a), f32::abs),
+        Relu(a) => un(dst, r(a), |x| if x < 0.0 { 0.0 } else { x }),
+        // Selects, not branches, so that the loops vectorize.
+        IsNaN(a) => un(dst, r(a), |x| if x.is_nan() { 1.0 } else { 0.0 }),
+        Where(c, a, b) => match (dst, r(c), r(a), r(b)) {
+            (Dst::Row(dst), Opd::Row(c), Opd::Row(x), Opd::Row(y)) => {
+                let (c, x, y) = (&c[..dst.len()], &x[..dst.len()], &y[..dst.len()]);
+                for i in 0..dst.len() {
                     // Both loaded first: a select, where loads under the condition compile to a
                     // branch per element.
                     let (xv, yv) = (x[i], y[i]);
                     dst[i] = if c[i] != 0.0 { xv } else { yv };
                 }
             }
+            (dst, c, x, y) => {
+                let at = |o: Opd, i: usize| match o {
+                    Opd::Row(v) => v[i],
+                    Opd::One(v) => v,
+                };
+                match dst {
+                    Dst::Row(d) => {
+                        for (i, d) in d.iter_mut().enumerate() {
+                            *d = if at(c, i) != 0.0 { at(x, i) } else { at(y, i) };
+                        }
+                    }
+                    Dst::One(d) => {
+                        *d = if c.first() != 0.0 {
+                            x.first()
+                        } else {
+                            y.first()
+                        }
+                    }
+                }
+            }
+        },
+        // As the ReduceMean kernel computes it, so that fusing changes no bit.
+        MeanRow(a) => {
+            let mean = match r(a) {
+                Opd::Row(a) => sum_f32(a) / a.len() as f32,
+                Opd::One(x) => x,
+            };
+            match dst {
+                Dst::Row(d) => d.fill(mean),
+                Dst::One(d) => *d = mean,
+            }
         }
+    }
+}
+
+#[inline(always)]
+fn un(dst: Dst, a: Opd, f: impl Fn(f32) -> f32) {
+    match (dst, a) {
+        (Dst::Row(d), Opd::Row(a)) => map1(d, a, f),
+        (Dst::Row(d), Opd::One(x)) => d.fill(f(x)),
+        (Dst::One(d), a) => *d = f(a.first()),
+    }
+}
+
+#[inline(always)]
+fn bin(dst: Dst, a: Opd, b: Opd, f: impl Fn(f32, f32) -> f32) {
+    match dst {
+        Dst::Row(d) => match (a, b) {
+            (Opd::Row(a), Opd::Row(b)) => zip2(d, a, b, f),
+            (Opd::Row(a), Opd::One(y)) => map1(d, a, |x| f(x, y)),
+            (Opd::One(x), Opd::Row(b)) => map1(d, b, |y| f(x, y)),
+            (Opd::One(x), Opd::One(y)) => d.fill(f(x, y)),
+        },
+        Dst::One(d) => *d = f(a.first(), b.first()),
     }
 }
 
@@ -546,6 +881,22 @@ mod tests {
             Relu(a) => (Op::Relu(op::Relu {}), vec![g(a)]),
             IsNaN(a) => (Op::IsNaN(op::IsNaN {}), vec![g(a)]),
             Where(c, a, b) => (Op::Where(op::Where {}), vec![g(c), g(a), g(b)]),
+            MeanRow(a) => {
+                // Not of the element-wise family: through the registry of every kernel.
+                let mean = Op::ReduceMean(op::ReduceMean {
+                    keepdims: true,
+                    noop_with_empty_axes: false,
+                });
+                let graph = kiln_ir::Graph::default();
+                let cx = crate::kernel::BuildCx {
+                    input_types: vec![],
+                    const_inputs: vec![],
+                    output_types: vec![],
+                    graph: &graph,
+                };
+                let k = crate::kernels::build(&mean, &cx).unwrap();
+                return run_kernel(&*k, &[g(a), t(&[1], vec![-1i64])]);
+            }
         };
         run1(o, &ins)
     }
@@ -767,5 +1118,104 @@ mod tests {
             ops: vec![MapOp::IsNaN(0)],
         };
         assert!(MapEpilogue::new(p, vec![]).is_err());
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(32))]
+        /// Row-wise programs (LayerNorm spelled out after a residual Add; a mean of a mean with
+        /// values per row that are spread or not) give bit for bit what their ops give one
+        /// kernel at a time, over odd row lengths and row counts (threaded ones too).
+        #[test]
+        fn row_map_matches_unfused_ops_bit_for_bit(
+            rows in 1usize..700, cols in 1usize..300, lead in 1usize..3, seed in 1u64..1000,
+        ) {
+            use MapOp::*;
+            // Input kinds: 0 = rows, 1 = one value, 2 = one row [C], 3 = value per row [.., 1].
+            let progs = [
+                (
+                    MapProgram {
+                        inputs: 5,
+                        ops: vec![
+                            Add(0, 1), MeanRow(5), Sub(5, 6), Pow(7, 2.0), MeanRow(8), Add(9, 2),
+                            Sqrt(10), Div(7, 11), Mul(12, 3), Add(13, 4),
+                        ],
+                    },
+                    vec![0, 0, 1, 2, 2],
+                ),
+                (
+                    MapProgram {
+                        inputs: 3,
+                        ops: vec![Exp(0), MeanRow(3), Mul(4, 1), Neg(5), Tanh(6), Sub(0, 7), Abs(8), Mul(9, 2)],
+                    },
+                    vec![0, 3, 1],
+                ),
+            ];
+            for (pi, (p, kinds)) in progs.into_iter().enumerate() {
+                let full = [lead, rows, cols];
+                let ins: Vec<Tensor> = kinds.iter().enumerate().map(|(k, &kind)| {
+                    let seed = seed * 31 + k as u64;
+                    match kind {
+                        0 => floats(&full, seed, false),
+                        1 => {
+                            let v = floats(&[], seed, false).to_f64_vec().unwrap();
+                            t(&[], vec![v[0].abs() as f32 + 1e-3])
+                        }
+                        2 => floats(&[cols], seed, false),
+                        _ => floats(&[lead, rows, 1], seed, false),
+                    }
+                }).collect();
+                let mut regs = ins.clone();
+                for &op in &p.ops {
+                    let next = unfused(op, &regs);
+                    regs.push(next);
+                }
+                let per_row: Vec<bool> = kinds.iter().map(|&k| k == 1 || k == 3).collect();
+                let got = run_kernel(&RowMap::new(p.clone(), &per_row).unwrap(), &ins);
+                prop_assert!(same_bits(&got, regs.last().unwrap()), "program {pi} differs: {:?}", p);
+            }
+        }
+    }
+
+    #[test]
+    fn row_maps_reject_what_they_cannot_run() {
+        use MapOp::*;
+        let mean = MapProgram {
+            inputs: 1,
+            ops: vec![MeanRow(0), Sub(0, 1)],
+        };
+        // A row mean needs whole rows: not in the piecewise kernels.
+        assert!(FusedMap::new(mean.clone()).is_err());
+        assert!(MapEpilogue::new(mean.clone(), vec![]).is_err());
+        assert!(RowMap::new(mean.clone(), &[false]).is_ok());
+        // A result of one value per row, input kinds that do not match the program, bools.
+        assert!(RowMap::new(
+            MapProgram {
+                inputs: 1,
+                ops: vec![MeanRow(0)]
+            },
+            &[false]
+        )
+        .is_err());
+        assert!(RowMap::new(mean.clone(), &[false, true]).is_err());
+        assert!(RowMap::new(
+            MapProgram {
+                inputs: 1,
+                ops: vec![IsNaN(0)]
+            },
+            &[false]
+        )
+        .is_err());
+        // An input of a shape that is neither rows, a value per row, one row nor one value.
+        let k = RowMap::new(
+            MapProgram {
+                inputs: 2,
+                ops: vec![Add(0, 1)],
+            },
+            &[false, false],
+        )
+        .unwrap();
+        let a = Value::Tensor(t(&[2, 3], vec![0f32; 6]));
+        let b = Value::Tensor(t(&[2, 1], vec![0f32; 2]));
+        assert!(k.run(&[Some(&a), Some(&b)], &mut RunCx::new()).is_err());
     }
 }
