@@ -122,14 +122,36 @@ fn nondeterministic(op: &Op) -> bool {
 }
 
 /// Common-subexpression elimination: a node equal to an earlier one (same op, attributes
-/// and inputs) is dropped and its outputs read from the earlier one.
+/// and inputs) is dropped and its outputs read from the earlier one. Small constants of the
+/// same type and bytes count as the same input: the fusions and the exporters write one
+/// copy of a `0`, a `-inf` or an axes list per use, which would otherwise keep apart the
+/// nodes that read them (the attention mask's `Where`, once per layer).
 pub struct Cse;
+
+/// Constants up to this size are compared by content.
+const CSE_CONST_BYTES: usize = 4096;
 
 impl Pass for Cse {
     fn name(&self) -> &'static str {
         "cse"
     }
     fn run(&self, g: &mut Graph, _log: &mut Log) -> Result<usize, IrError> {
+        // Each small constant stands for the first one with its dtype, shape and bytes.
+        let mut by_content: HashMap<(String, Vec<usize>, Vec<u8>), ValueId> = HashMap::new();
+        let mut canon: HashMap<ValueId, ValueId> = HashMap::new();
+        for v in g.value_ids() {
+            if let Some(t) = g
+                .const_value(v)
+                .filter(|t| t.bytes().len() <= CSE_CONST_BYTES)
+            {
+                let key = (
+                    t.dtype().to_string(),
+                    t.shape().to_vec(),
+                    t.bytes().to_vec(),
+                );
+                canon.insert(v, *by_content.entry(key).or_insert(v));
+            }
+        }
         let mut seen: HashMap<String, NodeId> = HashMap::new();
         let mut n = 0;
         for id in g.topo_order()? {
@@ -137,7 +159,12 @@ impl Pass for Cse {
             if nondeterministic(&node.op) || !node.op.subgraphs().is_empty() {
                 continue;
             }
-            let key = format!("{:?}|{:?}", node.op, node.inputs);
+            let inputs: Vec<Option<ValueId>> = node
+                .inputs
+                .iter()
+                .map(|i| i.map(|v| canon.get(&v).copied().unwrap_or(v)))
+                .collect();
+            let key = format!("{:?}|{:?}", node.op, inputs);
             match seen.get(&key) {
                 Some(&first) => {
                     let outs: Vec<(ValueId, ValueId)> = node
