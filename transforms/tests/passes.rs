@@ -1,6 +1,6 @@
 //! Snapshot tests of the O1 passes: the printed IR before and after, reviewed as a diff.
 
-use kiln_ir::op::{Concat, Gather, Identity, Reshape, Shape, Transpose, Unsqueeze};
+use kiln_ir::op::{Add, Concat, Gather, Identity, Reshape, Shape, Transpose, Unsqueeze};
 use kiln_ir::{DType, Dim, Graph, Model, Op, Tensor, Type};
 use kiln_transforms::{optimize, Level, Options};
 
@@ -105,6 +105,37 @@ fn duplicate_nodes_merge() {
         vec![Some(t1), Some(t2), Some(t3)],
         &["y"],
     );
+    g.outputs = vec![g.node(c).outputs[0]];
+    insta::assert_snapshot!(before_after(model(g), &Options::level(Level::O1)));
+}
+
+#[test]
+fn duplicate_nodes_reading_equal_small_constants_merge() {
+    // x + 2 twice (two copies of the constant 2) merge; x + 3 stays; x + w with two equal
+    // constants of 1100 floats (over the 4 KiB compared by content) stays twice.
+    let mut g = Graph::new("main");
+    let x = f32_input(&mut g, "x", &["1100"]);
+    let two_a = g.add_const("two_a", Tensor::scalar(2.0f32));
+    let two_b = g.add_const("two_b", Tensor::scalar(2.0f32));
+    let three = g.add_const("three", Tensor::scalar(3.0f32));
+    let big = |g: &mut Graph, n: &str| {
+        g.add_const(n, Tensor::from_vec(vec![1100], vec![0.5f32; 1100]).unwrap())
+    };
+    let (w_a, w_b) = (big(&mut g, "w_a"), big(&mut g, "w_b"));
+    let outs: Vec<_> = [two_a, two_b, three, w_a, w_b]
+        .iter()
+        .enumerate()
+        .map(|(i, &c)| {
+            let n = g.add_node(
+                &format!("add{i}"),
+                Op::Add(Add {}),
+                vec![Some(x), Some(c)],
+                &[format!("s{i}").as_str()],
+            );
+            Some(g.node(n).outputs[0])
+        })
+        .collect();
+    let c = g.add_node("c", Op::Concat(Concat { axis: 0 }), outs, &["y"]);
     g.outputs = vec![g.node(c).outputs[0]];
     insta::assert_snapshot!(before_after(model(g), &Options::level(Level::O1)));
 }
