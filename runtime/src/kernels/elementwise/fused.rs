@@ -3,8 +3,13 @@
 //! op. Unfused, each op is a pass over memory; fused, the inputs are read once, in chunks
 //! that stay in L1, and only the result is written.
 //!
+//! The same programs run in two other places: in a GEMM's store ([`MapEpilogue`], a chain
+//! that alone reads a GEMM's result), and row by row ([`RowMap`], a chain around row means,
+//! as a LayerNorm spelled out is).
+//!
 //! Every op computes exactly what its standalone kernel computes (the same `erf`, `x·x` for
-//! `Pow(x, 2)`, ...), element by element, so fusing changes no bit of the result.
+//! `Pow(x, 2)`, the row sum of `ReduceMean`, ...), element by element, so fusing changes no
+//! bit of the result.
 
 use kiln_ir::{DType, Tensor};
 
@@ -94,7 +99,7 @@ impl MapProgram {
     }
 
     /// For kernels that run the program on pieces of rows: a row mean needs whole rows.
-    fn no_row_means(&self) -> Result<(), KernelError> {
+    pub(crate) fn no_row_means(&self) -> Result<(), KernelError> {
         if self.ops.iter().any(|o| matches!(o, MapOp::MeanRow(_))) {
             return Err(KernelError::Invalid(
                 "a row mean outside a row-wise fused map".into(),

@@ -56,6 +56,8 @@ impl AttentionCore {
     pub fn new(core: AttentionCore) -> Result<AttentionCore, KernelError> {
         for p in [&core.pre, &core.post].into_iter().flatten() {
             p.validate()?;
+            // The scores are run through the programs in pieces of rows.
+            p.no_row_means()?;
             if p.inputs == 0 || p.out_bool() {
                 return Err(KernelError::Invalid(
                     "attention core: an elementwise program must read the chain value and end in f32".into(),
