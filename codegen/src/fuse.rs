@@ -118,6 +118,15 @@ fn form(g: &Graph, n: NodeId) -> Option<Form> {
     (ins.len() == arity && f32s(&ins) && out == Some(DType::F32)).then_some(f)
 }
 
+/// The value of `v` when it is a constant f32 of one element.
+fn f32_scalar(g: &Graph, v: ValueId) -> Option<f64> {
+    let t = g.const_value(v)?;
+    (t.dtype() == DType::F32 && t.len() == 1)
+        .then(|| t.to_f64_vec())??
+        .first()
+        .copied()
+}
+
 /// Whether `a` and `b` are known to have the same shape. A producer whose output is
 /// smaller than the group's (broadcast into it) stays outside: fused, it would be computed
 /// once per element of the larger output (a mask computed once per head, a row's
@@ -252,14 +261,7 @@ impl Cx<'_> {
             .filter(|p| !self.taken.contains(p) && only(x, reader))
         {
             if let (Op::Mul(_), [Some(a), Some(b)]) = (&g.node(p).op, &g.node(p).inputs[..]) {
-                let scalar = |c: ValueId| {
-                    let t = g.const_value(c)?;
-                    (t.dtype() == DType::F32 && t.len() == 1)
-                        .then(|| t.to_f64_vec())??
-                        .first()
-                        .copied()
-                };
-                let pick = match (scalar(*a), scalar(*b)) {
+                let pick = match (f32_scalar(g, *a), f32_scalar(g, *b)) {
                     (_, Some(s)) => Some((*a, s)),
                     (Some(s), None) => Some((*b, s)),
                     _ => None,
@@ -565,13 +567,7 @@ impl Cx<'_> {
         if !matches!(grp.kernel, Fused::Map(_)) {
             return None;
         }
-        let scalar = |v: ValueId| {
-            let t = g.const_value(v)?;
-            (t.dtype() == DType::F32 && t.len() == 1)
-                .then(|| t.to_f64_vec())??
-                .first()
-                .copied()
-        };
+        let scalar = |v: ValueId| f32_scalar(g, v);
         let mut tensors = grp.inputs.iter().filter(|&&v| scalar(v).is_none());
         let x = *tensors.next()?;
         if tensors.next().is_some() {

@@ -459,6 +459,24 @@ fn control_kernel(
     })
 }
 
+/// The slots of the values from outside a group that are dead once it has run at position
+/// `i` (unsorted, maybe repeated).
+fn group_frees(
+    g: &Graph,
+    grp: &fuse::Group,
+    i: usize,
+    last_use: &HashMap<ValueId, usize>,
+    is_output: &dyn Fn(ValueId) -> bool,
+) -> Vec<Slot> {
+    let inner: Vec<ValueId> = grp.nodes.iter().map(|&n| g.node(n).outputs[0]).collect();
+    grp.nodes
+        .iter()
+        .flat_map(|&n| g.node_reads(n))
+        .filter(|v| !inner.contains(v) && last_use.get(v) == Some(&i) && !is_output(*v))
+        .map(|v| v.index() as Slot)
+        .collect()
+}
+
 /// The steps of a GEMM with an element-wise chain in its store ([`fuse::Fused::GemmMap`]), at
 /// the position `i` of the chain's last node: the GEMM, writing the chain's result, then the
 /// `Reshape` it went through, if any, writing the chain's output value.
@@ -488,14 +506,7 @@ fn gemm_map_steps(
     let kernel = kiln_runtime::kernels::gemm_with_map(&gnode.op, &build_cx(g, *gemm), map)
         .ok_or_else(|| CompileError::Invalid(format!("node `{}` is no Gemm", gnode.name)))?
         .map_err(invalid)?;
-    let inner: Vec<ValueId> = grp.nodes.iter().map(|&n| g.node(n).outputs[0]).collect();
-    let mut frees: Vec<Slot> = grp
-        .nodes
-        .iter()
-        .flat_map(|&n| g.node_reads(n))
-        .filter(|v| !inner.contains(v) && last_use.get(v) == Some(&i) && !is_output(*v))
-        .map(slot)
-        .collect();
+    let mut frees = group_frees(g, grp, i, last_use, is_output);
     let out_slot = (last_use.contains_key(&out) || is_output(out)).then(|| slot(out));
     let chain: Vec<String> = grp.nodes[1 + reshape.is_some() as usize..]
         .iter()
@@ -566,14 +577,7 @@ fn fused_step(
     };
     let slot = |v: ValueId| v.index() as Slot;
     let out = root.outputs[0];
-    let inner: Vec<ValueId> = grp.nodes.iter().map(|&n| g.node(n).outputs[0]).collect();
-    let mut frees: Vec<Slot> = grp
-        .nodes
-        .iter()
-        .flat_map(|&n| g.node_reads(n))
-        .filter(|v| !inner.contains(v) && last_use.get(v) == Some(&i) && !is_output(*v))
-        .map(slot)
-        .collect();
+    let mut frees = group_frees(g, grp, i, last_use, is_output);
     frees.sort();
     frees.dedup();
     let ops: Vec<String> = grp.nodes.iter().map(|&n| op_name(&g.node(n).op)).collect();
