@@ -15,7 +15,7 @@ use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkId, Criterion, Throughput};
-use kiln_runtime::gemm::{Activation, Epilogue, Gemm, Isa, PackedB};
+use kiln_runtime::gemm::{AOperand, Activation, BOperand, Epilogue, Gemm, Isa, PackedA, PackedB};
 
 const SHAPES: [(usize, usize, usize); 6] = [
     (128, 768, 768),
@@ -79,6 +79,8 @@ enum Variant {
     UnpackedBt,
     /// B packed once, epilogue bias + Gelu (erf) fused into the store (BERT's FFN1).
     PackedBiasGelu,
+    /// A packed once, B packed on every call (a 1×1 convolution: weights × image).
+    PackedA,
 }
 
 impl Variant {
@@ -88,12 +90,29 @@ impl Variant {
             Variant::Unpacked => "sgemm",
             Variant::UnpackedBt => "sgemm Bᵀ",
             Variant::PackedBiasGelu => "packed+bias+gelu",
+            Variant::PackedA => "packed A",
         }
     }
 }
 
-fn run_once(g: &Gemm, s: &mut Shape, pb: &PackedB, v: Variant) {
+/// The operands packed ahead of time for one shape and engine.
+struct Pre {
+    b: PackedB,
+    a: PackedA,
+}
+
+impl Pre {
+    fn new(g: &Gemm, s: &Shape) -> Pre {
+        Pre {
+            b: g.pack_b(s.k, s.n, &s.b, s.n, false),
+            a: g.pack_a(s.m, s.k, &s.a, s.k, false),
+        }
+    }
+}
+
+fn run_once(g: &Gemm, s: &mut Shape, pre: &Pre, v: Variant) {
     let (m, k, n) = (s.m, s.k, s.n);
+    let pb = &pre.b;
     match v {
         Variant::Packed => {
             g.sgemm_packed(m, 1.0, &s.a, k, false, pb, 0.0, &mut s.c, n, Epilogue::NONE)
@@ -134,6 +153,22 @@ fn run_once(g: &Gemm, s: &mut Shape, pb: &PackedB, v: Variant) {
             let epi = Epilogue::bias(&s.bias).with_activation(Activation::Gelu);
             g.sgemm_packed(m, 1.0, &s.a, k, false, pb, 0.0, &mut s.c, n, epi)
         }
+        Variant::PackedA => g.sgemm_ops(
+            m,
+            n,
+            k,
+            1.0,
+            AOperand::Packed(&pre.a),
+            BOperand::Matrix {
+                b: &s.b,
+                ldb: n,
+                trans: false,
+            },
+            0.0,
+            &mut s.c,
+            n,
+            Epilogue::NONE,
+        ),
     }
     black_box(&s.c);
 }
@@ -162,8 +197,9 @@ fn shapes() -> Vec<Shape> {
     }
 }
 
-/// `KILN_BENCH_B=packed,sgemm,sgemm_bt,gelu` (default: packed,sgemm; sgemm_bt = B stored
-/// transposed; gelu = packed with a fused bias + Gelu).
+/// `KILN_BENCH_B=packed,sgemm,sgemm_bt,gelu,packed_a` (default: packed,sgemm; sgemm_bt = B
+/// stored transposed; gelu = packed with a fused bias + Gelu; packed_a = A packed ahead of
+/// time and B per call, as in a 1×1 convolution).
 fn variants() -> Vec<Variant> {
     match std::env::var("KILN_BENCH_B") {
         Ok(v) => v
@@ -173,7 +209,8 @@ fn variants() -> Vec<Variant> {
                 "sgemm" => Variant::Unpacked,
                 "sgemm_bt" => Variant::UnpackedBt,
                 "gelu" => Variant::PackedBiasGelu,
-                _ => panic!("KILN_BENCH_B: packed, sgemm, sgemm_bt or gelu"),
+                "packed_a" => Variant::PackedA,
+                _ => panic!("KILN_BENCH_B: packed, sgemm, sgemm_bt, gelu or packed_a"),
             })
             .collect(),
         Err(_) => vec![Variant::Packed, Variant::Unpacked],
@@ -452,14 +489,9 @@ fn table(args: &[String]) {
     println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
     let mut shapes = shapes();
     let gemms: Vec<Gemm> = isas().into_iter().map(|i| Gemm::new(i).unwrap()).collect();
-    let packed: Vec<Vec<PackedB>> = gemms
+    let packed: Vec<Vec<Pre>> = gemms
         .iter()
-        .map(|g| {
-            shapes
-                .iter()
-                .map(|s| g.pack_b(s.k, s.n, &s.b, s.n, false))
-                .collect()
-        })
+        .map(|g| shapes.iter().map(|s| Pre::new(g, s)).collect())
         .collect();
     let pools: Vec<(usize, rayon::ThreadPool)> =
         thread_counts().into_iter().map(|t| (t, pool(t))).collect();
@@ -596,7 +628,7 @@ fn criterion_benches() {
         let mut group = c.benchmark_group(format!("sgemm_{isa}"));
         for s in shapes.iter_mut() {
             group.throughput(Throughput::Elements(s.flops() as u64));
-            let pb = g0.pack_b(s.k, s.n, &s.b, s.n, false);
+            let pb = Pre::new(&g0, s);
             for v in variants() {
                 for threads in thread_counts() {
                     let g = g0.with_threads(threads);
@@ -631,10 +663,7 @@ fn ab(spec: &str, reps: usize) {
         .collect();
     let pools: Vec<rayon::ThreadPool> = configs.iter().map(|c| pool(c.2)).collect();
     for s in shapes().iter_mut() {
-        let pbs: Vec<PackedB> = configs
-            .iter()
-            .map(|c| c.1.pack_b(s.k, s.n, &s.b, s.n, false))
-            .collect();
+        let pbs: Vec<Pre> = configs.iter().map(|c| Pre::new(&c.1, s)).collect();
         let mut times = vec![Vec::new(); configs.len()];
         for round in 0..reps + 3 {
             for (i, c) in configs.iter().enumerate() {

@@ -499,6 +499,57 @@ proptest! {
         }
     }
 
+    /// A last panel of 1–4 columns (the rows-in-lanes path, several tiles at a time) gives the
+    /// bits of the same columns computed inside a full panel, with every epilogue, A stored or
+    /// packed ahead of time, 1–2 threads, for every ISA this CPU runs and the scalar models.
+    #[test]
+    fn narrow_last_panel_matches_full_panel(
+        m in 1usize..=110, q in 0usize..=2, cols in 1usize..=4, k in prop_oneof![1usize..=40, 250usize..=300],
+        (alpha, beta) in (scalar_of(&[1.0, 0.5]), scalar_of(&[0.0, 1.0, -0.75])),
+        (bias, row_bias, residual) in (any::<bool>(), any::<bool>(), any::<bool>()),
+        act in activation(), threads in 1usize..=2, seed in any::<u64>(),
+    ) {
+        let gemms = native().into_iter().chain(Isa::ALL.map(|i| Gemm::model(i).with_min_parallel_flops(0)));
+        for g in gemms {
+            let g = g.with_threads(threads);
+            let nr = g.tile().1;
+            let (n, wide) = (q * nr + cols, (q + 1) * nr);
+            let a = data(m * k, seed);
+            let b = data(k * wide, seed + 1);
+            let c0 = data(m * wide, seed + 2);
+            let bv = data(wide, seed + 3);
+            let rb = data(m, seed + 4);
+            let res = data(m * wide, seed + 5);
+            let epi = Epilogue {
+                bias: bias.then_some(&bv[..]),
+                row_bias: row_bias.then_some(&rb[..]),
+                activation: act,
+                residual: residual.then_some((&res[..], wide)),
+                map: None,
+            };
+            let pa = g.pack_a(m, k, &a, k, false);
+            for packed_a in [false, true] {
+                let run = |n: usize| {
+                    let mut c = c0.clone();
+                    let ao = if packed_a {
+                        AOperand::Packed(&pa)
+                    } else {
+                        AOperand::Matrix { a: &a, lda: k, trans: false }
+                    };
+                    g.sgemm_ops(m, n, k, alpha, ao, BOperand::Matrix { b: &b, ldb: wide, trans: false }, beta, &mut c, wide, epi);
+                    c
+                };
+                let (narrow, full) = (run(n), run(wide));
+                for i in 0..m {
+                    let row = |v: &[f32]| v[i * wide..i * wide + n].to_vec();
+                    same_bits(&row(&narrow), &row(&full)).map_err(|e| TestCaseError::fail(format!("{g:?} packed A {packed_a}, row {i}: {e}")))?;
+                    // Nothing right of the narrow product is written.
+                    same_bits(&narrow[i * wide + n..(i + 1) * wide], &c0[i * wide + n..(i + 1) * wide]).map_err(|e| TestCaseError::fail(format!("{g:?} wrote past n in row {i}: {e}")))?;
+                }
+            }
+        }
+    }
+
     /// `sgemm_batched` equals a loop of `sgemm`, stacked and side-by-side C layouts, broadcast
     /// operands (stride 0).
     #[test]

@@ -13,7 +13,11 @@
 //! * Loops: columns in `NC` blocks → `k` in `KC` blocks → rows in `MC` blocks → `NR` panels →
 //!   `MR` tiles. Threads (rayon) split the columns (or the rows, when there are few columns)
 //!   into regions, one per thread, or up to four per thread where the split packs nothing
-//!   twice; every region is an independent sequential GEMM.
+//!   twice; every region is an independent sequential GEMM. With A packed ahead of time and
+//!   rows that balance clearly better than columns (a convolution over a 7×7 image), the
+//!   threads first pack all of B together, then split the rows.
+//! * A last panel of at most four columns runs with `MR` rows in the lanes instead of
+//!   columns, several tiles at a time (same bits as the column-vectorized tile).
 //!
 //! The micro-kernel is written once, generic over a small vector abstraction ([`Simd`]), and
 //! instantiated per ISA (AVX2+FMA, AVX-512F, NEON) inside a `#[target_feature]` function, and
@@ -555,7 +559,14 @@ pub(crate) unsafe fn block<V: Simd, const MR: usize, const NV: usize>(x: &BlockA
         } else {
             std::ptr::null()
         };
-        for ip in 0..mp {
+        // A last panel of a few columns (N = 49 leaves 1, N = 196 leaves 4): its full tiles
+        // run with rows in the vector lanes instead of columns, several tiles at a time.
+        let narrow_done = if nr <= NARROW_COLS && MR <= V::LANES {
+            narrow_panel::<V, MR>(x, bp, nr_full, j0, nr)
+        } else {
+            0
+        };
+        for ip in narrow_done..mp {
             let i0 = ip * MR;
             let mr = MR.min(x.mc - i0);
             if !next.is_null() {
@@ -597,6 +608,127 @@ pub(crate) unsafe fn block<V: Simd, const MR: usize, const NV: usize>(x: &BlockA
             map.apply(x.c.add(j0), x.ldc, x.mc, nr);
         }
     }
+}
+
+/// Columns of a last panel at most this narrow run through [`narrow_panel`].
+const NARROW_COLS: usize = 4;
+
+/// The `c ≤ NARROW_COLS` columns at `j0` of the full `MR`-row tiles of a block, `T` tiles at a
+/// time (`T·c ≤ 12` accumulators; leftover tiles are the caller's). Returns the number of tiles
+/// done.
+///
+/// Column-vectorized, a tile of one column would fill one lane of each accumulator and cost
+/// half a full panel's tile (`N = 49`: the last panel took 16 % of a 7×7 convolution's
+/// GEMM for 2 % of its columns). Here a tile's `MR` rows are the lanes of one load of its A
+/// panel, and the `T` tiles' accumulators are independent chains, so the FMA latency is hidden.
+/// Each element still sees `acc = a·b + acc` in the order of `k` from zero, and the same store:
+/// the bits are those of the column-vectorized tile.
+#[inline(always)]
+unsafe fn narrow_panel<V: Simd, const MR: usize>(
+    x: &BlockArgs,
+    b: *const f32,
+    b_step: usize,
+    j0: usize,
+    c: usize,
+) -> usize {
+    match c {
+        1 => narrow_tiles::<V, MR, 1, 8>(x, b, b_step, j0),
+        2 => narrow_tiles::<V, MR, 2, 6>(x, b, b_step, j0),
+        3 => narrow_tiles::<V, MR, 3, 4>(x, b, b_step, j0),
+        _ => narrow_tiles::<V, MR, 4, 3>(x, b, b_step, j0),
+    }
+}
+
+/// Lanes of the widest vector type (AVX-512).
+const MAX_LANES: usize = 16;
+
+#[inline(always)]
+unsafe fn narrow_tiles<V: Simd, const MR: usize, const C: usize, const T: usize>(
+    x: &BlockArgs,
+    b: *const f32,
+    b_step: usize,
+    j0: usize,
+) -> usize {
+    debug_assert!(MR <= V::LANES && V::LANES <= MAX_LANES && MR <= MAX_MR);
+    let groups = x.mc / MR / T;
+    for g in 0..groups {
+        let ip0 = g * T;
+        let acc = narrow_micro::<V, MR, C, T>(x.kc, x.a.add(ip0 * MR * x.kc), b, b_step);
+        for (t, cols) in acc.iter().enumerate() {
+            // Lane i of column j's vector is element (i, j): transposed through memory into
+            // the row vectors that the tile store takes.
+            let mut tr = [[0f32; MAX_LANES]; C];
+            for (j, v) in cols.iter().enumerate() {
+                V::store(tr[j].as_mut_ptr(), *v);
+            }
+            let mut rows = [[V::zero(); 1]; MR];
+            for (i, row) in rows.iter_mut().enumerate() {
+                let mut r = [0f32; MAX_LANES];
+                for j in 0..C {
+                    r[j] = tr[j][i];
+                }
+                row[0] = V::load(r.as_ptr());
+            }
+            store_tile::<V, MR, 1>(x, &rows, (ip0 + t) * MR, j0, C);
+        }
+    }
+    groups * T
+}
+
+/// `C` columns (`b + p·b_step + j`) of `T` consecutive `MR × kc` A panels at `a`: per step of
+/// `k`, one load of each panel's `MR` floats (the lanes past `MR` read the next step, and are
+/// never stored), `C` broadcasts of B, `T·C` FMAs.
+#[inline(always)]
+unsafe fn narrow_micro<V: Simd, const MR: usize, const C: usize, const T: usize>(
+    kc: usize,
+    a: *const f32,
+    b: *const f32,
+    b_step: usize,
+) -> [[V; C]; T] {
+    #[inline(always)]
+    unsafe fn step<V: Simd, const C: usize, const T: usize>(
+        acc: &mut [[V; C]; T],
+        av: impl Fn(usize) -> V,
+        b: *const f32,
+    ) {
+        let mut bv = [V::zero(); C];
+        for (j, v) in bv.iter_mut().enumerate() {
+            *v = V::broadcast(b.add(j));
+        }
+        for (t, row) in acc.iter_mut().enumerate() {
+            let a = av(t);
+            for j in 0..C {
+                row[j] = V::fma(a, bv[j], row[j]);
+            }
+        }
+    }
+    let panel = MR * kc;
+    let mut acc = [[V::zero(); C]; T];
+    // Steps whose full-width load stays inside the panel; the last ones go through a copy.
+    let inside = if panel >= V::LANES {
+        ((panel - V::LANES) / MR + 1).min(kc)
+    } else {
+        0
+    };
+    for p in 0..inside {
+        step::<V, C, T>(
+            &mut acc,
+            |t| V::load(a.add(t * panel + p * MR)),
+            b.add(p * b_step),
+        );
+    }
+    for p in inside..kc {
+        step::<V, C, T>(
+            &mut acc,
+            |t| {
+                let mut r = [0f32; MAX_LANES];
+                std::ptr::copy_nonoverlapping(a.add(t * panel + p * MR), r.as_mut_ptr(), MR);
+                V::load(r.as_ptr())
+            },
+            b.add(p * b_step),
+        );
+    }
+    acc
 }
 
 /// The tile of `mr ≤ MR` rows and `NV` vectors of columns at `(i0, j0)`; `b_step` is the B
@@ -1356,6 +1488,28 @@ impl Gemm {
             .max()
             .unwrap_or(0);
         let cost_m = mp.div_ceil(t) * vectors(0, n);
+        // A packed ahead of time and B packed here, with rows that balance better than
+        // columns (a narrow last panel, as N = 49 or 196 leave): all threads pack B once,
+        // together, and the rows split as for a pre-packed B, instead of every row region
+        // packing all of B or a column region getting the narrow panel on top of its share.
+        if matches!(a, AOp::Packed { .. })
+            && matches!(b, BView::Raw(_) | BView::Im2col { .. })
+            && cost_m * 20 < cost_n * 19
+            && k * np * kern.nr * 4 <= SHARED_B_MAX_BYTES
+        {
+            let done = pack::with_shared_b(|buf| {
+                let dst = buf.get(k * np * kern.nr);
+                pack_b_shared(kern, b, k, n, SendPtr(dst.as_mut_ptr()), t);
+                let packed = BView::Packed {
+                    ptr: SendConst(dst.as_ptr()),
+                    panels: np,
+                };
+                self.run(m, n, k, alpha, a, packed, beta, c, ldc, epi, threads);
+            });
+            if done.is_some() {
+                return;
+            }
+        }
         // An implicit im2col B costs more to pack than a stored one: split rows only when
         // splitting columns would leave a thread with a quarter more tiles.
         let split_n = np >= t
@@ -1416,6 +1570,42 @@ impl Gemm {
                 );
             });
     }
+}
+
+/// The largest `B` that [`Gemm::run`] packs whole, shared by the threads (an L2 or two).
+const SHARED_B_MAX_BYTES: usize = 2 << 20;
+
+/// Packs the whole `k × n` `b` in the layout of a [`PackedB`] (`KC` blocks of `ceil(n/NR)`
+/// panels each) into `dst`, the panels of each block split among `t` threads.
+///
+/// # Safety
+/// `b` must be valid for `k × n` and `dst` for `k · ceil(n/NR) · NR` elements.
+unsafe fn pack_b_shared(kern: &Kernel, b: BView, k: usize, n: usize, dst: SendPtr, t: usize) {
+    let (kc, nr) = (kern.kc, kern.nr);
+    let np = n.div_ceil(nr);
+    let blocks = k.div_ceil(kc);
+    (0..blocks * t)
+        .into_par_iter()
+        .with_max_len(1)
+        .for_each(|u| {
+            let pc = u / t * kc;
+            let kcb = kc.min(k - pc);
+            let Some((q0, q1)) = chunks(np, t).nth(u % t) else {
+                return;
+            };
+            let cols = (q1 * nr).min(n) - q0 * nr;
+            let d = std::slice::from_raw_parts_mut(
+                dst.get().add(pc * np * nr + q0 * kcb * nr),
+                (q1 - q0) * kcb * nr,
+            );
+            match b {
+                BView::Raw(bv) => pack::pack_b(d, bv.offset(pc, q0 * nr), kcb, cols, nr),
+                BView::Im2col { x, geom, col0 } => {
+                    pack::pack_b_im2col(d, x.0, &geom, pc, kcb, col0 + q0 * nr, cols, nr)
+                }
+                BView::Packed { .. } => unreachable!("pack_b_shared: B is already packed"),
+            }
+        });
 }
 
 /// `n` units into `t` contiguous nearly equal chunks.

@@ -42,6 +42,16 @@ thread_local! {
     static BUFFERS: RefCell<(AlignedBuf, AlignedBuf)> = RefCell::new(Default::default());
 }
 
+thread_local! {
+    static SHARED_B: RefCell<AlignedBuf> = RefCell::new(Default::default());
+}
+
+/// Runs `f` with the calling thread's buffer for a `B` that all threads pack together and then
+/// read (kept between calls, like [`with_buffers`]'); `None` when re-entered on this thread.
+pub(crate) fn with_shared_b<R>(f: impl FnOnce(&mut AlignedBuf) -> R) -> Option<R> {
+    SHARED_B.with(|cell| cell.try_borrow_mut().ok().map(|mut buf| f(&mut buf)))
+}
+
 /// Runs `f` with this thread's (A, B) packing buffers, kept between calls so that a GEMM in a
 /// loop does not allocate.
 pub(crate) fn with_buffers<R>(f: impl FnOnce(&mut AlignedBuf, &mut AlignedBuf) -> R) -> R {
