@@ -1489,7 +1489,7 @@ impl Gemm {
             .unwrap_or(0);
         let cost_m = mp.div_ceil(t) * vectors(0, n);
         // A packed ahead of time and B packed here, with rows that balance better than
-        // columns (a narrow last panel, as N = 49 or 196 leave): all threads pack B once,
+        // columns (a narrow last panel, as N = 49 leaves): all threads pack B once,
         // together, and the rows split as for a pre-packed B, instead of every row region
         // packing all of B or a column region getting the narrow panel on top of its share.
         if matches!(a, AOp::Packed { .. })

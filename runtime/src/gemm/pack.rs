@@ -47,7 +47,7 @@ thread_local! {
 }
 
 /// Runs `f` with the calling thread's buffer for a `B` that all threads pack together and then
-/// read (kept between calls, like [`with_buffers`]'); `None` when re-entered on this thread.
+/// read (kept between calls, like [`with_buffers`]); `None` when re-entered on this thread.
 pub(crate) fn with_shared_b<R>(f: impl FnOnce(&mut AlignedBuf) -> R) -> Option<R> {
     SHARED_B.with(|cell| cell.try_borrow_mut().ok().map(|mut buf| f(&mut buf)))
 }
