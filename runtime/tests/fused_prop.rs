@@ -674,9 +674,10 @@ fn check_skip(
         y.extend(yr);
         means.push(m);
         invs.push(i);
-        // The f32 sum x + skip + bias is rounded to ulps of its terms.
+        // The f32 sum x + skip (+ bias) is rounded to ulps of its terms.
         let terms = |c: usize| {
-            (x[r * h + c].abs() + skip[(r % skip_rows) * h + c].abs() + bs[c].abs()) as f64
+            let t = x[r * h + c].abs() + skip[(r % skip_rows) * h + c].abs();
+            (if bias { t + bs[c].abs() } else { t }) as f64
         };
         scales.push((0..h).map(terms).fold(0.0, f64::max));
         sums.extend(row);
