@@ -218,6 +218,131 @@ pub fn softmax_rows_in_place(x: &mut [f32], n: usize) {
     }
 }
 
+/// An elementwise step on a row of scores: `x op v` (`Sub`, `Div`) or `v op x` (`SubFrom`,
+/// `DivInto`), exactly as the standalone op computes it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RowOp {
+    Add,
+    Sub,
+    SubFrom,
+    Mul,
+    Div,
+    DivInto,
+}
+
+/// The other operand of a [`RowOp`] over a `rows × n` matrix, as row `i` sees it.
+#[derive(Clone, Copy, Debug)]
+pub enum RowArg<'a> {
+    /// One value for every element.
+    Scalar(f32),
+    /// Row `i` is `data[i·stride ..][..n]`; stride 0 repeats one row (a mask broadcast over
+    /// the query rows).
+    Rows { data: &'a [f32], stride: usize },
+    /// Row `i` is `data[i]` repeated.
+    PerRow(&'a [f32]),
+}
+
+impl RowArg<'_> {
+    fn fits(&self, rows: usize, n: usize) -> bool {
+        match *self {
+            RowArg::Scalar(_) => true,
+            RowArg::Rows { data, stride } => rows == 0 || (rows - 1) * stride + n <= data.len(),
+            RowArg::PerRow(d) => d.len() >= rows,
+        }
+    }
+}
+
+/// Row `i` of an argument: a slice of the row's length or one value.
+#[derive(Clone, Copy)]
+enum RowVals<'a> {
+    One(f32),
+    Each(&'a [f32]),
+}
+
+impl<'a> RowArg<'a> {
+    #[inline(always)]
+    fn row(&self, i: usize, n: usize) -> RowVals<'a> {
+        match *self {
+            RowArg::Scalar(v) => RowVals::One(v),
+            RowArg::Rows { data, stride } => RowVals::Each(&data[i * stride..i * stride + n]),
+            RowArg::PerRow(d) => RowVals::One(d[i]),
+        }
+    }
+}
+
+#[inline(always)]
+fn zip_row(x: &mut [f32], v: RowVals, f: impl Fn(f32, f32) -> f32) {
+    // `for` loops, not `for_each`: see `softmax_rows_in_place`.
+    match v {
+        RowVals::One(a) => {
+            for x in x.iter_mut() {
+                *x = f(*x, a);
+            }
+        }
+        RowVals::Each(a) => {
+            for (x, &a) in x.iter_mut().zip(a) {
+                *x = f(*x, a);
+            }
+        }
+    }
+}
+
+#[inline(always)]
+fn row_op(x: &mut [f32], op: RowOp, v: RowVals) {
+    match op {
+        RowOp::Add => zip_row(x, v, |x, a| x + a),
+        RowOp::Sub => zip_row(x, v, |x, a| x - a),
+        RowOp::SubFrom => zip_row(x, v, |x, a| a - x),
+        RowOp::Mul => zip_row(x, v, |x, a| x * a),
+        RowOp::Div => zip_row(x, v, |x, a| x / a),
+        RowOp::DivInto => zip_row(x, v, |x, a| a / x),
+    }
+}
+
+/// [`softmax_rows_in_place`] with elementwise work fused around it, row by row while the
+/// row is in L1: the `pre` steps on the scores first (scale, additive masks), and, when
+/// `nan_to` is given, every NaN of the result replaced by its value (the scrub of SDPA
+/// exports, `Where(IsNaN(p), c, p)`). Each element goes through the same arithmetic as the
+/// unfused ops, so the result is bit-identical to running them one after another.
+///
+/// # Panics
+/// If an argument is shorter than `x`'s rows need.
+pub fn softmax_rows_fused(
+    x: &mut [f32],
+    n: usize,
+    pre: &[(RowOp, RowArg)],
+    nan_to: Option<RowArg>,
+) {
+    if n == 0 {
+        return;
+    }
+    let rows = x.len() / n;
+    assert!(
+        pre.iter().all(|(_, a)| a.fits(rows, n)) && nan_to.is_none_or(|a| a.fits(rows, n)),
+        "softmax_rows_fused: an argument is shorter than the scores"
+    );
+    #[inline(always)]
+    fn rows_base(x: &mut [f32], n: usize, pre: &[(RowOp, RowArg)], nan_to: Option<RowArg>) {
+        for (i, row) in x.chunks_exact_mut(n).enumerate() {
+            for (op, a) in pre {
+                row_op(row, *op, a.row(i, n));
+            }
+            softmax_row_scrub(row, nan_to.map(|a| a.row(i, n)));
+        }
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn rows_avx2(x: &mut [f32], n: usize, pre: &[(RowOp, RowArg)], nan_to: Option<RowArg>) {
+        rows_base(x, n, pre, nan_to)
+    }
+    #[cfg(target_arch = "x86_64")]
+    if has_avx2() {
+        // SAFETY: the CPU has AVX2 and FMA.
+        return unsafe { rows_avx2(x, n, pre, nan_to) };
+    }
+    rows_base(x, n, pre, nan_to)
+}
+
 /// Lanes of the partial sums and maxima of the row kernels: independent accumulators are
 /// what lets LLVM vectorize a float reduction (it may not reassociate a single one).
 const LANES: usize = 16;
@@ -236,6 +361,12 @@ fn lane_sum(x: &[f32], f: impl Fn(f32) -> f32) -> f32 {
     for (a, &v) in acc.iter_mut().zip(rem) {
         *a += f(v);
     }
+    pairwise(acc)
+}
+
+/// The sum of the partial sums, pairwise.
+#[inline(always)]
+fn pairwise(mut acc: [f32; LANES]) -> f32 {
     let mut w = LANES;
     while w > 1 {
         w /= 2;
@@ -267,6 +398,20 @@ fn lane_max(x: &[f32]) -> f32 {
 /// Softmax of one row in place.
 #[inline(always)]
 fn softmax_row_base(o: &mut [f32]) {
+    softmax_row_scrub(o, None)
+}
+
+/// Softmax of one row in place, then, with `nan_to`, each NaN replaced by its value. The
+/// replacement is a select in the pass that scales the row: as a pass of its own, LLVM
+/// made it a masked store, which AMD cores run slowly (22 % of the fused rows' samples).
+#[inline(always)]
+fn softmax_row_scrub(o: &mut [f32], nan_to: Option<RowVals>) {
+    #[inline(always)]
+    fn scrub(o: &mut [f32], nan_to: Option<RowVals>) {
+        if let Some(c) = nan_to {
+            zip_row(o, c, |p, c| if p.is_nan() { c } else { p });
+        }
+    }
     let m = lane_max(o);
     if m.is_infinite() {
         // Rows with ±inf (or only NaNs): the exact definition (e^(x−m) is NaN for inf − inf).
@@ -275,22 +420,55 @@ fn softmax_row_base(o: &mut [f32]) {
             *v = (*v - m).exp();
             s += *v;
         }
-        o.iter_mut().for_each(|v| *v /= s);
+        for v in o.iter_mut() {
+            *v /= s;
+        }
+        scrub(o, nan_to);
         return;
     }
-    for v in o.iter_mut() {
-        *v = exp(*v - m);
-    }
-    let s = lane_sum(o, |v| v);
+    let s = exp_store_sum(o, m);
     if s.is_nan() {
         // Every term is in [0, 1] unless the row holds a NaN, which makes the whole row NaN.
         o.fill(f32::NAN);
+        scrub(o, nan_to);
         return;
     }
     let inv = 1.0 / s;
-    for v in o.iter_mut() {
-        *v *= inv;
+    match nan_to {
+        None => {
+            for v in o.iter_mut() {
+                *v *= inv;
+            }
+        }
+        Some(c) => zip_row(o, c, |v, c| {
+            let p = v * inv;
+            if p.is_nan() {
+                c
+            } else {
+                p
+            }
+        }),
     }
+}
+
+/// `o[i] = e^(o[i] − m)`, returning their sum in [`lane_sum`]'s order: one pass instead of
+/// a pass of `exp` and a pass of the sum, the same result to the bit.
+#[inline(always)]
+fn exp_store_sum(o: &mut [f32], m: f32) -> f32 {
+    let mut acc = [0f32; LANES];
+    let mut chunks = o.chunks_exact_mut(LANES);
+    for c in &mut chunks {
+        for l in 0..LANES {
+            let e = exp(c[l] - m);
+            c[l] = e;
+            acc[l] += e;
+        }
+    }
+    for (a, v) in acc.iter_mut().zip(chunks.into_remainder()) {
+        *v = exp(*v - m);
+        *a += *v;
+    }
+    pairwise(acc)
 }
 
 /// Layer normalization of one row in place: `(x − mean)·inv·g + b` with

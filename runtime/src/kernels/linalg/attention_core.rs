@@ -16,7 +16,7 @@ use super::KResult;
 use crate::error::KernelError;
 use crate::gemm::{default_gemm, vmath, Epilogue, Gemm};
 use crate::kernel::{Kernel, RunCx};
-use crate::kernels::elementwise::fused::{eval_into, MapProgram, Src};
+use crate::kernels::elementwise::fused::{eval_into, MapOp, MapProgram, Src};
 use crate::kernels::elementwise::view;
 use crate::kernels::util::{broadcast_shapes, strides};
 use crate::value::Value;
@@ -191,6 +191,20 @@ fn extra<'a>(t: &'a Tensor, data: Src<'a>, full: &[usize], what: &str) -> KResul
 }
 
 impl Extra<'_> {
+    /// Batch index `idx` as the argument of a row step over `· × n` scores (`None` for a
+    /// bool input).
+    fn row_arg(&self, idx: &[usize], n: usize) -> Option<vmath::RowArg<'_>> {
+        let Src::F32(d) = self.at(idx) else {
+            return None;
+        };
+        Some(match self.mat {
+            [1, 1] => vmath::RowArg::Scalar(*d.first()?),
+            [1, _] => vmath::RowArg::Rows { data: d, stride: 0 },
+            [_, 1] => vmath::RowArg::PerRow(d),
+            _ => vmath::RowArg::Rows { data: d, stride: n },
+        })
+    }
+
     fn at(&self, idx: &[usize]) -> Src<'_> {
         let off: usize = idx
             .iter()
@@ -202,6 +216,59 @@ impl Extra<'_> {
             Src::F32(x) => Src::F32(&x[off..off + len]),
             Src::Bool(x) => Src::Bool(&x[off..off + len]),
         }
+    }
+}
+
+/// The programs around the softmax as steps of [`vmath::softmax_rows_fused`]: `pre` a chain
+/// of `Add`/`Sub`/`Mul`/`Div` of the scores, each with one extra input (the scale, the
+/// mask), and `post` the NaN scrub `Where(IsNaN(p), c, p)`. Extras by index into the
+/// program's own.
+struct RowPlan {
+    pre: Vec<(vmath::RowOp, usize)>,
+    nan_to: Option<usize>,
+}
+
+impl RowPlan {
+    fn of(pre: Option<&MapProgram>, post: Option<&MapProgram>) -> Option<RowPlan> {
+        use vmath::RowOp;
+        let mut steps = Vec::new();
+        if let Some(p) = pre {
+            let extra = |r: u16| {
+                (1..p.inputs)
+                    .contains(&(r as usize))
+                    .then(|| r as usize - 1)
+            };
+            let mut chain = 0u16;
+            for (i, op) in p.ops.iter().enumerate() {
+                let (a, b, fwd, rev) = match *op {
+                    MapOp::Add(a, b) => (a, b, RowOp::Add, RowOp::Add),
+                    MapOp::Sub(a, b) => (a, b, RowOp::Sub, RowOp::SubFrom),
+                    MapOp::Mul(a, b) => (a, b, RowOp::Mul, RowOp::Mul),
+                    MapOp::Div(a, b) => (a, b, RowOp::Div, RowOp::DivInto),
+                    _ => return None,
+                };
+                steps.push(if a == chain {
+                    (fwd, extra(b)?)
+                } else if b == chain {
+                    (rev, extra(a)?)
+                } else {
+                    return None;
+                });
+                chain = (p.inputs + i) as u16;
+            }
+        }
+        let nan_to = match post {
+            None => None,
+            Some(p) => match p.ops[..] {
+                [MapOp::IsNaN(0), MapOp::Where(c, v, 0)]
+                    if c as usize == p.inputs && (1..p.inputs).contains(&(v as usize)) =>
+                {
+                    Some(v as usize - 1)
+                }
+                _ => return None,
+            },
+        };
+        Some(RowPlan { pre: steps, nan_to })
     }
 }
 
@@ -283,6 +350,7 @@ impl Kernel for AttentionCore {
         out_shape.extend([m, d]);
         let alpha = self.q.scale * self.k.scale;
         let (pre, post) = (self.pre.as_ref(), self.post.as_ref());
+        let plan = RowPlan::of(pre, post);
 
         // One slice: scores, programs, softmax, times V into `y` (`m × d`).
         let slice = |g: &Gemm, bi: usize, y: &mut [f32], s: &mut Scratch| {
@@ -326,18 +394,36 @@ impl Kernel for AttentionCore {
                 eval_into(p, &srcs, &shapes, &mn, to);
             };
             let mut in_a = true;
-            if let Some(p) = pre {
-                step(p, pre_x, &s.a, &mut s.b);
-                in_a = false;
-            }
-            vmath::softmax_rows_in_place(if in_a { &mut s.a } else { &mut s.b }, n);
-            if let Some(p) = post {
-                if in_a {
-                    step(p, post_x, &s.a, &mut s.b);
-                } else {
-                    step(p, post_x, &s.b, &mut s.a);
+            // The programs fused into the softmax's row loop when they are steps it knows;
+            // otherwise each is a pass over the slice.
+            let fused = plan.as_ref().and_then(|plan| {
+                let pre: Option<Vec<_>> = plan
+                    .pre
+                    .iter()
+                    .map(|&(op, x)| Some((op, pre_x[x].row_arg(&idx, n)?)))
+                    .collect();
+                let nan_to = match plan.nan_to {
+                    Some(x) => Some(post_x[x].row_arg(&idx, n)?),
+                    None => None,
+                };
+                Some((pre?, nan_to))
+            });
+            if let Some((pre_steps, nan_to)) = fused {
+                vmath::softmax_rows_fused(&mut s.a, n, &pre_steps, nan_to);
+            } else {
+                if let Some(p) = pre {
+                    step(p, pre_x, &s.a, &mut s.b);
+                    in_a = false;
                 }
-                in_a = !in_a;
+                vmath::softmax_rows_in_place(if in_a { &mut s.a } else { &mut s.b }, n);
+                if let Some(p) = post {
+                    if in_a {
+                        step(p, post_x, &s.a, &mut s.b);
+                    } else {
+                        step(p, post_x, &s.b, &mut s.a);
+                    }
+                    in_a = !in_a;
+                }
             }
             let cur = if in_a { &s.a } else { &s.b };
             let (vb, lv, tv) = v.matrix(&idx, &mut s.vs);
@@ -422,6 +508,9 @@ mod tests {
         k_bcast: bool,
         mask: u8,
         scrub: bool,
+        /// A `· 1` after the programs (exact), which keeps them off the softmax's fused row
+        /// steps: the passes of the general program path.
+        generic: bool,
         seed: u64,
     }
 
@@ -520,12 +609,27 @@ mod tests {
                 inputs: 2,
                 ops: vec![MapOp::Add(0, 1)],
             }),
-            post: c.scrub.then(|| MapProgram {
-                inputs: 2,
-                ops: vec![MapOp::IsNaN(0), MapOp::Where(2, 1, 0)],
-            }),
+            post: match (c.scrub, c.generic) {
+                (true, false) => Some(MapProgram {
+                    inputs: 2,
+                    ops: vec![MapOp::IsNaN(0), MapOp::Where(2, 1, 0)],
+                }),
+                (true, true) => Some(MapProgram {
+                    inputs: 3,
+                    ops: vec![MapOp::IsNaN(0), MapOp::Where(3, 1, 0), MapOp::Mul(4, 2)],
+                }),
+                (false, true) => Some(MapProgram {
+                    inputs: 2,
+                    ops: vec![MapOp::Mul(0, 1)],
+                }),
+                (false, false) => None,
+            },
         })
         .unwrap();
+        prop_assert_eq!(
+            RowPlan::of(core.pre.as_ref(), core.post.as_ref()).is_some(),
+            !c.generic
+        );
         let mut vals_in = vec![Value::Tensor(tq), Value::Tensor(tk), Value::Tensor(tv)];
         if let (Some(s), Some(mv)) = (&mask_shape, &mask) {
             vals_in.push(Value::Tensor(
@@ -534,6 +638,9 @@ mod tests {
         }
         if c.scrub {
             vals_in.push(Value::Tensor(Tensor::scalar(0f32)));
+        }
+        if c.generic {
+            vals_in.push(Value::Tensor(Tensor::scalar(1f32)));
         }
         let refs: Vec<Option<&Value>> = vals_in.iter().map(Some).collect();
         let out = core
@@ -602,6 +709,114 @@ mod tests {
         Ok(())
     }
 
+    /// See `fused_row_steps_are_bit_identical_to_the_program_passes`. A step is `(op,
+    /// chain on the left, argument shape)`; shapes 0..4 are `[1, 1]`, `[1, n]`, `[m, 1]`,
+    /// `[m, n]`.
+    fn fused_matches_passes(
+        m: usize,
+        n: usize,
+        steps: &[(u8, bool, u8)],
+        scrub: Option<u8>,
+        seed: u64,
+    ) -> Result<(), TestCaseError> {
+        let dims = |shape: u8| match shape {
+            0 => [1, 1],
+            1 => [1, n],
+            2 => [m, 1],
+            _ => [m, n],
+        };
+        // Scores with −∞ (a whole row of them in row 0) and a NaN.
+        let mut x = vals(m * n, seed);
+        for (i, v) in x.iter_mut().enumerate() {
+            if i < n || *v > 1.7 {
+                *v = f32::NEG_INFINITY;
+            } else if *v < -1.95 {
+                *v = f32::NAN;
+            }
+        }
+        let mut args: Vec<(Vec<f32>, [usize; 2])> = Vec::new();
+        let mut ops = Vec::new();
+        for (k, &(op, left, shape)) in steps.iter().enumerate() {
+            let (chain, arg) = (
+                (if k == 0 { 0 } else { 1 + steps.len() + k - 1 }) as u16,
+                (1 + k) as u16,
+            );
+            let (a, b) = if left { (chain, arg) } else { (arg, chain) };
+            ops.push(match op {
+                0 => MapOp::Add(a, b),
+                1 => MapOp::Sub(a, b),
+                2 => MapOp::Mul(a, b),
+                _ => MapOp::Div(a, b),
+            });
+            let d = dims(shape);
+            // Away from 0, so that no division makes every score infinite.
+            let v = vals(d[0] * d[1], seed + 1 + k as u64)
+                .into_iter()
+                .map(|v| v + 3.0f32.copysign(v))
+                .collect();
+            args.push((v, d));
+        }
+        let pre = (!steps.is_empty()).then(|| MapProgram {
+            inputs: 1 + steps.len(),
+            ops,
+        });
+        let post = scrub.map(|_| MapProgram {
+            inputs: 2,
+            ops: vec![MapOp::IsNaN(0), MapOp::Where(2, 1, 0)],
+        });
+        let c = scrub.map(|shape| {
+            let d = dims(shape);
+            (vals(d[0] * d[1], seed + 99), d)
+        });
+        let plan = RowPlan::of(pre.as_ref(), post.as_ref());
+        prop_assert!(plan.is_some());
+        let plan = plan.unwrap();
+        let full = [m, n];
+        fn as_extra((v, d): &(Vec<f32>, [usize; 2])) -> Extra<'_> {
+            Extra {
+                src: Src::F32(v),
+                mat: *d,
+                batch_strides: Vec::new(),
+            }
+        }
+        let pre_x: Vec<Extra> = args.iter().map(as_extra).collect();
+        let post_x: Vec<Extra> = c.iter().map(as_extra).collect();
+        // The fused row steps.
+        let mut got = x.clone();
+        let pre_steps: Vec<_> = plan
+            .pre
+            .iter()
+            .map(|&(op, i)| (op, pre_x[i].row_arg(&[], n).unwrap()))
+            .collect();
+        let nan_to = plan.nan_to.map(|i| post_x[i].row_arg(&[], n).unwrap());
+        vmath::softmax_rows_fused(&mut got, n, &pre_steps, nan_to);
+        // The programs' passes.
+        let pass = |p: &MapProgram, xs: &[Extra], from: &[f32]| {
+            let mut srcs = vec![Src::F32(from)];
+            srcs.extend(xs.iter().map(|x| x.src));
+            let mut shapes: Vec<&[usize]> = vec![&full[..]];
+            shapes.extend(xs.iter().map(|x| &x.mat[..]));
+            let mut to = vec![0f32; from.len()];
+            eval_into(p, &srcs, &shapes, &full, &mut to);
+            to
+        };
+        let mut want = match &pre {
+            Some(p) => pass(p, &pre_x, &x),
+            None => x.clone(),
+        };
+        vmath::softmax_rows_in_place(&mut want, n);
+        if let Some(p) = &post {
+            want = pass(p, &post_x, &want);
+        }
+        for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+            prop_assert!(
+                g.to_bits() == w.to_bits() || (g.is_nan() && w.is_nan()),
+                "element {i}: {g} vs {w} ({steps:?}, scrub {scrub:?})"
+            );
+        }
+        Ok(())
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(96))]
         /// Odd sizes (one included), every operand layout, K broadcast over the batch,
@@ -611,9 +826,23 @@ mod tests {
             b in 1usize..4, h in 1usize..4, m in 1usize..20, n in 1usize..20,
             kd in 1usize..12, d in 1usize..12,
             q_t: bool, k_t: bool, v_t: bool, k_bcast: bool,
-            mask in 0u8..3, scrub: bool, seed: u64,
+            mask in 0u8..3, scrub: bool, generic: bool, seed: u64,
         ) {
-            run_case(Case { b, h, m, n, kd, d, q_t, k_t, v_t, k_bcast, mask, scrub, seed })?;
+            run_case(Case {
+                b, h, m, n, kd, d, q_t, k_t, v_t, k_bcast, mask, scrub, generic, seed,
+            })?;
+        }
+
+        /// The programs run as the softmax's fused row steps give the same bits as the
+        /// programs' own passes around the softmax: every step op, the chain value on
+        /// either side, arguments of every broadcast shape, −∞ and NaN in the scores.
+        #[test]
+        fn fused_row_steps_are_bit_identical_to_the_program_passes(
+            m in 1usize..6, n in 0usize..40,
+            steps in proptest::collection::vec((0u8..4, any::<bool>(), 0u8..4), 0..4),
+            scrub in proptest::option::of(0u8..4), seed: u64,
+        ) {
+            fused_matches_passes(m, n, &steps, scrub, seed)?;
         }
     }
 
@@ -633,6 +862,7 @@ mod tests {
             k_bcast: false,
             mask: 1,
             scrub: true,
+            generic: false,
             seed: 7,
         })
         .unwrap();
