@@ -19,6 +19,7 @@ use std::any::Any;
 use super::gemm::Field;
 use super::KResult;
 use crate::error::KernelError;
+use crate::gemm::vmath::{RowArg, RowOp};
 use crate::gemm::{default_gemm, vmath, Epilogue, Gemm, PackedB};
 use crate::kernel::{opt_tensor_input, tensor_input, BuildCx, Kernel, RunCx};
 use crate::kernels::reduce::num::{f32s, ints, to_reals, view, Float, Real};
@@ -259,18 +260,18 @@ fn attend_f32(
             Epilogue::NONE,
         );
         let raw = if want_qk { scores.clone() } else { Vec::new() };
+        // The masks are added row by row in the softmax's loop, while each row is in L1.
+        let mut adds = Vec::with_capacity(2);
         if let Some(m) = bias.mask {
             let m = &m[bi * s * t..(bi + 1) * s * t];
-            scores.iter_mut().zip(m).for_each(|(v, &m)| *v += m);
+            adds.push((RowOp::Add, RowArg::Rows { data: m, stride: t }));
         }
         if let Some((a, sb, sn)) = bias.attn {
             let off = bi * sb + ni * sn;
-            scores
-                .iter_mut()
-                .zip(&a[off..off + s * t])
-                .for_each(|(v, &m)| *v += m);
+            let a = &a[off..off + s * t];
+            adds.push((RowOp::Add, RowArg::Rows { data: a, stride: t }));
         }
-        vmath::softmax_rows_in_place(scores, t);
+        vmath::softmax_rows_fused(scores, t, &adds, None);
         let mut y = vec![0f32; s * hv];
         g.sgemm(
             s,
