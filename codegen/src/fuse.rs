@@ -350,12 +350,44 @@ impl Cx<'_> {
         for (_, ins, _) in pre_p.iter().chain(&post_p) {
             inputs.extend_from_slice(&ins[1..]);
         }
+        // The Transpose that merges the heads (`[B, H, S, D]` to `[B, S, H, D]`), when it
+        // alone reads the output, through Reshapes that keep its shape (BERT's export has
+        // one): folded, the core writes each row where it ends up.
+        let only_reader = |x: ValueId| {
+            self.readers.get(&x).and_then(|rs| match rs[..] {
+                [r] if !self.outputs.contains(&x) && !self.taken.contains(&r) => Some(r),
+                _ => None,
+            })
+        };
+        let y2 = n2.outputs[0];
+        let mut merge = Vec::new();
+        let mut x = y2;
+        while let Some(r) = only_reader(x) {
+            let nr = g.node(r);
+            match &nr.op {
+                Op::Reshape(_) if same_shape(g, nr.outputs[0], y2) => {
+                    merge.push(r);
+                    x = nr.outputs[0];
+                }
+                Op::Transpose(t)
+                    if t.perm.as_deref() == Some(&[0, 2, 1, 3][..]) && rank(g, y2) == Some(4) =>
+                {
+                    merge.push(r);
+                    break;
+                }
+                _ => break,
+            }
+        }
+        if !matches!(merge.last().map(|&t| &g.node(t).op), Some(Op::Transpose(_))) {
+            merge.clear();
+        }
         let core = AttentionCore::new(AttentionCore {
             q: q_op,
             k: k_op,
             v: v_op,
             pre: pre_p.map(|(_, _, p)| p),
             post: post_p.map(|(_, _, p)| p),
+            heads_last: !merge.is_empty(),
         })
         .ok()?;
         let mut nodes: Vec<NodeId> = [mm1, sm, mm2]
@@ -365,6 +397,7 @@ impl Cx<'_> {
             .chain(q_nodes)
             .chain(k_nodes)
             .chain(v_nodes)
+            .chain(merge)
             .collect();
         nodes.sort_by_key(|n| self.pos[n]);
         nodes.dedup();

@@ -27,6 +27,10 @@ enum Variant {
     ScoresAreAnOutput,
     SoftmaxOnAxis2,
     ProbabilitiesAsRightOperand,
+    /// The heads' output before the Transpose that merges them is an output too.
+    HeadsAreAnOutput,
+    /// A Reshape that keeps the heads' shape before that Transpose (BERT's export).
+    ReshapeBeforeMerge,
 }
 
 /// The SDPA export's attention on `[B=2, S=5, H=3, D=4]` heads: Q and K scaled separately,
@@ -57,10 +61,27 @@ fn attention_graph(v: Variant) -> Graph {
         let vt = transpose(&mut g, vx, &[0, 2, 1, 3], "vt");
         node(&mut g, Op::MatMul(MatMul {}), &[w, vt], "o")
     };
+    let o = if v == Variant::ReshapeBeforeMerge {
+        let dims = g.add_const(
+            "dims",
+            Tensor::from_vec(vec![4], vec![2i64, 3, 5, 4]).unwrap(),
+        );
+        node(
+            &mut g,
+            Op::Reshape(Reshape { allowzero: false }),
+            &[o, dims],
+            "o2",
+        )
+    } else {
+        o
+    };
     let y = transpose(&mut g, o, &[0, 2, 1, 3], "y");
     g.outputs.push(y);
     if v == Variant::ScoresAreAnOutput {
         g.outputs.push(a);
+    }
+    if v == Variant::HeadsAreAnOutput {
+        g.outputs.push(o);
     }
     kiln_ir::infer::infer_graph(&mut g).unwrap();
     g
@@ -116,11 +137,17 @@ fn assert_close(a: &[Tensor], b: &[Tensor]) {
 
 #[test]
 fn sdpa_attention_becomes_one_step() {
-    let g = attention_graph(Variant::Sdpa);
+    for v in [Variant::Sdpa, Variant::ReshapeBeforeMerge] {
+        sdpa_becomes_one_step(v);
+    }
+}
+
+fn sdpa_becomes_one_step(v: Variant) {
+    let g = attention_graph(v);
     let (fused, plain) = (plan(&g, Fusions::ALL), plan(&g, Fusions::NONE));
     let f = ops(&fused);
-    assert_eq!(f.len(), 2, "{f:?}");
-    // Every node but the last Transpose, in schedule order.
+    assert_eq!(f.len(), 1, "{f:?}");
+    // Every node, the Transpose that merges the heads included.
     let mut inner: Vec<&str> = f[0]
         .strip_prefix("Fused(")
         .and_then(|s| s.strip_suffix(')'))
@@ -140,16 +167,35 @@ fn sdpa_attention_becomes_one_step() {
         "Where",
         "Transpose",
         "MatMul",
-    ];
+        "Transpose",
+    ]
+    .to_vec();
+    if v == Variant::ReshapeBeforeMerge {
+        want.push("Reshape");
+    }
     want.sort();
     assert_eq!(inner, want);
-    assert_eq!(f[1], "Transpose");
     let (a, b) = (run(&fused), run(&plain));
     assert_close(&a, &b);
     // Batch 1 saw no key: the scrub made its output exactly 0.
     let y = a[0].to_f64_vec().unwrap();
     assert!(y[60..].iter().all(|&v| v == 0.0));
     assert!(y[..60].iter().any(|&v| v != 0.0));
+}
+
+#[test]
+fn heads_read_elsewhere_keep_their_transpose() {
+    let g = attention_graph(Variant::HeadsAreAnOutput);
+    let (fused, plain) = (plan(&g, Fusions::ALL), plan(&g, Fusions::NONE));
+    let f = ops(&fused);
+    // The core (writing the heads' layout, which is an output) and the Transpose after it.
+    assert_eq!(f.len(), 2, "{f:?}");
+    assert!(
+        f[0].starts_with("Fused(") && f[0].ends_with("MatMul)"),
+        "{f:?}"
+    );
+    assert_eq!(f[1], "Transpose");
+    assert_close(&run(&fused), &run(&plain));
 }
 
 #[test]

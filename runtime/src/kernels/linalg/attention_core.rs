@@ -49,6 +49,9 @@ pub struct AttentionCore {
     pub v: Operand,
     pub pre: Option<MapProgram>,
     pub post: Option<MapProgram>,
+    /// The output written as `[B, M, H, D]` instead of `[B, H, M, D]` (batch dims `[B, H]`):
+    /// the graph's `Transpose(perm = [0, 2, 1, 3])` that merges the heads, folded.
+    pub heads_last: bool,
 }
 
 impl AttentionCore {
@@ -348,6 +351,19 @@ impl Kernel for AttentionCore {
         let slices: usize = batch.iter().product();
         let mut out_shape = batch.clone();
         out_shape.extend([m, d]);
+        // Heads last: slice `bi` = (b, h) puts its row `i` at `((b·M + i)·H + h)·D`.
+        let heads = match (self.heads_last, &batch[..]) {
+            (false, _) => 0,
+            (true, &[_, h]) => {
+                out_shape.swap(1, 2);
+                h
+            }
+            (true, _) => {
+                return Err(KernelError::Invalid(format!(
+                    "attention core: a heads-last output needs batch dims [B, H], not {batch:?}"
+                )))
+            }
+        };
         let alpha = self.q.scale * self.k.scale;
         let (pre, post) = (self.pre.as_ref(), self.post.as_ref());
         let plan = RowPlan::of(pre, post);
@@ -456,6 +472,39 @@ impl Kernel for AttentionCore {
             if per == 0 {
                 return;
             }
+            if heads > 0 {
+                // Each slice into its scratch, then its rows out to their places: the rows
+                // of different slices interleave, so no slice can be handed a `&mut` of its
+                // part.
+                let (dst, len) = (OutPtr(o.as_mut_ptr()), o.len());
+                let one = |g: &Gemm, bi: usize, s: &mut Scratch| {
+                    let mut y = std::mem::take(&mut s.y);
+                    y.resize(per, 0.0);
+                    slice(g, bi, &mut y, s);
+                    let (b, h) = (bi / heads, bi % heads);
+                    for (i, row) in y.chunks_exact(d).enumerate() {
+                        let at = ((b * m + i) * heads + h) * d;
+                        assert!(at + d <= len, "attention core: output row out of bounds");
+                        // SAFETY: in bounds (checked); the slices' rows are disjoint, and no
+                        // reference to the output is alive while they are written.
+                        unsafe { std::ptr::copy_nonoverlapping(row.as_ptr(), dst.at(at), d) };
+                    }
+                    s.y = y;
+                };
+                if threads > 1 && slices >= threads {
+                    let g1 = g.with_threads(1);
+                    (0..slices)
+                        .into_par_iter()
+                        .with_max_len(1)
+                        .for_each_init(Scratch::default, |s, bi| one(&g1, bi, s));
+                } else {
+                    let mut s = Scratch::default();
+                    for bi in 0..slices {
+                        one(g, bi, &mut s);
+                    }
+                }
+                return;
+            }
             if threads > 1 && slices >= threads {
                 // Slices in parallel, each GEMM on one thread.
                 let g1 = g.with_threads(1);
@@ -483,6 +532,25 @@ struct Scratch {
     qs: Vec<f32>,
     ks: Vec<f32>,
     vs: Vec<f32>,
+    /// A slice's output, when it is not contiguous in the kernel's.
+    y: Vec<f32>,
+}
+
+/// The output of a heads-last core, written by several threads at disjoint rows.
+#[derive(Clone, Copy)]
+struct OutPtr(*mut f32);
+
+// SAFETY: only used to write disjoint rows from different threads (see its use).
+unsafe impl Send for OutPtr {}
+// SAFETY: as above.
+unsafe impl Sync for OutPtr {}
+
+impl OutPtr {
+    /// A method, not a field access: a closure that captures the whole `OutPtr` is `Sync`,
+    /// one that captures the raw pointer field alone is not.
+    fn at(self, i: usize) -> *mut f32 {
+        self.0.wrapping_add(i)
+    }
 }
 
 #[cfg(test)]
@@ -511,6 +579,8 @@ mod tests {
         /// A `· 1` after the programs (exact), which keeps them off the softmax's fused row
         /// steps: the passes of the general program path.
         generic: bool,
+        /// The output as `[B, M, H, D]`.
+        heads_last: bool,
         seed: u64,
     }
 
@@ -624,6 +694,7 @@ mod tests {
                 }),
                 (false, false) => None,
             },
+            heads_last: c.heads_last,
         })
         .unwrap();
         prop_assert_eq!(
@@ -649,7 +720,12 @@ mod tests {
             .remove(0)
             .into_tensor()
             .unwrap();
-        prop_assert_eq!(out.shape(), &[b, h, m, d][..]);
+        let want_shape = if c.heads_last {
+            [b, m, h, d]
+        } else {
+            [b, h, m, d]
+        };
+        prop_assert_eq!(out.shape(), &want_shape[..]);
         let got = view::<f32>(&out).unwrap();
         // The definition, in f64.
         for bi in 0..b {
@@ -698,7 +774,12 @@ mod tests {
                                     * sv as f64
                             })
                             .sum();
-                        let g = got[((bi * h + hi) * m + i) * d + e] as f64;
+                        let at_out = if c.heads_last {
+                            ((bi * m + i) * h + hi) * d + e
+                        } else {
+                            ((bi * h + hi) * m + i) * d + e
+                        };
+                        let g = got[at_out] as f64;
                         let ok = (g.is_nan() && want.is_nan())
                             || (g - want).abs() <= 1e-4 * (1.0 + want.abs());
                         prop_assert!(ok, "{c:?} at ({bi},{hi},{i},{e}): {g} vs {want}");
@@ -826,10 +907,11 @@ mod tests {
             b in 1usize..4, h in 1usize..4, m in 1usize..20, n in 1usize..20,
             kd in 1usize..12, d in 1usize..12,
             q_t: bool, k_t: bool, v_t: bool, k_bcast: bool,
-            mask in 0u8..3, scrub: bool, generic: bool, seed: u64,
+            mask in 0u8..3, scrub: bool, generic: bool, heads_last: bool, seed: u64,
         ) {
             run_case(Case {
-                b, h, m, n, kd, d, q_t, k_t, v_t, k_bcast, mask, scrub, generic, seed,
+                b, h, m, n, kd, d, q_t, k_t, v_t, k_bcast, mask, scrub, generic, heads_last,
+                seed,
             })?;
         }
 
@@ -848,24 +930,27 @@ mod tests {
 
     #[test]
     fn many_slices_run_in_parallel_and_agree() {
-        // 2 × 12 slices of 64 × 64: the threaded path.
-        run_case(Case {
-            b: 2,
-            h: 12,
-            m: 64,
-            n: 64,
-            kd: 16,
-            d: 16,
-            q_t: true,
-            k_t: true,
-            v_t: true,
-            k_bcast: false,
-            mask: 1,
-            scrub: true,
-            generic: false,
-            seed: 7,
-        })
-        .unwrap();
+        // 2 × 12 slices of 64 × 64: the threaded path, both output layouts.
+        for heads_last in [false, true] {
+            run_case(Case {
+                b: 2,
+                h: 12,
+                m: 64,
+                n: 64,
+                kd: 16,
+                d: 16,
+                q_t: true,
+                k_t: true,
+                v_t: true,
+                k_bcast: false,
+                mask: 1,
+                scrub: true,
+                generic: false,
+                heads_last,
+                seed: 7,
+            })
+            .unwrap();
+        }
     }
 
     #[test]
@@ -876,6 +961,7 @@ mod tests {
             v: Operand::plain(),
             pre: None,
             post: None,
+            heads_last: false,
         })
         .unwrap();
         let t = |s: &[usize]| {
@@ -898,5 +984,15 @@ mod tests {
             .run(&[Some(&q), Some(&k), Some(&v)], &mut RunCx::new())
             .unwrap_err();
         assert!(e.to_string().contains("permutation"), "{e}");
+        // Heads last needs batch dims [B, H]; these scores have one batch dim.
+        let heads_last = AttentionCore {
+            heads_last: true,
+            ..core.clone()
+        };
+        let (q, k, v) = (t(&[2, 3, 4]), t(&[2, 4, 5]), t(&[2, 5, 2]));
+        let e = heads_last
+            .run(&[Some(&q), Some(&k), Some(&v)], &mut RunCx::new())
+            .unwrap_err();
+        assert!(e.to_string().contains("heads-last"), "{e}");
     }
 }
