@@ -456,7 +456,23 @@ fn softmax_row_scrub(o: &mut [f32], nan_to: Option<RowVals>) {
 #[inline(always)]
 fn exp_store_sum(o: &mut [f32], m: f32) -> f32 {
     let mut acc = [0f32; LANES];
-    let mut chunks = o.chunks_exact_mut(LANES);
+    // Two runs of LANES per step, so that four vectors of `exp`, long chains of dependent
+    // operations, overlap; they are summed as two steps of LANES would sum them.
+    let mut pairs = o.chunks_exact_mut(2 * LANES);
+    for c in &mut pairs {
+        let mut e = [0f32; 2 * LANES];
+        for l in 0..2 * LANES {
+            e[l] = exp(c[l] - m);
+        }
+        c.copy_from_slice(&e);
+        for l in 0..LANES {
+            acc[l] += e[l];
+        }
+        for l in 0..LANES {
+            acc[l] += e[LANES + l];
+        }
+    }
+    let mut chunks = pairs.into_remainder().chunks_exact_mut(LANES);
     for c in &mut chunks {
         for l in 0..LANES {
             let e = exp(c[l] - m);
