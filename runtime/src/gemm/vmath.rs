@@ -12,8 +12,8 @@
 //!
 //! Accuracy (measured against f64 libm in `runtime/tests/vmath_prop.rs`): `exp` within 2 ulp
 //! (relative error < 2.5e-7, measured 8.0e-8) on `[-87, 88]`, subnormal results within 4
-//! steps of the smallest subnormal (measured 0.75), 0 below −104, ∞ above 88.72; `erf` absolute error < 5e-7 everywhere; `tanh` relative error
-//! < 4e-7 everywhere.
+//! steps of the smallest subnormal (measured 0.75), 0 below −104, ∞ above 88.72; `erf`
+//! absolute error < 5e-7 everywhere; `tanh` relative error < 4e-7 everywhere.
 
 use rayon::prelude::*;
 
