@@ -23,7 +23,12 @@ set -euo pipefail
 ONNX_VERSION=1.23.2
 ORT_VERSION=1.32.0
 NUMPY_VERSION=2.4.6
-PINS="onnx==$ONNX_VERSION onnxruntime==$ORT_VERSION numpy==$NUMPY_VERSION"
+# onnx's own dependencies are pinned too: the conformance cases' expected outputs come from them.
+# ml_dtypes 0.7 turned out-of-range float -> int4/int2 casts (undefined in the ONNX spec) from
+# wrapping into 0, which silently changed the reference data of 24 Cast/CastLike cases.
+ML_DTYPES_VERSION=0.6.0
+PROTOBUF_VERSION=7.36.2
+PINS="onnx==$ONNX_VERSION onnxruntime==$ORT_VERSION numpy==$NUMPY_VERSION ml_dtypes==$ML_DTYPES_VERSION protobuf==$PROTOBUF_VERSION"
 
 models=1
 neon=1
@@ -69,7 +74,7 @@ else
     have=$("$py" - <<'EOF' 2>/dev/null || true
 from importlib.metadata import version, PackageNotFoundError
 out = []
-for p in ("onnx", "onnxruntime", "numpy"):
+for p in ("onnx", "onnxruntime", "numpy", "ml_dtypes", "protobuf"):
     try:
         out.append(f"{p}=={version(p)}")
     except PackageNotFoundError:
@@ -95,7 +100,7 @@ fi
 # --- (b) conformance cases ------------------------------------------------------------------
 cases="$cache/onnx-cases"
 cases_stamp="$cases/node/.kiln-setup-stamp"
-cases_key="onnx==$ONNX_VERSION gen_conformance.py:$(cksum <"$repo/scripts/gen_conformance.py" | cut -d' ' -f1)"
+cases_key="onnx==$ONNX_VERSION ml_dtypes==$ML_DTYPES_VERSION gen_conformance.py:$(cksum <"$repo/scripts/gen_conformance.py" | cut -d' ' -f1)"
 if stamp_ok "$cases_stamp" "$cases_key"; then
     say "conformance cases: ok ($(ls "$cases/node" | wc -l) in $cases/node)"
 else
