@@ -42,3 +42,22 @@ pub(crate) fn for_chunks_weighted<O: Send>(
         .enumerate()
         .for_each(|(i, c)| f(i * chunk, c));
 }
+
+/// An output written by several threads at disjoint elements that interleave (the heads of
+/// an attention writing their columns of shared rows), so that no `&mut` slice can hold
+/// one thread's part.
+#[derive(Clone, Copy)]
+pub(crate) struct OutPtr(pub(crate) *mut f32);
+
+// SAFETY: only used to write disjoint elements from different threads (see its uses).
+unsafe impl Send for OutPtr {}
+// SAFETY: as above.
+unsafe impl Sync for OutPtr {}
+
+impl OutPtr {
+    /// A method, not a field access: a closure that captures the whole `OutPtr` is `Sync`,
+    /// one that captures the raw pointer field alone is not.
+    pub(crate) fn at(self, i: usize) -> *mut f32 {
+        self.0.wrapping_add(i)
+    }
+}

@@ -14,10 +14,11 @@ use rayon::prelude::*;
 
 use super::KResult;
 use crate::error::KernelError;
-use crate::gemm::{default_gemm, vmath, Epilogue, Gemm};
+use crate::gemm::{default_gemm, vmath, AOperand, BOperand, Epilogue, Gemm};
 use crate::kernel::{Kernel, RunCx};
 use crate::kernels::elementwise::fused::{eval_into, MapOp, MapProgram, Src};
 use crate::kernels::elementwise::view;
+use crate::kernels::par::OutPtr;
 use crate::kernels::util::{broadcast_shapes, strides};
 use crate::value::Value;
 
@@ -368,8 +369,10 @@ impl Kernel for AttentionCore {
         let (pre, post) = (self.pre.as_ref(), self.post.as_ref());
         let plan = RowPlan::of(pre, post);
 
-        // One slice: scores, programs, softmax, times V into `y` (`m × d`).
-        let slice = |g: &Gemm, bi: usize, y: &mut [f32], s: &mut Scratch| {
+        // One slice: scores, programs, softmax, times V into the `m × d` block at `y` (rows
+        // `ldy` apart). The caller has checked that the block lies in the output and that no
+        // other slice writes it.
+        let slice = |g: &Gemm, bi: usize, y: OutPtr, ldy: usize, s: &mut Scratch| {
             let mut idx = vec![0usize; batch.len()];
             let mut r = bi;
             for ax in (0..batch.len()).rev() {
@@ -444,24 +447,34 @@ impl Kernel for AttentionCore {
             let cur = if in_a { &s.a } else { &s.b };
             let (vb, lv, tv) = v.matrix(&idx, &mut s.vs);
             if n == 0 {
-                y.fill(0.0);
+                for i in 0..m {
+                    // SAFETY: row `i` of this slice's block (see above).
+                    unsafe { std::ptr::write_bytes(y.at(i * ldy), 0, d) };
+                }
             } else {
-                g.sgemm(
-                    m,
-                    d,
-                    n,
-                    self.v.scale,
-                    cur,
-                    n,
-                    false,
-                    vb,
-                    lv,
-                    tv,
-                    0.0,
-                    y,
-                    d.max(1),
-                    Epilogue::NONE,
-                );
+                // SAFETY: this slice's block (see above).
+                unsafe {
+                    g.sgemm_ops_raw(
+                        m,
+                        d,
+                        n,
+                        self.v.scale,
+                        AOperand::Matrix {
+                            a: cur,
+                            lda: n,
+                            trans: false,
+                        },
+                        BOperand::Matrix {
+                            b: vb,
+                            ldb: lv,
+                            trans: tv,
+                        },
+                        0.0,
+                        y.at(0),
+                        ldy,
+                        Epilogue::NONE,
+                    )
+                };
             }
         };
 
@@ -472,50 +485,35 @@ impl Kernel for AttentionCore {
             if per == 0 {
                 return;
             }
-            if heads > 0 {
-                // Each slice into its scratch, then its rows out to their places: the rows
-                // of different slices interleave, so no slice can be handed a `&mut` of its
-                // part.
-                let (dst, len) = (OutPtr(o.as_mut_ptr()), o.len());
-                let one = |g: &Gemm, bi: usize, s: &mut Scratch| {
-                    let mut y = std::mem::take(&mut s.y);
-                    y.resize(per, 0.0);
-                    slice(g, bi, &mut y, s);
+            // Slice `bi` writes its `m × d` block at `at`, rows `ldy` apart: contiguous, or
+            // with heads last, row `i` of (b, h) at `((b·M + i)·H + h)·D`, interleaved with
+            // the other heads' rows (so written through a pointer, not a `&mut` part).
+            let ldy = if heads > 0 { heads * d } else { d };
+            let (dst, len) = (OutPtr(o.as_mut_ptr()), o.len());
+            let one = |g: &Gemm, bi: usize, s: &mut Scratch| {
+                let at = if heads > 0 {
                     let (b, h) = (bi / heads, bi % heads);
-                    for (i, row) in y.chunks_exact(d).enumerate() {
-                        let at = ((b * m + i) * heads + h) * d;
-                        assert!(at + d <= len, "attention core: output row out of bounds");
-                        // SAFETY: in bounds (checked); the slices' rows are disjoint, and no
-                        // reference to the output is alive while they are written.
-                        unsafe { std::ptr::copy_nonoverlapping(row.as_ptr(), dst.at(at), d) };
-                    }
-                    s.y = y;
-                };
-                if threads > 1 && slices >= threads {
-                    let g1 = g.with_threads(1);
-                    (0..slices)
-                        .into_par_iter()
-                        .with_max_len(1)
-                        .for_each_init(Scratch::default, |s, bi| one(&g1, bi, s));
+                    (b * m * heads + h) * d
                 } else {
-                    let mut s = Scratch::default();
-                    for bi in 0..slices {
-                        one(g, bi, &mut s);
-                    }
-                }
-                return;
-            }
+                    bi * per
+                };
+                assert!(
+                    at + (m - 1) * ldy + d <= len,
+                    "attention core: slice {bi} out of bounds"
+                );
+                slice(g, bi, OutPtr(dst.at(at)), ldy, s);
+            };
             if threads > 1 && slices >= threads {
                 // Slices in parallel, each GEMM on one thread.
                 let g1 = g.with_threads(1);
-                o.par_chunks_mut(per)
-                    .enumerate()
+                (0..slices)
+                    .into_par_iter()
                     .with_max_len(1)
-                    .for_each_init(Scratch::default, |s, (bi, y)| slice(&g1, bi, y, s));
+                    .for_each_init(Scratch::default, |s, bi| one(&g1, bi, s));
             } else {
                 let mut s = Scratch::default();
-                for (bi, y) in o.chunks_mut(per).enumerate() {
-                    slice(g, bi, y, &mut s);
+                for bi in 0..slices {
+                    one(g, bi, &mut s);
                 }
             }
         })?;
@@ -532,25 +530,6 @@ struct Scratch {
     qs: Vec<f32>,
     ks: Vec<f32>,
     vs: Vec<f32>,
-    /// A slice's output, when it is not contiguous in the kernel's.
-    y: Vec<f32>,
-}
-
-/// The output of a heads-last core, written by several threads at disjoint rows.
-#[derive(Clone, Copy)]
-struct OutPtr(*mut f32);
-
-// SAFETY: only used to write disjoint rows from different threads (see its use).
-unsafe impl Send for OutPtr {}
-// SAFETY: as above.
-unsafe impl Sync for OutPtr {}
-
-impl OutPtr {
-    /// A method, not a field access: a closure that captures the whole `OutPtr` is `Sync`,
-    /// one that captures the raw pointer field alone is not.
-    fn at(self, i: usize) -> *mut f32 {
-        self.0.wrapping_add(i)
-    }
 }
 
 #[cfg(test)]

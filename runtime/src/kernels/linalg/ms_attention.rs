@@ -20,8 +20,9 @@ use super::gemm::Field;
 use super::KResult;
 use crate::error::KernelError;
 use crate::gemm::vmath::{RowArg, RowOp};
-use crate::gemm::{default_gemm, vmath, Epilogue, Gemm, PackedB};
+use crate::gemm::{default_gemm, vmath, AOperand, BOperand, Epilogue, Gemm, PackedB};
 use crate::kernel::{opt_tensor_input, tensor_input, BuildCx, Kernel, RunCx};
+use crate::kernels::par::OutPtr;
 use crate::kernels::reduce::num::{f32s, ints, to_reals, view, Float, Real};
 use crate::kernels::reduce::softmax::{softmax_row, Kind};
 use crate::value::Value;
@@ -233,14 +234,38 @@ fn attend_f32(
     scale: f32,
     bias: &BiasF32,
     out: &mut [f32],
-    mut qk: Option<&mut [f32]>,
+    qk: Option<&mut [f32]>,
 ) {
     let (t, h, hv) = (k.len, q.size, v.size);
-    let want_qk = qk.is_some();
-    // One head: scores, masks, softmax, times V; returns the head's `[S, Hv]` output (and
-    // its scaled scores when asked). `scores` is the caller's scratch.
-    let head = |g: &Gemm, bn: usize, scores: &mut Vec<f32>| -> (Vec<f32>, Vec<f32>) {
+    let ld_out = n * hv;
+    assert!(
+        out.len() >= b * s * ld_out,
+        "attention: output of {} elements for [{b}, {s}, {ld_out}]",
+        out.len()
+    );
+    if let Some(qk) = qk.as_deref() {
+        assert!(
+            qk.len() >= b * n * s * t,
+            "attention: scores buffer too small"
+        );
+    }
+    // Each head writes its `[S, Hv]` result straight into its columns of `out` (rows
+    // `n·Hv` apart) and its scaled scores into its block of `qk`: the heads' rows
+    // interleave, so they are written through pointers (disjoint by construction).
+    let (out_p, qk_p) = (OutPtr(out.as_mut_ptr()), qk.map(|q| OutPtr(q.as_mut_ptr())));
+    // One head: scores, masks, softmax, times V. `scores` is the caller's scratch.
+    let head = |g: &Gemm, bn: usize, scores: &mut Vec<f32>| {
         let (bi, ni) = (bn / n, bn % n);
+        let y0 = bi * s * ld_out + ni * hv;
+        if t == 0 || s == 0 || hv == 0 {
+            // No keys: every weighted sum is empty.
+            for i in 0..s {
+                // SAFETY: row `i` of this head's block of `out`, in bounds (checked above)
+                // and written by this head only.
+                unsafe { std::ptr::write_bytes(out_p.at(y0 + i * ld_out), 0, hv) };
+            }
+            return;
+        }
         // Not cleared: the GEMM (beta = 0) overwrites every score.
         scores.resize(s * t, 0.0);
         g.sgemm(
@@ -256,10 +281,14 @@ fn attend_f32(
             true,
             0.0,
             scores,
-            t.max(1),
+            t,
             Epilogue::NONE,
         );
-        let raw = if want_qk { scores.clone() } else { Vec::new() };
+        if let Some(qk) = qk_p {
+            // SAFETY: this head's contiguous block of `qk`, in bounds (checked above) and
+            // written by this head only.
+            unsafe { std::ptr::copy_nonoverlapping(scores.as_ptr(), qk.at(bn * s * t), s * t) };
+        }
         // The masks are added row by row in the softmax's loop, while each row is in L1.
         let mut adds = Vec::with_capacity(2);
         if let Some(m) = bias.mask {
@@ -272,50 +301,45 @@ fn attend_f32(
             adds.push((RowOp::Add, RowArg::Rows { data: a, stride: t }));
         }
         vmath::softmax_rows_fused(scores, t, &adds, None);
-        let mut y = vec![0f32; s * hv];
-        g.sgemm(
-            s,
-            hv,
-            t,
-            1.0,
-            scores,
-            t.max(1),
-            false,
-            v.at(bi, ni),
-            v.ld,
-            false,
-            0.0,
-            &mut y,
-            hv.max(1),
-            Epilogue::NONE,
-        );
-        (y, raw)
+        // SAFETY: the `s × hv` block at `y0` with rows `ld_out` apart lies in `out` (checked
+        // above: `y0 + (s-1)·ld_out + hv <= b·s·ld_out`) and is this head's alone.
+        unsafe {
+            g.sgemm_ops_raw(
+                s,
+                hv,
+                t,
+                1.0,
+                AOperand::Matrix {
+                    a: scores,
+                    lda: t,
+                    trans: false,
+                },
+                BOperand::Matrix {
+                    b: v.at(bi, ni),
+                    ldb: v.ld,
+                    trans: false,
+                },
+                0.0,
+                out_p.at(y0),
+                ld_out,
+                Epilogue::NONE,
+            )
+        };
     };
     let g = default_gemm();
     let threads = rayon::current_num_threads();
     // Enough heads for every thread: heads in parallel, each GEMM on one thread (a GEMM
     // that splits itself inside a parallel loop only adds overhead). Otherwise heads in
     // turn, each GEMM on every thread.
-    let parts: Vec<(Vec<f32>, Vec<f32>)> = if threads > 1 && b * n >= threads {
+    if threads > 1 && b * n >= threads {
         let g1 = g.with_threads(1);
         (0..b * n)
             .into_par_iter()
             .with_max_len(1)
-            .map_init(Vec::new, |scores, bn| head(&g1, bn, scores))
-            .collect()
+            .for_each_init(Vec::new, |scores, bn| head(&g1, bn, scores));
     } else {
         let mut scores = Vec::new();
-        (0..b * n).map(|bn| head(g, bn, &mut scores)).collect()
-    };
-    for (bn, (y, raw)) in parts.into_iter().enumerate() {
-        let (bi, ni) = (bn / n, bn % n);
-        for i in 0..s {
-            let dst = (bi * s + i) * n * hv + ni * hv;
-            out[dst..dst + hv].copy_from_slice(&y[i * hv..(i + 1) * hv]);
-        }
-        if let Some(qk) = qk.as_deref_mut() {
-            qk[bn * s * t..(bn + 1) * s * t].copy_from_slice(&raw);
-        }
+        (0..b * n).for_each(|bn| head(g, bn, &mut scores));
     }
 }
 
