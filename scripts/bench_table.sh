@@ -14,7 +14,7 @@ model() {
 }
 run() {
     echo "== $*"
-    ./target/release/kiln bench "$@" --vs-ort --runs 20 2>/dev/null | grep -E "^kiln|^onnx|ratio"
+    ./target/release/kiln bench "$@" --vs-ort --runs 20 2>/dev/null | grep -E "^kiln|^onnx|ratio|^turns"
 }
 for m in minilm_l6_real_opset14 bert_base_opset14; do
     for b in 1 8; do

@@ -46,12 +46,18 @@ pub enum OracleOpt {
     All,
 }
 
-/// Options of an [`Oracle`]; `OracleOptions::default()` is 1 thread, [`OracleOpt::All`], and the
-/// library named by the `ORT_DYLIB_PATH` setting.
+/// Options of an [`Oracle`]; `OracleOptions::default()` is 1 thread, [`OracleOpt::All`], no
+/// spin-waiting, and the library named by the `ORT_DYLIB_PATH` setting.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OracleOptions {
-    /// Intra-op threads; 0 lets ONNX Runtime choose (one per core). Idle threads never spin.
+    /// Intra-op threads; 0 lets ONNX Runtime choose (one per core).
     pub threads: usize,
+    /// Let idle intra-op threads spin-wait for work, ONNX Runtime's own default
+    /// (`session.intra_op.allow_spinning` = 1). Off in [`OracleOptions::default()`]: an oracle
+    /// that only checks outputs should not keep a core busy for tens of milliseconds after each
+    /// run while the code it checks runs. `kiln bench` turns it on, to time ONNX Runtime as
+    /// its users get it.
+    pub spinning: bool,
     /// Graph optimization level.
     pub opt: OracleOpt,
     /// The ONNX Runtime library to load, instead of the `ORT_DYLIB_PATH` setting.
@@ -63,6 +69,7 @@ impl Default for OracleOptions {
         OracleOptions {
             threads: 1,
             opt: OracleOpt::All,
+            spinning: false,
             dylib: None,
         }
     }
@@ -314,8 +321,8 @@ fn builder(options: &OracleOptions) -> Result<SessionBuilder, OracleError> {
     };
     let b = Session::builder(&rt.env)?
         .with_optimization_level(level)?
-        .with_intra_op_spinning(false)?
-        .with_inter_op_spinning(false)?;
+        .with_intra_op_spinning(options.spinning)?
+        .with_inter_op_spinning(options.spinning)?;
     Ok(if options.threads > 0 {
         b.with_intra_threads(options.threads)?
     } else {
@@ -458,6 +465,9 @@ mod tests {
     #[test]
     fn default_options() {
         let o = OracleOptions::default();
-        assert_eq!((o.threads, o.opt, o.dylib), (1, OracleOpt::All, None));
+        assert_eq!(
+            (o.threads, o.opt, o.spinning, o.dylib),
+            (1, OracleOpt::All, false, None)
+        );
     }
 }

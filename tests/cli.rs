@@ -526,8 +526,33 @@ fn bench_times_kiln_and_onnx_runtime_side_by_side() {
         .unwrap_or_else(|| panic!("no diff line in {out}"));
     let d: f64 = diff.trim().parse().unwrap();
     assert!(d < 1e-4, "{out}");
+    // Turns of --block runs (the last one shorter), ONNX Runtime at its defaults or not.
+    assert!(out.contains("turns of 5 runs per engine"), "{out}");
+    assert!(out.contains("(it spin-waits, its default)"), "{out}");
+    let o = ok(
+        &[
+            "bench",
+            "--runs",
+            "3",
+            "--warmup",
+            "0",
+            "--seq",
+            "8",
+            "--vs-ort",
+            "--block",
+            "2",
+            "--ort-no-spinning",
+        ],
+        dir.path(),
+    );
+    let out = stdout(&o);
+    assert!(out.contains("turns of 2 runs per engine"), "{out}");
+    assert!(out.contains("(its spin-waiting off)"), "{out}");
+    assert!(out.contains("(3 runs each, medians)"), "{out}");
     let line = fails(&["bench", "--runs", "0"], dir.path());
     assert!(line.contains("--runs"), "{line}");
+    let line = fails(&["bench", "--block", "0", "--vs-ort"], dir.path());
+    assert!(line.contains("--block"), "{line}");
 }
 
 #[test]

@@ -1,15 +1,19 @@
 //! `kiln bench`: whole-model latency of kiln's runtime, side by side with ONNX Runtime.
 //!
-//! Both engines run the same inputs in the same process, alternately (kiln, ORT, kiln, ORT …)
-//! so that the noise of a shared machine (other jobs, frequency changes) falls on both alike.
+//! Both engines run the same inputs in the same process, taking turns of `--block` runs
+//! (kiln ×5, ORT ×5, kiln ×5 …) so that the noise of a shared machine (other jobs, frequency
+//! changes) falls on both alike, while each runs back to back within its turn as it would alone.
 //! Each engine gets warm-up runs first (ORT pre-packs and allocates on its first runs too).
+//! ONNX Runtime runs with its default settings, spin-waiting included; each turn starts with an
+//! untimed run, once the other engine's threads have gone idle, so that neither pays for the
+//! other's spinning or for the cache the other one evicted.
 //! The report is the median, the 10th and 90th percentiles of each, and the ratio of the
 //! medians as throughput, kiln/ORT (above 1: kiln is faster).
 
 use std::collections::HashMap;
 use std::io::Write;
 use std::path::PathBuf;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use kiln::ir::Tensor;
@@ -38,12 +42,21 @@ pub struct Args {
     #[arg(short = 'O', value_name = "LEVEL", default_value_t = 1,
           value_parser = clap::value_parser!(u8).range(0..=4))]
     pub level: u8,
-    /// Also run ONNX Runtime (graph optimization ENABLE_ALL, intra-op threads = --threads).
+    /// Also run ONNX Runtime (its defaults: graph optimization ENABLE_ALL, idle threads
+    /// spin-wait; intra-op threads = --threads).
     #[arg(long)]
     pub vs_ort: bool,
+    /// With --vs-ort: turn off the spin-waiting of ONNX Runtime's idle threads (its
+    /// `session.intra_op.allow_spinning` = 0), which makes it slower.
+    #[arg(long)]
+    pub ort_no_spinning: bool,
     /// Timed runs per engine (after warm-up).
     #[arg(long, default_value_t = 20)]
     pub runs: usize,
+    /// With --vs-ort: timed runs per engine in each turn; the engines take turns, and each
+    /// turn starts with one more untimed run.
+    #[arg(long, default_value_t = 5)]
+    pub block: usize,
     /// Untimed warm-up runs per engine.
     #[arg(long, default_value_t = 3)]
     pub warmup: usize,
@@ -85,6 +98,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     if args.runs == 0 {
         bail!("--runs must be at least 1");
     }
+    if args.block == 0 {
+        bail!("--block must be at least 1");
+    }
     let threads = args.threads.unwrap_or_else(|| {
         std::thread::available_parallelism()
             .map(|n| n.get())
@@ -118,7 +134,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     );
 
     let mut ort = if args.vs_ort {
-        Some(oracle(&src, threads)?)
+        Some(oracle(&src, threads, !args.ort_no_spinning)?)
     } else {
         None
     };
@@ -131,7 +147,13 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         Ok((t.elapsed().as_secs_f64() * 1e3, out))
     };
 
-    let total = (args.warmup + args.runs) * if ort.is_some() { 2 } else { 1 };
+    // Turns of `block` timed runs each, after one untimed run that brings the engine's weights
+    // back into cache and its threads back from sleep: within a turn each engine runs back to
+    // back, as it would alone; turns alternate so that the host's noise falls on both alike.
+    let block = if ort.is_some() { args.block } else { args.runs };
+    let turns = args.runs.div_ceil(block);
+    let per_engine = args.warmup + args.runs + if ort.is_some() { turns } else { 0 };
+    let total = per_engine * if ort.is_some() { 2 } else { 1 };
     let mut done = 0;
     let mut progress = |what: &str| {
         done += 1;
@@ -139,26 +161,50 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         let _ = std::io::stderr().flush();
     };
     let (mut kiln_ms, mut ort_ms) = (Vec::new(), Vec::new());
+    let (mut kiln_idle, mut ort_idle) = (Vec::new(), Vec::new());
     let mut last = (None, None);
-    for i in 0..args.warmup + args.runs {
-        let timed = i >= args.warmup;
-        let (ms, out) = kiln_run()?;
-        progress(if timed { "kiln" } else { "kiln (warm-up)" });
-        if timed {
-            kiln_ms.push(ms);
+    for _ in 0..args.warmup {
+        last.0 = Some(kiln_run()?.1);
+        progress("kiln (warm-up)");
+    }
+    if let Some(o) = ort.as_mut() {
+        kiln_idle.push(settle());
+        for _ in 0..args.warmup {
+            last.1 = Some(o(&inputs)?.1);
+            progress("onnxruntime (warm-up)");
         }
-        last.0 = Some(out);
+        ort_idle.push(settle());
+    }
+    for turn in 0..turns {
+        let n = block.min(args.runs - turn * block);
         if let Some(o) = ort.as_mut() {
-            let (ms, out) = o(&inputs)?;
-            progress(if timed {
-                "onnxruntime"
-            } else {
-                "onnxruntime (warm-up)"
-            });
-            if timed {
-                ort_ms.push(ms);
+            kiln_run()?;
+            progress("kiln (re-warm)");
+            for _ in 0..n {
+                let (ms, out) = kiln_run()?;
+                kiln_ms.push(ms);
+                last.0 = Some(out);
+                progress("kiln");
             }
-            last.1 = Some(out);
+            // ONNX Runtime's idle threads spin for tens of milliseconds after a run: each
+            // turn starts once the other engine's threads are parked.
+            kiln_idle.push(settle());
+            o(&inputs)?;
+            progress("onnxruntime (re-warm)");
+            for _ in 0..n {
+                let (ms, out) = o(&inputs)?;
+                ort_ms.push(ms);
+                last.1 = Some(out);
+                progress("onnxruntime");
+            }
+            ort_idle.push(settle());
+        } else {
+            for _ in 0..n {
+                let (ms, out) = kiln_run()?;
+                kiln_ms.push(ms);
+                last.0 = Some(out);
+                progress("kiln");
+            }
         }
     }
     eprintln!();
@@ -188,6 +234,13 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             o.median / k.median,
             args.runs
         );
+        let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len().max(1) as f64;
+        println!(
+            "turns of {block} runs per engine, each after one untimed run, started once the other engine's threads were idle: waited {:.0} ms after kiln's turns, {:.0} ms after ONNX Runtime's{}",
+            mean(&kiln_idle),
+            mean(&ort_idle),
+            if args.ort_no_spinning { " (its spin-waiting off)" } else { " (it spin-waits, its default)" }
+        );
     }
     if args.profile {
         let mut p = kiln::runtime::Profile {
@@ -212,6 +265,43 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Waits until no thread of this process is using the CPU (at most 1 s), so that the next
+/// run does not share a core with the idle threads of the engine that ran last; returns the
+/// milliseconds waited. Reads the threads' CPU time from `/proc/self/task/*/schedstat`; where
+/// that is missing it waits a fixed 100 ms, longer than ONNX Runtime's spin.
+fn settle() -> f64 {
+    const STEP: Duration = Duration::from_millis(5);
+    let t = Instant::now();
+    let Some(mut busy) = cpu_time_ns() else {
+        std::thread::sleep(Duration::from_millis(100));
+        return t.elapsed().as_secs_f64() * 1e3;
+    };
+    while t.elapsed() < Duration::from_secs(1) {
+        std::thread::sleep(STEP);
+        let Some(now) = cpu_time_ns() else { break };
+        // A spinning thread uses the whole step; parked threads and this one a few µs.
+        if now.saturating_sub(busy) < STEP.as_nanos() as u64 / 5 {
+            break;
+        }
+        busy = now;
+    }
+    t.elapsed().as_secs_f64() * 1e3
+}
+
+/// CPU time of all of this process's threads so far, in nanoseconds (Linux only).
+fn cpu_time_ns() -> Option<u64> {
+    let mut total = 0u64;
+    for task in std::fs::read_dir("/proc/self/task").ok()? {
+        let mut path = task.ok()?.path();
+        path.push("schedstat");
+        // A thread can exit between the listing and the read: it no longer uses the CPU.
+        if let Ok(s) = std::fs::read_to_string(&path) {
+            total += s.split_whitespace().next()?.parse::<u64>().ok()?;
+        }
+    }
+    Some(total)
 }
 
 /// The inputs: from --inputs, or generated with the symbolic dims resolved from
@@ -258,11 +348,12 @@ fn inputs(args: &Args, model: &kiln::Model) -> anyhow::Result<Vec<(String, Tenso
 type OrtRun = Box<dyn FnMut(&[(String, Tensor)]) -> anyhow::Result<(f64, Vec<(String, Tensor)>)>>;
 
 #[cfg(feature = "ort")]
-fn oracle(src: &Source, threads: usize) -> anyhow::Result<OrtRun> {
+fn oracle(src: &Source, threads: usize, spinning: bool) -> anyhow::Result<OrtRun> {
     use kiln::oracle::{Oracle, OracleOpt, OracleOptions};
     let opts = OracleOptions {
         threads,
         opt: OracleOpt::All,
+        spinning,
         ..Default::default()
     };
     let mut o = match src.path() {
@@ -277,6 +368,6 @@ fn oracle(src: &Source, threads: usize) -> anyhow::Result<OrtRun> {
 }
 
 #[cfg(not(feature = "ort"))]
-fn oracle(_src: &Source, _threads: usize) -> anyhow::Result<OrtRun> {
+fn oracle(_src: &Source, _threads: usize, _spinning: bool) -> anyhow::Result<OrtRun> {
     bail!("--vs-ort needs kiln built with the `ort` feature")
 }
