@@ -566,6 +566,20 @@ pub(crate) unsafe fn block<V: Simd, const MR: usize, const NV: usize>(x: &BlockA
         } else {
             0
         };
+        // A last panel of whole vectors and a few columns (AVX-512's 32-wide panels leave 17
+        // of N = 49): the vectors run as a narrower tile and the few columns as above, where
+        // a full-width tile would spend 2 vectors' FMAs on 17 columns.
+        let tail = nr % V::LANES;
+        let (split_done, vcols) =
+            if nr > V::LANES && tail > 0 && tail <= NARROW_COLS && MR <= V::LANES {
+                let vcols = nr - tail;
+                (
+                    narrow_panel::<V, MR>(x, bp.add(vcols), nr_full, j0 + vcols, tail),
+                    vcols,
+                )
+            } else {
+                (0, nr)
+            };
         for ip in narrow_done..mp {
             let i0 = ip * MR;
             let mr = MR.min(x.mc - i0);
@@ -590,9 +604,26 @@ pub(crate) unsafe fn block<V: Simd, const MR: usize, const NV: usize>(x: &BlockA
                 prefetch_tile(x.res.add(i0 * x.ldr + j0), x.ldr);
             }
             let ap = x.a.add(ip * MR * x.kc);
+            // On the first panel the block's A comes from memory (weights packed ahead of time
+            // are read once per run, and nothing of them is left in cache): the next tile's A
+            // panel is fetched into L2 while this one computes. ResNet-50 1×224² -O1: 28.4 →
+            // 26.0 ms (AVX-512, Zen 5), where the hardware prefetcher alone left the 1×1
+            // convolutions waiting on memory.
+            if jp == 0 && ip + 1 < mp {
+                let nxt = ap.add(MR * x.kc) as *const u8;
+                let mut off = 0;
+                while off < MR * x.kc * 4 {
+                    V::prefetch_l2(nxt.add(off));
+                    off += 64;
+                }
+            }
             // A last panel of fewer columns runs as few vectors as cover them (a 7×7 image's
             // 49 pixels leave 1 column in the last 16-wide panel: 1 vector, not 2).
-            let nv = nr.div_ceil(V::LANES);
+            let (nr, nv) = if ip < split_done {
+                (vcols, vcols / V::LANES)
+            } else {
+                (nr, nr.div_ceil(V::LANES))
+            };
             if nv >= NV {
                 rows::<V, MR, NV>(x, mr, ap, bp, nr_full, i0, j0, nr);
             } else {
