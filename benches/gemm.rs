@@ -7,8 +7,9 @@
 //!   measures the clock (dependent add chain, FMA latency and throughput loops, with 1 and 2
 //!   threads busy, per second of thread CPU time), then prints a table of medians of R rounds
 //!   (default 5) of N runs (default 6), the configurations taking turns, in GFLOP/s and % of
-//!   the AVX2 peak
-//!   `cores × 2 FMA × 8 lanes × 2 flops × clock`, from wall time and from CPU time.
+//!   the ISA's peak, from wall time and from CPU time: AVX2 `cores × 2 FMA × 8 lanes × 2 flops
+//!   × clock`; AVX-512 `cores × F × clock`, F the FLOPs per cycle of a zmm FMA probe rounded to
+//!   64 (two 512-bit FMA pipes: Zen 5, Intel server parts) or 32 (double-pumped: Zen 4).
 //! * `KILN_BENCH_ISA=avx2,avx512` restricts the ISAs (default: every SIMD ISA of this CPU).
 
 use std::hint::black_box;
@@ -374,6 +375,36 @@ mod clock {
         );
         (iters * 12 * 16) as f64 / t.elapsed().as_secs_f64()
     }
+
+    /// 12 independent `vfmadd231ps zmm` chains: AVX-512 FLOP/s one core can really reach
+    /// (twice the AVX2 rate with two 512-bit FMA pipes, the same where they are double-pumped).
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn fma512_throughput_flops() -> f64 {
+        let iters: u64 = 5_000_000;
+        let t = Instant::now();
+        asm!(
+            "vxorps zmm0, zmm0, zmm0", "vxorps zmm1, zmm1, zmm1", "vxorps zmm2, zmm2, zmm2",
+            "vxorps zmm3, zmm3, zmm3", "vxorps zmm4, zmm4, zmm4", "vxorps zmm5, zmm5, zmm5",
+            "vxorps zmm6, zmm6, zmm6", "vxorps zmm7, zmm7, zmm7", "vxorps zmm8, zmm8, zmm8",
+            "vxorps zmm9, zmm9, zmm9", "vxorps zmm10, zmm10, zmm10", "vxorps zmm11, zmm11, zmm11",
+            "vxorps zmm12, zmm12, zmm12", "vxorps zmm13, zmm13, zmm13",
+            "2:",
+            "vfmadd231ps zmm0, zmm12, zmm13", "vfmadd231ps zmm1, zmm12, zmm13",
+            "vfmadd231ps zmm2, zmm12, zmm13", "vfmadd231ps zmm3, zmm12, zmm13",
+            "vfmadd231ps zmm4, zmm12, zmm13", "vfmadd231ps zmm5, zmm12, zmm13",
+            "vfmadd231ps zmm6, zmm12, zmm13", "vfmadd231ps zmm7, zmm12, zmm13",
+            "vfmadd231ps zmm8, zmm12, zmm13", "vfmadd231ps zmm9, zmm12, zmm13",
+            "vfmadd231ps zmm10, zmm12, zmm13", "vfmadd231ps zmm11, zmm12, zmm13",
+            "dec {n}",
+            "jnz 2b",
+            n = inout(reg) iters => _,
+            out("zmm0") _, out("zmm1") _, out("zmm2") _, out("zmm3") _, out("zmm4") _,
+            out("zmm5") _, out("zmm6") _, out("zmm7") _, out("zmm8") _, out("zmm9") _,
+            out("zmm10") _, out("zmm11") _, out("zmm12") _, out("zmm13") _,
+            options(nostack, nomem),
+        );
+        (iters * 12 * 32) as f64 / t.elapsed().as_secs_f64()
+    }
 }
 
 fn median(v: &mut [f64]) -> f64 {
@@ -401,6 +432,9 @@ fn concurrent(threads: usize, reps: usize, f: fn() -> f64) -> f64 {
 struct Clock {
     hz1: f64,
     hz2: f64,
+    /// FLOPs per cycle per core of AVX-512 FMAs, from the zmm probe: 64 with two 512-bit FMA
+    /// pipes, 32 where they are double-pumped (0 without AVX-512).
+    avx512_per_cycle: f64,
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -433,6 +467,19 @@ fn measure_clock() -> Clock {
             thr2 / 1e9
         );
     }
+    let mut avx512_per_cycle = 0.0;
+    if Isa::Avx512.is_available() {
+        let thr = concurrent(1, reps, || unsafe { clock::fma512_throughput_flops() });
+        // Rounded to what the hardware can have, so that a probe slowed by the host's load
+        // does not lower the peak.
+        avx512_per_cycle = if thr / add1 > 48.0 { 64.0 } else { 32.0 };
+        println!(
+            "  12 independent zmm FMA chains:           1 thread {:.1} GFLOP/s (= {:.1} FLOP/cycle at the add-chain clock: AVX-512 peak {} × clock)",
+            thr / 1e9,
+            thr / add1,
+            avx512_per_cycle
+        );
+    }
     if let Ok(s) = std::fs::read_to_string("/proc/cpuinfo") {
         if let Some(l) = s.lines().find(|l| l.starts_with("cpu MHz")) {
             println!(
@@ -444,13 +491,18 @@ fn measure_clock() -> Clock {
     Clock {
         hz1: add1,
         hz2: add2,
+        avx512_per_cycle,
     }
 }
 
 #[cfg(not(target_arch = "x86_64"))]
 fn measure_clock() -> Clock {
     println!("clock: not measured on this architecture; % of peak assumes 1 GHz");
-    Clock { hz1: 1e9, hz2: 1e9 }
+    Clock {
+        hz1: 1e9,
+        hz2: 1e9,
+        avx512_per_cycle: 0.0,
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -477,11 +529,22 @@ fn table(args: &[String]) {
         peak(2) / 1e9,
         clock.hz2 / 1e9
     );
+    if clock.avx512_per_cycle > 0.0 {
+        println!(
+            "AVX-512 peak: 1 thread {:.1} GFLOP/s, 2 threads {:.1} GFLOP/s\n",
+            clock.hz1 * clock.avx512_per_cycle / 1e9,
+            2.0 * clock.hz2 * clock.avx512_per_cycle / 1e9
+        );
+    }
     println!("Each timed run is followed by a ~0.6 ms probe on every worker thread: a dependent add chain");
     println!("(the clock: the host moves these vCPUs between ~2.6 and ~3.7 GHz) and 12 independent ymm FMA");
     println!("chains (the FLOP/s a core delivers at that moment; less than 32 × clock when the host's other");
-    println!("hyperthread of the core is busy). % of peak = FLOPs ÷ (time × threads × 32 × clock of that run);");
-    println!("% of FMA probe = FLOPs ÷ (time × threads × probe FLOP/s of that run). Medians over {rounds} rounds ×");
+    println!("hyperthread of the core is busy). % of peak = FLOPs ÷ (time × threads × F × clock of that run),");
+    println!(
+        "F = 32 for AVX2 and the zmm probe's FLOP/cycle for AVX-512 ({}); % of FMA probe = FLOPs ÷",
+        clock.avx512_per_cycle
+    );
+    println!("(time × threads × probe FLOP/s of that run × F/32). Medians over {rounds} rounds ×");
     println!("{reps} runs, the configurations taking turns (30 ms warm-up each). wall: wall-clock time (best:");
     println!("the best run); cpu: CPU time (of the computing thread for 1 thread, of the whole process —");
     println!("rayon's spinning included — for 2), not distorted by time slices lost to other processes.\n");
@@ -542,6 +605,11 @@ fn table(args: &[String]) {
     }
     for (gi, si, v, pi, runs) in configs.iter() {
         let threads = pools[*pi].0 as f64;
+        // FLOPs per cycle per core at this ISA's peak (the ymm probe runs at 32).
+        let per_cycle = match gemms[*gi].isa() {
+            Isa::Avx512 if clock.avx512_per_cycle > 0.0 => clock.avx512_per_cycle,
+            _ => 32.0,
+        };
         let s = &shapes[*si];
         let f = s.flops();
         if std::env::var_os("KILN_BENCH_SERIES").is_some() {
@@ -557,13 +625,17 @@ fn table(args: &[String]) {
         let fma = med(&mut runs.iter().map(|r| r.fma));
         // % of the peak at the add-chain clock, from wall time and from CPU time; % of the FMA
         // throughput measured right after each run.
-        let eff_wall = med(&mut runs.iter().map(|r| f / (r.wall * threads * 32.0 * r.hz)));
+        let eff_wall = med(&mut runs
+            .iter()
+            .map(|r| f / (r.wall * threads * per_cycle * r.hz)));
         let best = runs
             .iter()
-            .map(|r| f / (r.wall * threads * 32.0 * r.hz))
+            .map(|r| f / (r.wall * threads * per_cycle * r.hz))
             .fold(0.0, f64::max);
-        let eff_cpu = med(&mut runs.iter().map(|r| f / (r.cpu * 32.0 * r.hz)));
-        let eff_fma = med(&mut runs.iter().map(|r| f / (r.wall * threads * r.fma)));
+        let eff_cpu = med(&mut runs.iter().map(|r| f / (r.cpu * per_cycle * r.hz)));
+        let eff_fma = med(&mut runs
+            .iter()
+            .map(|r| f / (r.wall * threads * r.fma * per_cycle / 32.0)));
         println!(
             "| {}×{}×{} | {} | {} | {} | {:.3} | {:.1} | {:.2} | {:.1} | {:.1} % | {:.1} % | {:.1} % | {:.1} % |",
             s.m,
