@@ -349,61 +349,61 @@ mod clock {
         fma_throughput_flops_n(5_000_000)
     }
 
+    /// 12 independent `vfmadd231ps` chains on the vector registers named `$r` ("ymm" or
+    /// "zmm", `$lanes` floats each), `$iters` times; returns FLOP/s.
+    macro_rules! fma_chains {
+        ($r:literal, $lanes:expr, $iters:expr) => {{
+            let iters: u64 = $iters;
+            let t = Instant::now();
+            asm!(
+                concat!("vxorps ", $r, "0, ", $r, "0, ", $r, "0"),
+                concat!("vxorps ", $r, "1, ", $r, "1, ", $r, "1"),
+                concat!("vxorps ", $r, "2, ", $r, "2, ", $r, "2"),
+                concat!("vxorps ", $r, "3, ", $r, "3, ", $r, "3"),
+                concat!("vxorps ", $r, "4, ", $r, "4, ", $r, "4"),
+                concat!("vxorps ", $r, "5, ", $r, "5, ", $r, "5"),
+                concat!("vxorps ", $r, "6, ", $r, "6, ", $r, "6"),
+                concat!("vxorps ", $r, "7, ", $r, "7, ", $r, "7"),
+                concat!("vxorps ", $r, "8, ", $r, "8, ", $r, "8"),
+                concat!("vxorps ", $r, "9, ", $r, "9, ", $r, "9"),
+                concat!("vxorps ", $r, "10, ", $r, "10, ", $r, "10"),
+                concat!("vxorps ", $r, "11, ", $r, "11, ", $r, "11"),
+                concat!("vxorps ", $r, "12, ", $r, "12, ", $r, "12"),
+                concat!("vxorps ", $r, "13, ", $r, "13, ", $r, "13"),
+                "2:",
+                concat!("vfmadd231ps ", $r, "0, ", $r, "12, ", $r, "13"),
+                concat!("vfmadd231ps ", $r, "1, ", $r, "12, ", $r, "13"),
+                concat!("vfmadd231ps ", $r, "2, ", $r, "12, ", $r, "13"),
+                concat!("vfmadd231ps ", $r, "3, ", $r, "12, ", $r, "13"),
+                concat!("vfmadd231ps ", $r, "4, ", $r, "12, ", $r, "13"),
+                concat!("vfmadd231ps ", $r, "5, ", $r, "12, ", $r, "13"),
+                concat!("vfmadd231ps ", $r, "6, ", $r, "12, ", $r, "13"),
+                concat!("vfmadd231ps ", $r, "7, ", $r, "12, ", $r, "13"),
+                concat!("vfmadd231ps ", $r, "8, ", $r, "12, ", $r, "13"),
+                concat!("vfmadd231ps ", $r, "9, ", $r, "12, ", $r, "13"),
+                concat!("vfmadd231ps ", $r, "10, ", $r, "12, ", $r, "13"),
+                concat!("vfmadd231ps ", $r, "11, ", $r, "12, ", $r, "13"),
+                "dec rcx",
+                "jnz 2b",
+                inout("rcx") iters => _,
+                // Every vector register the System V ABI lets a call overwrite, these among them.
+                clobber_abi("C"),
+                options(nostack, nomem),
+            );
+            (iters * 12 * 2 * $lanes) as f64 / t.elapsed().as_secs_f64()
+        }};
+    }
+
     #[target_feature(enable = "avx2,fma")]
     pub unsafe fn fma_throughput_flops_n(iters: u64) -> f64 {
-        let t = Instant::now();
-        asm!(
-            "vxorps ymm0, ymm0, ymm0", "vxorps ymm1, ymm1, ymm1", "vxorps ymm2, ymm2, ymm2",
-            "vxorps ymm3, ymm3, ymm3", "vxorps ymm4, ymm4, ymm4", "vxorps ymm5, ymm5, ymm5",
-            "vxorps ymm6, ymm6, ymm6", "vxorps ymm7, ymm7, ymm7", "vxorps ymm8, ymm8, ymm8",
-            "vxorps ymm9, ymm9, ymm9", "vxorps ymm10, ymm10, ymm10", "vxorps ymm11, ymm11, ymm11",
-            "vxorps ymm12, ymm12, ymm12", "vxorps ymm13, ymm13, ymm13",
-            "2:",
-            "vfmadd231ps ymm0, ymm12, ymm13", "vfmadd231ps ymm1, ymm12, ymm13",
-            "vfmadd231ps ymm2, ymm12, ymm13", "vfmadd231ps ymm3, ymm12, ymm13",
-            "vfmadd231ps ymm4, ymm12, ymm13", "vfmadd231ps ymm5, ymm12, ymm13",
-            "vfmadd231ps ymm6, ymm12, ymm13", "vfmadd231ps ymm7, ymm12, ymm13",
-            "vfmadd231ps ymm8, ymm12, ymm13", "vfmadd231ps ymm9, ymm12, ymm13",
-            "vfmadd231ps ymm10, ymm12, ymm13", "vfmadd231ps ymm11, ymm12, ymm13",
-            "dec {n}",
-            "jnz 2b",
-            n = inout(reg) iters => _,
-            out("ymm0") _, out("ymm1") _, out("ymm2") _, out("ymm3") _, out("ymm4") _,
-            out("ymm5") _, out("ymm6") _, out("ymm7") _, out("ymm8") _, out("ymm9") _,
-            out("ymm10") _, out("ymm11") _, out("ymm12") _, out("ymm13") _,
-            options(nostack, nomem),
-        );
-        (iters * 12 * 16) as f64 / t.elapsed().as_secs_f64()
+        fma_chains!("ymm", 8, iters)
     }
 
     /// 12 independent `vfmadd231ps zmm` chains: AVX-512 FLOP/s one core can really reach
     /// (twice the AVX2 rate with two 512-bit FMA pipes, the same where they are double-pumped).
     #[target_feature(enable = "avx512f")]
     pub unsafe fn fma512_throughput_flops() -> f64 {
-        let iters: u64 = 5_000_000;
-        let t = Instant::now();
-        asm!(
-            "vxorps zmm0, zmm0, zmm0", "vxorps zmm1, zmm1, zmm1", "vxorps zmm2, zmm2, zmm2",
-            "vxorps zmm3, zmm3, zmm3", "vxorps zmm4, zmm4, zmm4", "vxorps zmm5, zmm5, zmm5",
-            "vxorps zmm6, zmm6, zmm6", "vxorps zmm7, zmm7, zmm7", "vxorps zmm8, zmm8, zmm8",
-            "vxorps zmm9, zmm9, zmm9", "vxorps zmm10, zmm10, zmm10", "vxorps zmm11, zmm11, zmm11",
-            "vxorps zmm12, zmm12, zmm12", "vxorps zmm13, zmm13, zmm13",
-            "2:",
-            "vfmadd231ps zmm0, zmm12, zmm13", "vfmadd231ps zmm1, zmm12, zmm13",
-            "vfmadd231ps zmm2, zmm12, zmm13", "vfmadd231ps zmm3, zmm12, zmm13",
-            "vfmadd231ps zmm4, zmm12, zmm13", "vfmadd231ps zmm5, zmm12, zmm13",
-            "vfmadd231ps zmm6, zmm12, zmm13", "vfmadd231ps zmm7, zmm12, zmm13",
-            "vfmadd231ps zmm8, zmm12, zmm13", "vfmadd231ps zmm9, zmm12, zmm13",
-            "vfmadd231ps zmm10, zmm12, zmm13", "vfmadd231ps zmm11, zmm12, zmm13",
-            "dec {n}",
-            "jnz 2b",
-            n = inout(reg) iters => _,
-            out("zmm0") _, out("zmm1") _, out("zmm2") _, out("zmm3") _, out("zmm4") _,
-            out("zmm5") _, out("zmm6") _, out("zmm7") _, out("zmm8") _, out("zmm9") _,
-            out("zmm10") _, out("zmm11") _, out("zmm12") _, out("zmm13") _,
-            options(nostack, nomem),
-        );
-        (iters * 12 * 32) as f64 / t.elapsed().as_secs_f64()
+        fma_chains!("zmm", 16, 5_000_000)
     }
 }
 

@@ -177,15 +177,17 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     }
     for turn in 0..turns {
         let n = block.min(args.runs - turn * block);
-        if let Some(o) = ort.as_mut() {
+        if ort.is_some() {
             kiln_run()?;
             progress("kiln (re-warm)");
-            for _ in 0..n {
-                let (ms, out) = kiln_run()?;
-                kiln_ms.push(ms);
-                last.0 = Some(out);
-                progress("kiln");
-            }
+        }
+        for _ in 0..n {
+            let (ms, out) = kiln_run()?;
+            kiln_ms.push(ms);
+            last.0 = Some(out);
+            progress("kiln");
+        }
+        if let Some(o) = ort.as_mut() {
             // ONNX Runtime's idle threads spin for tens of milliseconds after a run: each
             // turn starts once the other engine's threads are parked.
             kiln_idle.push(settle());
@@ -198,13 +200,6 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 progress("onnxruntime");
             }
             ort_idle.push(settle());
-        } else {
-            for _ in 0..n {
-                let (ms, out) = kiln_run()?;
-                kiln_ms.push(ms);
-                last.0 = Some(out);
-                progress("kiln");
-            }
         }
     }
     eprintln!();
