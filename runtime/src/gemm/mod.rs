@@ -559,28 +559,23 @@ pub(crate) unsafe fn block<V: Simd, const MR: usize, const NV: usize>(x: &BlockA
         } else {
             std::ptr::null()
         };
-        // A last panel of a few columns (N = 49 leaves 1, N = 196 leaves 4): its full tiles
-        // run with rows in the vector lanes instead of columns, several tiles at a time.
-        let narrow_done = if nr <= NARROW_COLS && MR <= V::LANES {
-            narrow_panel::<V, MR>(x, bp, nr_full, j0, nr)
+        // A last panel's few columns past its whole vectors (N = 49 leaves 1 of a 16-wide
+        // panel, N = 196 leaves 4; AVX-512's 32-wide panels leave 16 + 1 of N = 49): its full
+        // tiles run them with rows in the vector lanes instead of columns, several tiles at a
+        // time, and its whole vectors (if any) as a narrower tile, where a full-width tile would
+        // spend 2 vectors' FMAs on 17 columns.
+        let tail = if nr <= NARROW_COLS { nr } else { nr % V::LANES };
+        let (narrow_done, vcols) = if tail > 0 && tail <= NARROW_COLS && MR <= V::LANES {
+            let vcols = nr - tail;
+            (
+                narrow_panel::<V, MR>(x, bp.add(vcols), nr_full, j0 + vcols, tail),
+                vcols,
+            )
         } else {
-            0
+            (0, nr)
         };
-        // A last panel of whole vectors and a few columns (AVX-512's 32-wide panels leave 17
-        // of N = 49): the vectors run as a narrower tile and the few columns as above, where
-        // a full-width tile would spend 2 vectors' FMAs on 17 columns.
-        let tail = nr % V::LANES;
-        let (split_done, vcols) =
-            if nr > V::LANES && tail > 0 && tail <= NARROW_COLS && MR <= V::LANES {
-                let vcols = nr - tail;
-                (
-                    narrow_panel::<V, MR>(x, bp.add(vcols), nr_full, j0 + vcols, tail),
-                    vcols,
-                )
-            } else {
-                (0, nr)
-            };
-        for ip in narrow_done..mp {
+        let first = if vcols == 0 { narrow_done } else { 0 };
+        for ip in first..mp {
             let i0 = ip * MR;
             let mr = MR.min(x.mc - i0);
             if !next.is_null() {
@@ -619,7 +614,7 @@ pub(crate) unsafe fn block<V: Simd, const MR: usize, const NV: usize>(x: &BlockA
             }
             // A last panel of fewer columns runs as few vectors as cover them (a 7×7 image's
             // 49 pixels leave 1 column in the last 16-wide panel: 1 vector, not 2).
-            let (nr, nv) = if ip < split_done {
+            let (nr, nv) = if ip < narrow_done {
                 (vcols, vcols / V::LANES)
             } else {
                 (nr, nr.div_ceil(V::LANES))
