@@ -5,6 +5,7 @@
 use std::collections::{BTreeMap, HashMap};
 
 mod fuse;
+mod layout;
 
 use kiln_ir::{Attr, DType, Graph, Model, NodeId, Op, ValueDef, ValueId};
 use kiln_runtime::kernels::control::{
@@ -62,6 +63,9 @@ pub struct Fusions {
     /// A chain of f32 elementwise ops (with scalar constants) that alone reads a `Gemm`'s
     /// result runs in the GEMM's store, on each block while it is in cache.
     pub gemm_epilogue: bool,
+    /// Chains of 2-D convolutions and pools run on channel-blocked images (NCHWc): direct
+    /// convolutions with no im2col and no packing of the image.
+    pub nchwc: bool,
 }
 
 impl Fusions {
@@ -71,6 +75,7 @@ impl Fusions {
         attention: true,
         rows: true,
         gemm_epilogue: true,
+        nchwc: true,
     };
     /// No fusion: one step per node.
     pub const NONE: Fusions = Fusions {
@@ -78,11 +83,13 @@ impl Fusions {
         attention: false,
         rows: false,
         gemm_epilogue: false,
+        nchwc: false,
     };
 
     /// [`Fusions::ALL`], less what the environment turns off (`KILN_FUSE_ELEMENTWISE=0`,
     /// `KILN_FUSE_ATTENTION=0`, `KILN_FUSE_ROWS=0`, `KILN_FUSE_GEMM_EPILOGUE=0`), to measure or
-    /// bisect a fusion.
+    /// bisect a fusion. NCHWc is off unless `KILN_NCHWC=1`
+    /// ([`kiln_runtime::kernels::nchwc::preferred`]).
     /// The GEMM epilogue fuses elementwise groups, so it needs `elementwise`.
     pub fn from_env() -> Fusions {
         let on = |k: &str| !std::env::var_os(k).is_some_and(|v| v == "0");
@@ -91,6 +98,7 @@ impl Fusions {
             attention: on("KILN_FUSE_ATTENTION"),
             rows: on("KILN_FUSE_ROWS"),
             gemm_epilogue: on("KILN_FUSE_GEMM_EPILOGUE"),
+            nchwc: kiln_runtime::kernels::nchwc::preferred(),
         }
     }
 }
@@ -124,6 +132,11 @@ pub fn compile_graph_with(
         }
     }
     let at = |i: usize, n: NodeId| runs_at.get(&n).copied().unwrap_or(i);
+    let blocked = if fusions.nchwc {
+        layout::blocked_values(g, &order, &runs_at.keys().copied().collect())
+    } else {
+        Default::default()
+    };
 
     // Last reader of each value, to free it right after.
     let mut last_use: HashMap<ValueId, usize> = HashMap::new();
@@ -217,7 +230,19 @@ pub fn compile_graph_with(
             }
             op => {
                 let cx = build_cx(g, n);
-                kiln_runtime::kernels::build(op, &cx).map_err(|e| match (e, op) {
+                let x_blocked = node
+                    .inputs
+                    .first()
+                    .copied()
+                    .flatten()
+                    .is_some_and(|x| blocked.contains(&x));
+                let built =
+                    if x_blocked || node.outputs.first().is_some_and(|o| blocked.contains(o)) {
+                        kiln_runtime::kernels::nchwc::build(op, &cx, x_blocked)
+                    } else {
+                        kiln_runtime::kernels::build(op, &cx)
+                    };
+                built.map_err(|e| match (e, op) {
                     // An op outside every kernel family: say kiln does not know it.
                     (KernelError::Unsupported(m), Op::Opaque(o)) if m.starts_with("no kernel") => {
                         unsupported(format!(

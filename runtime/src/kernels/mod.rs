@@ -25,6 +25,14 @@ pub mod util;
 pub use elementwise::fused::{FusedMap, MapEpilogue, MapOp, MapProgram, RowMap};
 pub use linalg::{gemm_with_map, AttentionCore, Operand};
 
+/// Channel-blocked (NCHWc) convolution and pooling kernels, which lowering chooses for
+/// chains of convolutions (`kiln-codegen`'s layout choice).
+pub mod nchwc {
+    pub use super::nn_core::conv::nchwc::{
+        blocked_shape, build, from_blocked, preferred, role, to_blocked, Role, BLOCK,
+    };
+}
+
 /// Builds the kernel for `op`. Errors with `Unsupported` when kiln has none.
 pub fn build(op: &Op, cx: &BuildCx) -> Result<Box<dyn Kernel>, KernelError> {
     let families: [fn(&Op, &BuildCx) -> Option<Result<Box<dyn Kernel>, KernelError>>; 8] = [

@@ -18,6 +18,7 @@
 
 use rayon::prelude::*;
 
+pub(crate) mod nchwc;
 pub(crate) mod winograd;
 
 use crate::gemm::{

@@ -1,0 +1,1153 @@
+//! Convolution, max pooling and global average pooling on channel-blocked images (NCHWc
+//! with c = [`BLOCK`]): an image `[N, C, H, W]` is stored as `[N, C/8, H, W, 8]`, so the 8
+//! channels of a pixel are one AVX2 vector.
+//!
+//! A convolution then needs no im2col and no packing of its image: the register tile is
+//! `P` output pixels × `F` blocks of 8 output channels, and for every input channel the tile
+//! broadcasts each pixel's input value and multiplies it into the `F` weight vectors
+//! (weights packed once, at build, as `[M/8][C/8][KH][KW][8 in][8 out]`). The accumulators
+//! stay in registers over all input channels and taps, and the epilogue (bias, the residual
+//! `Z` of a `FusedConv`, the activation) runs on them before the one store. Lowering picks
+//! this layout for chains of convolutions and pools whose values nothing else reads
+//! (`kiln-codegen`'s `layout`); the first convolution of a chain reads its NCHW input in
+//! place (the same tile with other strides: a "block" of all `C` channels, `H·W` apart).
+//!
+//! This is the algorithm of ONNX Runtime's NCHWc convolutions (MLAS), written for kiln's
+//! runtime; the scalar tile is the model of the AVX2 one (same FMAs in the same order).
+
+use kiln_ir::op::{Conv, MaxPool};
+use kiln_ir::{DType, Op, Tensor};
+use rayon::prelude::*;
+
+use crate::error::KernelError;
+use crate::gemm::Activation;
+use crate::kernel::{opt_tensor_input, tensor_input, BuildCx, Kernel, RunCx};
+use crate::kernels::nn_core::window;
+use crate::kernels::par::OutPtr;
+use crate::kernels::reduce::num::view;
+use crate::value::Value;
+
+/// Channels per block.
+pub const BLOCK: usize = 8;
+/// Output-channel blocks per register tile.
+const F: usize = 2;
+/// Output pixels per register tile (`F·P` = 12 accumulators of the 16 ymm registers).
+const P: usize = 6;
+
+/// Whether lowering chooses this layout: only when asked (`KILN_NCHWC=1`; the scalar tile
+/// where the CPU has no AVX2), for now. The
+/// kernels run at ~94 % of the FMA rate on one warm layer, but on the Zen 1 host they were
+/// measured on, whole-model ResNet-50 was slower than the im2col/Winograd GEMM path (kiln/ORT
+/// 0.79-0.88 against 0.88-0.96 in the same minutes): the 3×3 stride-1 layers lose
+/// Winograd's 2.25× fewer multiplies, and cold weights cost these tiles more.
+pub fn preferred() -> bool {
+    matches!(std::env::var("KILN_NCHWC").as_deref(), Ok("1"))
+}
+
+fn avx2() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// What a node can do with blocked values.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// A 2-D f32 `Conv`/`FusedConv` with constant weights, one group, no dilation and a
+    /// multiple of 8 output channels: it can write a blocked output, and read a blocked `X`
+    /// when `in_channels` is a multiple of 8 (and a blocked `Z` when fused).
+    Conv { in_channels: usize },
+    /// A 2-D f32 `MaxPool` without indices: blocked in, blocked out.
+    MaxPool,
+    /// `GlobalAveragePool`: reads a blocked `X`, writes NCHW.
+    GlobalAveragePool,
+    /// Nothing blocked.
+    None,
+}
+
+/// The node's [`Role`] (from its op, its constant weights and the inferred types).
+pub fn role(op: &Op, cx: &BuildCx) -> Role {
+    let f32_in = matches!(
+        cx.input_types.first().copied().flatten(),
+        Some(kiln_ir::Type::Tensor(t)) if t.dtype == DType::F32
+            && t.shape.as_ref().is_none_or(|s| s.len() == 4)
+    );
+    if !f32_in {
+        return Role::None;
+    }
+    match op {
+        Op::Conv(_) | Op::FusedConv(_) => {
+            let attr = conv_attr(op);
+            let ones = |v: &Option<Vec<i64>>| v.as_ref().is_none_or(|v| v.iter().all(|&x| x == 1));
+            let Some((c, _)) = attr else {
+                return Role::None;
+            };
+            match cx.const_inputs.get(1).copied().flatten() {
+                Some(w)
+                    if w.dtype() == DType::F32
+                        && w.shape().len() == 4
+                        && w.shape()[0] % BLOCK == 0
+                        && w.shape()[0] > 0
+                        && w.shape().iter().all(|&d| d > 0)
+                        && c.group == 1
+                        && ones(&c.dilations) =>
+                {
+                    Role::Conv {
+                        in_channels: w.shape()[1],
+                    }
+                }
+                _ => Role::None,
+            }
+        }
+        Op::MaxPool(p) if cx.output_types.len() == 1 && p.kernel_shape.len() == 2 => Role::MaxPool,
+        Op::GlobalAveragePool(_) => Role::GlobalAveragePool,
+        _ => Role::None,
+    }
+}
+
+/// The activations the tile applies in registers; any other goes through the scalar one.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) enum Act {
+    None,
+    Relu,
+    Other(Activation),
+}
+
+fn conv_attr(op: &Op) -> Option<(Conv, Act)> {
+    match op {
+        Op::Conv(c) => Some((c.clone(), Act::None)),
+        Op::FusedConv(f) => {
+            let act = Activation::from_onnx(
+                "FusedConv",
+                f.activation.as_deref(),
+                f.activation_params.as_deref().unwrap_or(&[]),
+            )
+            .ok()?;
+            let c = Conv {
+                auto_pad: f.auto_pad.clone(),
+                dilations: f.dilations.clone(),
+                group: f.group,
+                kernel_shape: f.kernel_shape.clone(),
+                pads: f.pads.clone(),
+                strides: f.strides.clone(),
+            };
+            Some((
+                c,
+                match act {
+                    Activation::None => Act::None,
+                    Activation::Relu => Act::Relu,
+                    a => Act::Other(a),
+                },
+            ))
+        }
+        _ => None,
+    }
+}
+
+/// The kernel of a node lowering chose to run blocked: a convolution (blocked output; blocked
+/// `X` when `x_blocked`), a max pool (blocked in and out) or a global average pool (blocked in).
+pub fn build(op: &Op, cx: &BuildCx, x_blocked: bool) -> Result<Box<dyn Kernel>, KernelError> {
+    let not = || KernelError::Invalid(format!("{} cannot run on blocked images", op.op_type()));
+    match (role(op, cx), op) {
+        (Role::Conv { in_channels }, _) => {
+            let (attr, act) = conv_attr(op).ok_or_else(not)?;
+            if x_blocked && in_channels % BLOCK != 0 {
+                return Err(not());
+            }
+            let w = cx.const_inputs[1].ok_or_else(not)?;
+            let wv = w.as_slice::<f32>().ok_or_else(not)?;
+            let ws = w.shape();
+            let weights = Weights::pack(wv, ws, x_blocked);
+            w.release_pages();
+            Ok(Box::new(BlockedConv {
+                attr,
+                act,
+                fused: matches!(op, Op::FusedConv(_)),
+                x_blocked,
+                weights,
+            }))
+        }
+        (Role::MaxPool, Op::MaxPool(p)) if x_blocked => Ok(Box::new(BlockedMaxPool(p.clone()))),
+        (Role::GlobalAveragePool, _) if x_blocked => Ok(Box::new(BlockedGlobalAveragePool)),
+        _ => Err(not()),
+    }
+}
+
+/// A blocked image's shape from its NCHW one (`C` a multiple of 8).
+pub fn blocked_shape(n: usize, c: usize, h: usize, w: usize) -> Vec<usize> {
+    vec![n, c / BLOCK, h, w, BLOCK]
+}
+
+/// NCHW → blocked (`C` a multiple of 8).
+pub fn to_blocked(x: &[f32], n: usize, c: usize, hw: usize) -> Vec<f32> {
+    let mut y = vec![0f32; x.len()];
+    for ni in 0..n {
+        for ch in 0..c {
+            let (cb, l) = (ch / BLOCK, ch % BLOCK);
+            for p in 0..hw {
+                y[((ni * (c / BLOCK) + cb) * hw + p) * BLOCK + l] = x[(ni * c + ch) * hw + p];
+            }
+        }
+    }
+    y
+}
+
+/// Blocked → NCHW.
+pub fn from_blocked(y: &[f32], n: usize, c: usize, hw: usize) -> Vec<f32> {
+    let mut x = vec![0f32; y.len()];
+    for ni in 0..n {
+        for ch in 0..c {
+            let (cb, l) = (ch / BLOCK, ch % BLOCK);
+            for p in 0..hw {
+                x[(ni * c + ch) * hw + p] = y[((ni * (c / BLOCK) + cb) * hw + p) * BLOCK + l];
+            }
+        }
+    }
+    x
+}
+
+/// Weights `[M, C, KH, KW]` packed as `[M/8][C/cb][KH][KW][cb][8]`, where `cb` (channels per
+/// input block) is 8 for a blocked input and `C` for an NCHW one.
+pub(crate) struct Weights {
+    data: Vec<f32>,
+    shape: [usize; 4],
+    cb: usize,
+}
+
+impl Weights {
+    pub(crate) fn pack(w: &[f32], ws: &[usize], x_blocked: bool) -> Weights {
+        let (m, c, kh, kw) = (ws[0], ws[1], ws[2], ws[3]);
+        let cb = if x_blocked { BLOCK } else { c };
+        let icb = c / cb;
+        let mut data = vec![0f32; m * c * kh * kw];
+        for o in 0..m {
+            for i in 0..c {
+                for y in 0..kh {
+                    for x in 0..kw {
+                        let (ob, ol, ib, ci) = (o / BLOCK, o % BLOCK, i / cb, i % cb);
+                        let d = ((((ob * icb + ib) * kh + y) * kw + x) * cb + ci) * BLOCK + ol;
+                        data[d] = w[((o * c + i) * kh + y) * kw + x];
+                    }
+                }
+            }
+        }
+        Weights {
+            data,
+            shape: [m, c, kh, kw],
+            cb,
+        }
+    }
+}
+
+/// One convolution's geometry.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Geo {
+    pub n: usize,
+    pub c: usize,
+    pub m: usize,
+    pub h: usize,
+    pub w: usize,
+    pub kh: usize,
+    pub kw: usize,
+    pub sh: usize,
+    pub sw: usize,
+    pub ph: usize,
+    pub pw: usize,
+    pub oh: usize,
+    pub ow: usize,
+    pub x_blocked: bool,
+}
+
+/// What one tile reads, as distances in floats: the input's between channel blocks, between
+/// a block's channels, rows, columns and the tile's pixels; the packed weights' between
+/// input blocks, kernel rows and output-channel blocks; and the taps inside the image.
+#[derive(Clone, Copy)]
+struct Taps {
+    icb: usize,
+    cb: usize,
+    xs_blk: usize,
+    xs_c: usize,
+    xs_row: usize,
+    xs_col: usize,
+    xs_px: usize,
+    ws_blk: usize,
+    ws_row: usize,
+    ws_f: usize,
+    nkh: usize,
+    nkw: usize,
+}
+
+/// Where one tile writes: the output (and `Z`) at its first pixel and first block, the
+/// distance between output blocks, and the bias of its first block.
+#[derive(Clone, Copy)]
+struct Store {
+    y: *mut f32,
+    z: *const f32,
+    ys_f: usize,
+    bias: *const f32,
+    act: Act,
+}
+
+/// The portable tile, and the model of the AVX2 one: the same fused multiply-adds in the
+/// same order, so both give the same bits.
+///
+/// # Safety
+/// `x` and `w` must be valid for every offset `t` describes; `s` for `fb` blocks of `np`
+/// pixels.
+unsafe fn tile_scalar(x: *const f32, w: *const f32, t: &Taps, s: &Store, fb: usize, np: usize) {
+    let mut acc = [[[0f32; BLOCK]; F]; P];
+    for ib in 0..t.icb {
+        for ky in 0..t.nkh {
+            for kx in 0..t.nkw {
+                let xp = x.add(ib * t.xs_blk + ky * t.xs_row + kx * t.xs_col);
+                let wp = w.add(ib * t.ws_blk + ky * t.ws_row + kx * t.cb * BLOCK);
+                for ci in 0..t.cb {
+                    for (p, acc) in acc.iter_mut().enumerate().take(np) {
+                        let b = *xp.add(p * t.xs_px + ci * t.xs_c);
+                        for (f, acc) in acc.iter_mut().enumerate().take(fb) {
+                            let wv = wp.add(f * t.ws_f + ci * BLOCK);
+                            for (l, a) in acc.iter_mut().enumerate() {
+                                *a = b.mul_add(*wv.add(l), *a);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    for (p, acc) in acc.iter().enumerate().take(np) {
+        for (f, acc) in acc.iter().enumerate().take(fb) {
+            let o = f * s.ys_f + p * BLOCK;
+            for (l, &a) in acc.iter().enumerate() {
+                let mut v = a;
+                if !s.bias.is_null() {
+                    v += *s.bias.add(f * BLOCK + l);
+                }
+                if !s.z.is_null() {
+                    v += *s.z.add(o + l);
+                }
+                *s.y.add(o + l) = finish(v, s.act);
+            }
+        }
+    }
+}
+
+fn finish(v: f32, act: Act) -> f32 {
+    match act {
+        Act::None => v,
+        // `_mm256_max_ps(0, v)`: NaN and -0 stay.
+        Act::Relu => {
+            if 0.0 > v {
+                0.0
+            } else {
+                v
+            }
+        }
+        Act::Other(a) => a.apply(v),
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use super::{finish, Act, Store, Taps, BLOCK};
+    use std::arch::x86_64::*;
+
+    /// The AVX2 tile for `FB` (1 or 2) output blocks of `NP` (1 to 6) pixels; `BLK`: the
+    /// input is blocked (8 channels per block, 1 apart: the channel loop unrolls and its
+    /// loads take constant displacements). Each accumulator is its own local (an array
+    /// indexed in loops stayed on the stack).
+    ///
+    /// # Safety
+    /// As [`super::tile_scalar`], on a CPU with AVX2 and FMA.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn tile<const FB: usize, const NP: usize, const BLK: bool>(
+        x: *const f32,
+        w: *const f32,
+        t: &Taps,
+        s: &Store,
+    ) {
+        let zero = _mm256_setzero_ps();
+        let (mut a00, mut a01, mut a10, mut a11, mut a20, mut a21) =
+            (zero, zero, zero, zero, zero, zero);
+        let (mut a30, mut a31, mut a40, mut a41, mut a50, mut a51) =
+            (zero, zero, zero, zero, zero, zero);
+        let cb = if BLK { BLOCK } else { t.cb };
+        let xs_c = if BLK { 1 } else { t.xs_c };
+        let (px, ws_f) = (t.xs_px, t.ws_f);
+        for ib in 0..t.icb {
+            for ky in 0..t.nkh {
+                let xr = x.add(ib * t.xs_blk + ky * t.xs_row);
+                let wr = w.add(ib * t.ws_blk + ky * t.ws_row);
+                for kx in 0..t.nkw {
+                    let xp = xr.add(kx * t.xs_col);
+                    let wp = wr.add(kx * cb * BLOCK);
+                    for ci in 0..cb {
+                        let w0 = _mm256_loadu_ps(wp.add(ci * BLOCK));
+                        let w1 = if FB > 1 {
+                            _mm256_loadu_ps(wp.add(ws_f + ci * BLOCK))
+                        } else {
+                            zero
+                        };
+                        let xc = xp.add(ci * xs_c);
+                        macro_rules! pixel {
+                            ($p:literal, $a0:ident, $a1:ident) => {
+                                if NP > $p {
+                                    let b = _mm256_broadcast_ss(&*xc.add($p * px));
+                                    $a0 = _mm256_fmadd_ps(b, w0, $a0);
+                                    if FB > 1 {
+                                        $a1 = _mm256_fmadd_ps(b, w1, $a1);
+                                    }
+                                }
+                            };
+                        }
+                        pixel!(0, a00, a01);
+                        pixel!(1, a10, a11);
+                        pixel!(2, a20, a21);
+                        pixel!(3, a30, a31);
+                        pixel!(4, a40, a41);
+                        pixel!(5, a50, a51);
+                    }
+                }
+            }
+        }
+        let store = |p: usize, f: usize, a: __m256| {
+            let o = f * s.ys_f + p * BLOCK;
+            let mut v = a;
+            if !s.bias.is_null() {
+                v = _mm256_add_ps(v, _mm256_loadu_ps(s.bias.add(f * BLOCK)));
+            }
+            if !s.z.is_null() {
+                v = _mm256_add_ps(v, _mm256_loadu_ps(s.z.add(o)));
+            }
+            match s.act {
+                Act::None => _mm256_storeu_ps(s.y.add(o), v),
+                // max_ps returns its second operand when either is NaN: NaN stays NaN.
+                Act::Relu => _mm256_storeu_ps(s.y.add(o), _mm256_max_ps(zero, v)),
+                Act::Other(_) => {
+                    let mut l = [0f32; BLOCK];
+                    _mm256_storeu_ps(l.as_mut_ptr(), v);
+                    for (i, l) in l.iter().enumerate() {
+                        *s.y.add(o + i) = finish(*l, s.act);
+                    }
+                }
+            }
+        };
+        for (p, (a0, a1)) in [
+            (a00, a01),
+            (a10, a11),
+            (a20, a21),
+            (a30, a31),
+            (a40, a41),
+            (a50, a51),
+        ]
+        .into_iter()
+        .enumerate()
+        .take(NP)
+        {
+            store(p, 0, a0);
+            if FB > 1 {
+                store(p, 1, a1);
+            }
+        }
+    }
+}
+
+/// Which tile runs: AVX2 or the scalar model.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Tile {
+    Scalar,
+    Avx2,
+}
+
+impl Tile {
+    pub(crate) fn best() -> Tile {
+        if avx2() {
+            Tile::Avx2
+        } else {
+            Tile::Scalar
+        }
+    }
+}
+
+/// # Safety
+/// As [`tile_scalar`]; `Tile::Avx2` only where the CPU has AVX2 and FMA.
+unsafe fn run_tile(
+    tile: Tile,
+    x: *const f32,
+    w: *const f32,
+    t: &Taps,
+    s: &Store,
+    fb: usize,
+    np: usize,
+) {
+    #[cfg(target_arch = "x86_64")]
+    if tile == Tile::Avx2 {
+        macro_rules! pick {
+            ($($f:literal, $p:literal);*) => {
+                match (fb, np, t.cb == BLOCK && t.xs_c == 1) {
+                    $(($f, $p, true) => avx2::tile::<$f, $p, true>(x, w, t, s),
+                      ($f, $p, false) => avx2::tile::<$f, $p, false>(x, w, t, s),)*
+                    _ => unreachable!("tile of {fb} blocks × {np} pixels"),
+                }
+            };
+        }
+        pick!(1, 1; 1, 2; 1, 3; 1, 4; 1, 5; 1, 6; 2, 1; 2, 2; 2, 3; 2, 4; 2, 5; 2, 6);
+        return;
+    }
+    tile_scalar(x, w, t, s, fb, np)
+}
+
+/// `y = act(conv(x, w) + bias + z)` with `y` (and `z`) blocked, `x` blocked or NCHW as
+/// `g.x_blocked` says and `w` packed for it.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn conv(
+    g: &Geo,
+    x: &[f32],
+    w: &Weights,
+    bias: Option<&[f32]>,
+    z: Option<&[f32]>,
+    act: Act,
+    tile: Tile,
+    y: &mut [f32],
+) {
+    let mb = g.m / BLOCK;
+    let cb = w.cb;
+    let icb = g.c / cb;
+    let (hw, ohw) = (g.h * g.w, g.oh * g.ow);
+    assert_eq!(x.len(), g.n * g.c * hw, "x");
+    assert_eq!(y.len(), g.n * g.m * ohw, "y");
+    assert_eq!(w.data.len(), g.m * g.c * g.kh * g.kw, "w");
+    assert!(z.is_none_or(|z| z.len() == y.len()), "z");
+    assert!(bias.is_none_or(|b| b.len() == g.m), "bias");
+    if y.is_empty() {
+        return;
+    }
+    let (xs_blk, xs_c, xs_row, xs_col) = if g.x_blocked {
+        (hw * BLOCK, 1, g.w * BLOCK, BLOCK)
+    } else {
+        (0, hw, g.w, 1)
+    };
+    let ws_row = g.kw * cb * BLOCK;
+    let ws_blk = g.kh * ws_row;
+    let ws_f = icb * ws_blk;
+    let groups = mb.div_ceil(F);
+    let items = g.n * groups * g.oh;
+    let (ptr, xp, wp) = (
+        OutPtr(y.as_mut_ptr()),
+        x.as_ptr() as usize,
+        w.data.as_ptr() as usize,
+    );
+    let zp = z.map_or(0, |z| z.as_ptr() as usize);
+    let bp = bias.map_or(0, |b| b.as_ptr() as usize);
+    // Interior output columns: every tap inside the image.
+    let ow_a = g.pw.div_ceil(g.sw).min(g.ow);
+    let ow_b = if g.w + g.pw >= g.kw {
+        ((g.w + g.pw - g.kw) / g.sw + 1).clamp(ow_a, g.ow)
+    } else {
+        ow_a
+    };
+    let row = |item: usize, end: usize| {
+        let (ni, rest) = (item / (groups * g.oh), item % (groups * g.oh));
+        let (gi, ohi) = (rest / g.oh, rest % g.oh);
+        let ob = gi * F;
+        let fb = F.min(mb - ob);
+        let ih0 = (ohi * g.sh) as isize - g.ph as isize;
+        let kh_lo = (-ih0).clamp(0, g.kh as isize) as usize;
+        let kh_hi = (g.h as isize - ih0).clamp(kh_lo as isize, g.kh as isize) as usize;
+        let x_n = ni * g.c * hw;
+        let y_row = ((ni * mb + ob) * g.oh + ohi) * g.ow * BLOCK;
+        let col = |ow0: usize, np: usize, kw_lo: usize, kw_hi: usize| {
+            let iw = (ow0 * g.sw + kw_lo) as isize - g.pw as isize;
+            let t = Taps {
+                icb,
+                cb,
+                xs_blk,
+                xs_c,
+                xs_row,
+                xs_col,
+                xs_px: xs_col * g.sw,
+                ws_blk,
+                ws_row,
+                ws_f,
+                nkh: kh_hi - kh_lo,
+                nkw: kw_hi - kw_lo,
+            };
+            let y_off = y_row + ow0 * BLOCK;
+            let s = Store {
+                y: ptr.at(y_off),
+                z: if zp == 0 {
+                    std::ptr::null()
+                } else {
+                    (zp as *const f32).wrapping_add(y_off)
+                },
+                ys_f: ohw * BLOCK,
+                bias: if bp == 0 {
+                    std::ptr::null()
+                } else {
+                    (bp as *const f32).wrapping_add(ob * BLOCK)
+                },
+                act,
+            };
+            // With no tap inside, the pointers are not read: start them anywhere valid.
+            let x_off = if t.nkh == 0 || t.nkw == 0 {
+                x_n
+            } else {
+                x_n + (ih0 + kh_lo as isize) as usize * xs_row + iw as usize * xs_col
+            };
+            let w_off = ob * ws_f + kh_lo * ws_row + kw_lo * cb * BLOCK;
+            // SAFETY: every offset the tile reads lies in `x`, `w`, `z` and `bias` (taps
+            // clipped to the image; blocks `ob..ob + fb` exist), and its stores are this
+            // item's own pixels of `y`, which no other item writes.
+            unsafe {
+                run_tile(
+                    tile,
+                    (xp as *const f32).add(x_off),
+                    (wp as *const f32).add(w_off),
+                    &t,
+                    &s,
+                    fb,
+                    np,
+                )
+            }
+        };
+        let edge = |ow0: usize| {
+            let iw0 = (ow0 * g.sw) as isize - g.pw as isize;
+            let lo = (-iw0).clamp(0, g.kw as isize) as usize;
+            let hi = (g.w as isize - iw0).clamp(lo as isize, g.kw as isize) as usize;
+            col(ow0, 1, lo, hi);
+        };
+        // The next group's weights come from memory (a model's weights are read once per
+        // run): fetch a slice of them into L2 on each row of this group, so they are there
+        // when this thread (or the other) gets to it.
+        let next = ob + F;
+        if next < mb && (ni * groups + gi + 1) * g.oh < end {
+            let (start, end) = (next * ws_f, ((next + F).min(mb)) * ws_f);
+            let per = (end - start).div_ceil(g.oh);
+            let a = (start + ohi * per).min(end);
+            prefetch_l2((wp as *const f32).wrapping_add(a), (per).min(end - a));
+        }
+        (0..ow_a).for_each(edge);
+        let mut o = ow_a;
+        while o < ow_b {
+            let np = P.min(ow_b - o);
+            col(o, np, 0, g.kw);
+            o += np;
+        }
+        (ow_b..g.ow).for_each(edge);
+    };
+    let flops = items * g.ow * F * BLOCK * g.c * g.kh * g.kw;
+    let threads = rayon::current_num_threads();
+    // Rows `range` of the items: the first group's weights are asked for all at once (many
+    // misses in flight instead of a stream), each next one's while the rows before it run.
+    let chunk = |range: std::ops::Range<usize>| {
+        let ob = (range.start / g.oh % groups) * F;
+        prefetch_l2(
+            (wp as *const f32).wrapping_add(ob * ws_f),
+            F.min(mb - ob) * ws_f,
+        );
+        let end = range.end;
+        range.for_each(|i| row(i, end));
+    };
+    if threads <= 1 || flops < 1 << 18 || items < 2 {
+        chunk(0..items);
+        return;
+    }
+    // Consecutive rows of one group of output blocks go to one thread, which keeps that
+    // group's weights in its L2. Sixteen chunks per thread, not two: on a host whose other
+    // jobs slow one core, ResNet-50 read 0.60-0.65 of ONNX Runtime's speed with two and
+    // 0.79-0.88 with sixteen (each chunk's first group waits for its weights).
+    let chunks = (16 * threads).min(items);
+    (0..chunks).into_par_iter().for_each(|c| {
+        chunk(c * items / chunks..(c + 1) * items / chunks);
+    });
+}
+
+/// Asks for `len` floats from `p` in L2 (a hint: no effect where it cannot).
+fn prefetch_l2(p: *const f32, len: usize) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T1};
+        for off in (0..len).step_by(16) {
+            // SAFETY: a prefetch does not fault, whatever the address; SSE is baseline on
+            // x86-64.
+            unsafe { _mm_prefetch(p.wrapping_add(off) as *const i8, _MM_HINT_T1) }
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = (p, len);
+}
+
+/// `Conv` / `FusedConv` writing a blocked output.
+struct BlockedConv {
+    attr: Conv,
+    act: Act,
+    fused: bool,
+    x_blocked: bool,
+    weights: Weights,
+}
+
+impl Kernel for BlockedConv {
+    fn algorithm(&self) -> Option<&'static str> {
+        Some(if self.x_blocked {
+            "nchwc"
+        } else {
+            "nchw→nchwc"
+        })
+    }
+
+    fn run(&self, inputs: &[Option<&Value>], cx: &mut RunCx) -> Result<Vec<Value>, KernelError> {
+        let x = tensor_input(inputs, 0)?;
+        let b = opt_tensor_input(inputs, 2)?;
+        let z = if self.fused {
+            opt_tensor_input(inputs, 3)?
+        } else {
+            None
+        };
+        let [m, c, kh, kw] = self.weights.shape;
+        let xs = x.shape();
+        let (n, h, wd) = match (self.x_blocked, xs) {
+            (true, &[n, cb, h, w, l]) if cb * BLOCK == c && l == BLOCK => (n, h, w),
+            (false, &[n, cc, h, w]) if cc == c => (n, h, w),
+            _ => {
+                return Err(KernelError::Invalid(format!(
+                    "Conv: X has shape {xs:?}, the weights {:?} need {} channels{}",
+                    self.weights.shape,
+                    c,
+                    if self.x_blocked { " (blocked)" } else { "" }
+                )))
+            }
+        };
+        if x.dtype() != DType::F32 {
+            return Err(KernelError::Invalid(format!(
+                "Conv: X is {}, not float",
+                x.dtype()
+            )));
+        }
+        let win = window(
+            &[h, wd],
+            &[kh, kw],
+            self.attr.strides.as_ref(),
+            None,
+            self.attr.pads.as_ref(),
+            &self.attr.auto_pad,
+            false,
+        )?;
+        let geo = Geo {
+            n,
+            c,
+            m,
+            h,
+            w: wd,
+            kh,
+            kw,
+            sh: win.strides[0],
+            sw: win.strides[1],
+            ph: win.pad_begin[0],
+            pw: win.pad_begin[1],
+            oh: win.out_sp[0],
+            ow: win.out_sp[1],
+            x_blocked: self.x_blocked,
+        };
+        let shape = blocked_shape(n, m, geo.oh, geo.ow);
+        let bv = match b {
+            Some(b) if b.dtype() == DType::F32 && b.len() == m => Some(view::<f32>(b)?),
+            Some(b) => {
+                return Err(KernelError::Invalid(format!(
+                    "Conv: bias has shape {:?}, expected [{m}]",
+                    b.shape()
+                )))
+            }
+            None => None,
+        };
+        let zv = match z {
+            Some(z) if z.dtype() == DType::F32 && z.shape() == shape.as_slice() => {
+                Some(view::<f32>(z)?)
+            }
+            Some(z) => {
+                return Err(KernelError::Invalid(format!(
+                    "FusedConv: Z has shape {:?}, the (blocked) output {shape:?}",
+                    z.shape()
+                )))
+            }
+            None => None,
+        };
+        let xv = view::<f32>(x)?;
+        let (act, tile) = (self.act, Tile::best());
+        let y = cx.tensor_dirty::<f32>(shape, |y| {
+            conv(
+                &geo,
+                &xv,
+                &self.weights,
+                bv.as_deref(),
+                zv.as_deref(),
+                act,
+                tile,
+                y,
+            )
+        })?;
+        Ok(vec![Value::Tensor(y)])
+    }
+}
+
+/// Blocked geometry of a 2-D pool.
+fn blocked_input(x: &Tensor, op: &str) -> Result<[usize; 4], KernelError> {
+    match x.shape() {
+        &[n, cb, h, w, l] if l == BLOCK && x.dtype() == DType::F32 => Ok([n, cb, h, w]),
+        s => Err(KernelError::Invalid(format!(
+            "{op}: expected a blocked f32 image [N, C/8, H, W, 8], got {} {s:?}",
+            x.dtype()
+        ))),
+    }
+}
+
+/// `MaxPool` on blocked images (`-inf` where a window has no tap inside; NaN inputs are
+/// skipped, as in the NCHW kernel).
+struct BlockedMaxPool(MaxPool);
+
+impl Kernel for BlockedMaxPool {
+    fn run(&self, inputs: &[Option<&Value>], cx: &mut RunCx) -> Result<Vec<Value>, KernelError> {
+        let x = tensor_input(inputs, 0)?;
+        let [n, cb, h, w] = blocked_input(x, "MaxPool")?;
+        let p = &self.0;
+        let kernel: Vec<usize> = p.kernel_shape.iter().map(|&k| k.max(1) as usize).collect();
+        let win = window(
+            &[h, w],
+            &kernel,
+            p.strides.as_ref(),
+            p.dilations.as_ref(),
+            p.pads.as_ref(),
+            &p.auto_pad,
+            p.ceil_mode,
+        )?;
+        let (oh, ow) = (win.out_sp[0], win.out_sp[1]);
+        let xv = view::<f32>(x)?;
+        let y = cx.tensor_dirty::<f32>(blocked_shape(n, cb * BLOCK, oh, ow), |y| {
+            max_pool(&win, &xv, h, w, y)
+        })?;
+        Ok(vec![Value::Tensor(y)])
+    }
+}
+
+fn max_pool(win: &super::super::Window, x: &[f32], h: usize, w: usize, y: &mut [f32]) {
+    let (oh, ow) = (win.out_sp[0], win.out_sp[1]);
+    let (kh, kw) = (win.kernel[0], win.kernel[1]);
+    let (sh, sw) = (win.strides[0], win.strides[1]);
+    let (dh, dw) = (win.dilations[0], win.dilations[1]);
+    let (ph, pw) = (win.pad_begin[0], win.pad_begin[1]);
+    let (plane_in, plane_out) = (h * w * BLOCK, oh * ow * BLOCK);
+    if plane_out == 0 {
+        return;
+    }
+    let tap = |o: usize, k: usize, s: usize, d: usize, p: usize, n: usize| {
+        (o * s + k * d).checked_sub(p).filter(|&i| i < n)
+    };
+    crate::kernels::par::for_chunks_weighted(y, plane_out, kh * kw, |start, chunk| {
+        for (pi, yp) in chunk.chunks_mut(plane_out).enumerate() {
+            let plane = start / plane_out + pi;
+            let xp = &x[plane * plane_in..(plane + 1) * plane_in];
+            for oy in 0..oh {
+                for ox in 0..ow {
+                    let mut m = [f32::NEG_INFINITY; BLOCK];
+                    for ky in 0..kh {
+                        let Some(iy) = tap(oy, ky, sh, dh, ph, h) else {
+                            continue;
+                        };
+                        for kx in 0..kw {
+                            let Some(ix) = tap(ox, kx, sw, dw, pw, w) else {
+                                continue;
+                            };
+                            let v = &xp[(iy * w + ix) * BLOCK..][..BLOCK];
+                            for (m, &v) in m.iter_mut().zip(v) {
+                                // Selects, not branches (vectorized); NaN `v` is skipped.
+                                *m = if v > *m { v } else { *m };
+                            }
+                        }
+                    }
+                    yp[(oy * ow + ox) * BLOCK..][..BLOCK].copy_from_slice(&m);
+                }
+            }
+        }
+    });
+}
+
+/// `GlobalAveragePool` of a blocked image, written as NCHW `[N, C, 1, 1]` (sums in f64, as
+/// the NCHW kernel).
+struct BlockedGlobalAveragePool;
+
+impl Kernel for BlockedGlobalAveragePool {
+    fn run(&self, inputs: &[Option<&Value>], cx: &mut RunCx) -> Result<Vec<Value>, KernelError> {
+        let x = tensor_input(inputs, 0)?;
+        let [n, cb, h, w] = blocked_input(x, "GlobalAveragePool")?;
+        let xv = view::<f32>(x)?;
+        let hw = h * w;
+        let y = cx.tensor::<f32>(vec![n, cb * BLOCK, 1, 1], |y| {
+            for (plane, yb) in y.chunks_mut(BLOCK).enumerate() {
+                let mut s = [0f64; BLOCK];
+                for px in xv[plane * hw * BLOCK..(plane + 1) * hw * BLOCK].chunks(BLOCK) {
+                    for (s, &v) in s.iter_mut().zip(px) {
+                        *s += v as f64;
+                    }
+                }
+                for (y, s) in yb.iter_mut().zip(s) {
+                    *y = (s / hw as f64) as f32;
+                }
+            }
+        })?;
+        Ok(vec![Value::Tensor(y)])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// Direct convolution in f64 on NCHW, the independent reference.
+    #[allow(clippy::too_many_arguments)]
+    fn reference(
+        g: &Geo,
+        x: &[f32],
+        w: &[f32],
+        bias: Option<&[f32]>,
+        z: Option<&[f32]>,
+        relu: bool,
+    ) -> Vec<f32> {
+        let mut y = vec![0f32; g.n * g.m * g.oh * g.ow];
+        for ni in 0..g.n {
+            for o in 0..g.m {
+                for oy in 0..g.oh {
+                    for ox in 0..g.ow {
+                        let mut s = bias.map_or(0.0, |b| b[o] as f64);
+                        for i in 0..g.c {
+                            for ky in 0..g.kh {
+                                for kx in 0..g.kw {
+                                    let iy = (oy * g.sh + ky) as isize - g.ph as isize;
+                                    let ix = (ox * g.sw + kx) as isize - g.pw as isize;
+                                    if iy < 0 || ix < 0 || iy >= g.h as isize || ix >= g.w as isize
+                                    {
+                                        continue;
+                                    }
+                                    let xv =
+                                        x[((ni * g.c + i) * g.h + iy as usize) * g.w + ix as usize];
+                                    let wv = w[((o * g.c + i) * g.kh + ky) * g.kw + kx];
+                                    s += xv as f64 * wv as f64;
+                                }
+                            }
+                        }
+                        let at = ((ni * g.m + o) * g.oh + oy) * g.ow + ox;
+                        if let Some(z) = z {
+                            s += z[at] as f64;
+                        }
+                        y[at] = if relu { s.max(0.0) as f32 } else { s as f32 };
+                    }
+                }
+            }
+        }
+        y
+    }
+
+    fn geo() -> impl Strategy<Value = Geo> {
+        (
+            1usize..3,
+            prop_oneof![Just(3usize), Just(8), Just(16), Just(24), 1usize..12],
+            1usize..6,
+            1usize..15,
+            1usize..15,
+            1usize..6,
+            1usize..6,
+            1usize..4,
+            1usize..4,
+            0usize..4,
+            0usize..4,
+            any::<bool>(),
+        )
+            .prop_filter_map(
+                "window inside the padded image",
+                |(n, c, mb, h, w, kh, kw, sh, sw, ph, pw, blocked)| {
+                    let (hp, wp) = (h + 2 * ph, w + 2 * pw);
+                    if kh > hp || kw > wp || (blocked && c % BLOCK != 0) {
+                        return None;
+                    }
+                    Some(Geo {
+                        n,
+                        c,
+                        m: mb * BLOCK,
+                        h,
+                        w,
+                        kh,
+                        kw,
+                        sh,
+                        sw,
+                        ph,
+                        pw,
+                        oh: (hp - kh) / sh + 1,
+                        ow: (wp - kw) / sw + 1,
+                        x_blocked: blocked,
+                    })
+                },
+            )
+    }
+
+    fn values(n: usize, seed: u64) -> Vec<f32> {
+        let mut s = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (0..n)
+            .map(|_| {
+                s = s
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+            })
+            .collect()
+    }
+
+    fn run(g: &Geo, seed: u64, with_bias: bool, with_z: bool, relu: bool, tile: Tile) {
+        let x = values(g.n * g.c * g.h * g.w, seed);
+        let w = values(g.m * g.c * g.kh * g.kw, seed + 1);
+        let b = values(g.m, seed + 2);
+        let z = values(g.n * g.m * g.oh * g.ow, seed + 3);
+        let want = reference(
+            g,
+            &x,
+            &w,
+            with_bias.then_some(&b[..]),
+            with_z.then_some(&z[..]),
+            relu,
+        );
+        let hw = g.h * g.w;
+        let xin = if g.x_blocked {
+            to_blocked(&x, g.n, g.c, hw)
+        } else {
+            x.clone()
+        };
+        let ohw = g.oh * g.ow;
+        let zb = to_blocked(&z, g.n, g.m, ohw);
+        let packed = Weights::pack(&w, &[g.m, g.c, g.kh, g.kw], g.x_blocked);
+        let mut y = vec![f32::NAN; g.n * g.m * ohw];
+        let act = if relu { Act::Relu } else { Act::None };
+        conv(
+            g,
+            &xin,
+            &packed,
+            with_bias.then_some(&b[..]),
+            with_z.then_some(&zb[..]),
+            act,
+            tile,
+            &mut y,
+        );
+        let got = from_blocked(&y, g.n, g.m, ohw);
+        let taps = (g.c * g.kh * g.kw) as f32;
+        for (i, (&a, &b)) in got.iter().zip(&want).enumerate() {
+            assert!(
+                (a - b).abs() <= 1e-5 * (1.0 + taps.sqrt()) * (1.0 + b.abs()),
+                "{g:?} at {i}: {a} vs {b}"
+            );
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(96))]
+
+        #[test]
+        fn conv_matches_reference(g in geo(), seed in any::<u64>(), bias in any::<bool>(),
+                                  z in any::<bool>(), relu in any::<bool>()) {
+            run(&g, seed, bias, z, relu, Tile::best());
+            run(&g, seed, bias, z, relu, Tile::Scalar);
+        }
+    }
+
+    /// The AVX2 tile gives the bits of its scalar model.
+    #[test]
+    fn avx2_tile_matches_its_model_bitwise() {
+        if Tile::best() != Tile::Avx2 {
+            eprintln!("skipped: no AVX2/FMA on this CPU");
+            return;
+        }
+        let g = Geo {
+            n: 1,
+            c: 16,
+            m: 24,
+            h: 9,
+            w: 13,
+            kh: 3,
+            kw: 3,
+            sh: 1,
+            sw: 2,
+            ph: 1,
+            pw: 1,
+            oh: 9,
+            ow: 7,
+            x_blocked: true,
+        };
+        let x = to_blocked(&values(16 * 9 * 13, 7), 1, 16, 9 * 13);
+        let w = Weights::pack(&values(24 * 16 * 9, 8), &[24, 16, 3, 3], true);
+        let b = values(24, 9);
+        let z = values(24 * 63, 10);
+        let mut out = [vec![0f32; 24 * 63], vec![0f32; 24 * 63]];
+        for (tile, y) in [Tile::Avx2, Tile::Scalar].into_iter().zip(&mut out) {
+            conv(&g, &x, &w, Some(&b), Some(&z), Act::Relu, tile, y);
+        }
+        assert!(out[0]
+            .iter()
+            .zip(&out[1])
+            .all(|(a, b)| a.to_bits() == b.to_bits()));
+    }
+
+    #[test]
+    fn max_pool_and_global_average_match_the_nchw_definitions() {
+        let (n, c, h, w) = (2, 16, 9, 11);
+        let x = values(n * c * h * w, 3);
+        let xb = to_blocked(&x, n, c, h * w);
+        let win = window(
+            &[h, w],
+            &[3, 3],
+            Some(&vec![2, 2]),
+            None,
+            Some(&vec![1, 1, 1, 1]),
+            "NOTSET",
+            false,
+        )
+        .expect("window");
+        let (oh, ow) = (win.out_sp[0], win.out_sp[1]);
+        let mut yb = vec![0f32; n * c * oh * ow];
+        max_pool(&win, &xb, h, w, &mut yb);
+        let y = from_blocked(&yb, n, c, oh * ow);
+        for plane in 0..n * c {
+            for oy in 0..oh {
+                for ox in 0..ow {
+                    let mut m = f32::NEG_INFINITY;
+                    for iy in (oy * 2).saturating_sub(1)..(oy * 2 + 2).min(h) {
+                        for ix in (ox * 2).saturating_sub(1)..(ox * 2 + 2).min(w) {
+                            m = m.max(x[(plane * h + iy) * w + ix]);
+                        }
+                    }
+                    assert_eq!(y[(plane * oh + oy) * ow + ox], m);
+                }
+            }
+        }
+        let mut cx = RunCx::new();
+        let xt = Value::Tensor(Tensor::from_vec(vec![n, c / BLOCK, h, w, BLOCK], xb).expect("x"));
+        let out = BlockedGlobalAveragePool
+            .run(&[Some(&xt)], &mut cx)
+            .expect("gap");
+        let Value::Tensor(g) = &out[0] else {
+            panic!("a tensor")
+        };
+        assert_eq!(g.shape(), &[n, c, 1, 1]);
+        let gv = g.as_slice::<f32>().expect("f32");
+        for plane in 0..n * c {
+            let mean = x[plane * h * w..(plane + 1) * h * w]
+                .iter()
+                .map(|&v| v as f64)
+                .sum::<f64>()
+                / (h * w) as f64;
+            assert_eq!(gv[plane], mean as f32);
+        }
+    }
+}
