@@ -3,7 +3,7 @@
 //! through f32/f64 at the boundary).
 
 use kiln_ir::op::{AveragePool, BatchNormalization, Conv, FusedConv, MaxPool};
-use kiln_ir::{DType, Op, Tensor, Type};
+use kiln_ir::{DType, Op, Tensor};
 
 use crate::error::KernelError;
 use crate::gemm::{Activation, Im2col};
@@ -197,6 +197,24 @@ struct ConvK {
 }
 
 /// Constant weights, packed for the path the planner chose.
+/// A `FusedConv`'s convolution and its activation.
+pub(crate) fn fused_attr(f: &FusedConv) -> Result<(Conv, Activation), KernelError> {
+    let act = Activation::from_onnx(
+        "FusedConv",
+        f.activation.as_deref(),
+        f.activation_params.as_deref().unwrap_or(&[]),
+    )?;
+    let attr = Conv {
+        auto_pad: f.auto_pad.clone(),
+        dilations: f.dilations.clone(),
+        group: f.group,
+        kernel_shape: f.kernel_shape.clone(),
+        pads: f.pads.clone(),
+        strides: f.strides.clone(),
+    };
+    Ok((attr, act))
+}
+
 enum Packed {
     /// Per group, for im2col + GEMM.
     Gemm(Vec<crate::gemm::PackedA>),
@@ -221,7 +239,7 @@ impl ConvK {
             return None;
         }
         let wf = w.as_slice::<f32>()?;
-        let packed = if Self::winograd_pays(c, ws, cx) {
+        let packed = if conv::winograd::pays(c, ws, cx) {
             Packed::Winograd(conv::winograd::Weights::new(ws[0], ws[1], wf))
         } else {
             Packed::Gemm(conv::pack_weights(ws[0], c.group as usize, wf, ws)?)
@@ -231,44 +249,8 @@ impl ConvK {
         Some((ws.to_vec(), packed))
     }
 
-    /// Whether a 2-D convolution with weights of shape `ws` runs Winograd's algorithm: 3×3,
-    /// stride and dilation 1, one group, and (from the inferred output shape, so only where
-    /// it is static) enough tiles and channels ([`conv::winograd::worthwhile`]).
-    fn winograd_pays(c: &Conv, ws: &[usize], cx: &BuildCx) -> bool {
-        let ones = |v: &Option<Vec<i64>>| v.as_ref().is_none_or(|v| v.iter().all(|&x| x == 1));
-        let out = match cx.output_types.first().copied().flatten() {
-            Some(Type::Tensor(t)) => t.shape.as_ref(),
-            _ => None,
-        };
-        let spatial = |i: usize| {
-            out.and_then(|s| s.get(i))
-                .and_then(|d| d.known())
-                .and_then(|d| usize::try_from(d).ok())
-        };
-        conv::winograd::enabled()
-            && ws.len() == 4
-            && ws[2..] == [3, 3]
-            && c.group == 1
-            && ones(&c.strides)
-            && ones(&c.dilations)
-            && matches!((spatial(2), spatial(3)), (Some(oh), Some(ow))
-                if conv::winograd::worthwhile(ws[0], ws[1], oh, ow))
-    }
-
     fn fused(f: &FusedConv, cx: &BuildCx) -> Result<ConvK, KernelError> {
-        let act = Activation::from_onnx(
-            "FusedConv",
-            f.activation.as_deref(),
-            f.activation_params.as_deref().unwrap_or(&[]),
-        )?;
-        let attr = Conv {
-            auto_pad: f.auto_pad.clone(),
-            dilations: f.dilations.clone(),
-            group: f.group,
-            kernel_shape: f.kernel_shape.clone(),
-            pads: f.pads.clone(),
-            strides: f.strides.clone(),
-        };
+        let (attr, act) = fused_attr(f)?;
         let packed = Self::pack(&attr, cx);
         Ok(ConvK {
             attr,

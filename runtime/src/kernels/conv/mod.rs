@@ -19,6 +19,7 @@
 use rayon::prelude::*;
 
 pub(crate) mod nchwc;
+mod nchwc_winograd;
 pub(crate) mod winograd;
 
 use crate::gemm::{

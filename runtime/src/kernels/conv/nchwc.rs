@@ -22,7 +22,7 @@ use rayon::prelude::*;
 use crate::error::KernelError;
 use crate::gemm::Activation;
 use crate::kernel::{opt_tensor_input, tensor_input, BuildCx, Kernel, RunCx};
-use crate::kernels::nn_core::window;
+use crate::kernels::nn_core::{fused_attr, window};
 use crate::kernels::par::OutPtr;
 use crate::kernels::reduce::num::view;
 use crate::value::Value;
@@ -119,34 +119,19 @@ pub(crate) enum Act {
 }
 
 fn conv_attr(op: &Op) -> Option<(Conv, Act)> {
-    match op {
-        Op::Conv(c) => Some((c.clone(), Act::None)),
-        Op::FusedConv(f) => {
-            let act = Activation::from_onnx(
-                "FusedConv",
-                f.activation.as_deref(),
-                f.activation_params.as_deref().unwrap_or(&[]),
-            )
-            .ok()?;
-            let c = Conv {
-                auto_pad: f.auto_pad.clone(),
-                dilations: f.dilations.clone(),
-                group: f.group,
-                kernel_shape: f.kernel_shape.clone(),
-                pads: f.pads.clone(),
-                strides: f.strides.clone(),
-            };
-            Some((
-                c,
-                match act {
-                    Activation::None => Act::None,
-                    Activation::Relu => Act::Relu,
-                    a => Act::Other(a),
-                },
-            ))
-        }
-        _ => None,
-    }
+    let (c, act) = match op {
+        Op::Conv(c) => (c.clone(), Activation::None),
+        Op::FusedConv(f) => fused_attr(f).ok()?,
+        _ => return None,
+    };
+    Some((
+        c,
+        match act {
+            Activation::None => Act::None,
+            Activation::Relu => Act::Relu,
+            a => Act::Other(a),
+        },
+    ))
 }
 
 /// The kernel of a node lowering chose to run blocked: a convolution (blocked output; blocked
@@ -162,14 +147,20 @@ pub fn build(op: &Op, cx: &BuildCx, x_blocked: bool) -> Result<Box<dyn Kernel>, 
             let w = cx.const_inputs[1].ok_or_else(not)?;
             let wv = w.as_slice::<f32>().ok_or_else(not)?;
             let ws = w.shape();
-            let weights = Weights::pack(wv, ws, x_blocked);
+            let shape = [ws[0], ws[1], ws[2], ws[3]];
+            let algo = if x_blocked && super::winograd::pays(&attr, ws, cx) {
+                Algo::Winograd(super::nchwc_winograd::Weights::new(ws[0], ws[1], wv))
+            } else {
+                Algo::Direct(Weights::pack(wv, ws, x_blocked))
+            };
             w.release_pages();
             Ok(Box::new(BlockedConv {
                 attr,
                 act,
                 fused: matches!(op, Op::FusedConv(_)),
                 x_blocked,
-                weights,
+                shape,
+                algo,
             }))
         }
         (Role::MaxPool, Op::MaxPool(p)) if x_blocked => Ok(Box::new(BlockedMaxPool(p.clone()))),
@@ -185,37 +176,38 @@ pub fn blocked_shape(n: usize, c: usize, h: usize, w: usize) -> Vec<usize> {
 
 /// NCHW → blocked (`C` a multiple of 8).
 pub fn to_blocked(x: &[f32], n: usize, c: usize, hw: usize) -> Vec<f32> {
-    let mut y = vec![0f32; x.len()];
-    for ni in 0..n {
-        for ch in 0..c {
-            let (cb, l) = (ch / BLOCK, ch % BLOCK);
-            for p in 0..hw {
-                y[((ni * (c / BLOCK) + cb) * hw + p) * BLOCK + l] = x[(ni * c + ch) * hw + p];
-            }
-        }
-    }
-    y
+    reorder(x, n, c, hw, true)
 }
 
 /// Blocked → NCHW.
 pub fn from_blocked(y: &[f32], n: usize, c: usize, hw: usize) -> Vec<f32> {
-    let mut x = vec![0f32; y.len()];
+    reorder(y, n, c, hw, false)
+}
+
+fn reorder(src: &[f32], n: usize, c: usize, hw: usize, to_blocked: bool) -> Vec<f32> {
+    let mut dst = vec![0f32; src.len()];
     for ni in 0..n {
         for ch in 0..c {
             let (cb, l) = (ch / BLOCK, ch % BLOCK);
             for p in 0..hw {
-                x[(ni * c + ch) * hw + p] = y[((ni * (c / BLOCK) + cb) * hw + p) * BLOCK + l];
+                let plain = (ni * c + ch) * hw + p;
+                let blocked = ((ni * (c / BLOCK) + cb) * hw + p) * BLOCK + l;
+                let (from, to) = if to_blocked {
+                    (plain, blocked)
+                } else {
+                    (blocked, plain)
+                };
+                dst[to] = src[from];
             }
         }
     }
-    x
+    dst
 }
 
 /// Weights `[M, C, KH, KW]` packed as `[M/8][C/cb][KH][KW][cb][8]`, where `cb` (channels per
 /// input block) is 8 for a blocked input and `C` for an NCHW one.
 pub(crate) struct Weights {
     data: Vec<f32>,
-    shape: [usize; 4],
     cb: usize,
 }
 
@@ -236,11 +228,7 @@ impl Weights {
                 }
             }
         }
-        Weights {
-            data,
-            shape: [m, c, kh, kw],
-            cb,
-        }
+        Weights { data, cb }
     }
 }
 
@@ -261,6 +249,65 @@ pub(crate) struct Geo {
     pub oh: usize,
     pub ow: usize,
     pub x_blocked: bool,
+}
+
+impl Geo {
+    /// A pointwise convolution (1×1, stride 1, no padding) as one of an image of one row of
+    /// `H·W` pixels, which it is in either layout: the tiles of 6 pixels then run along the
+    /// whole image instead of each row (a 14-pixel row left 4 of 18 tile lanes idle, a 7-pixel
+    /// row 5 of 12).
+    fn as_one_row(self) -> Geo {
+        let pointwise = (self.kh, self.kw, self.sh, self.sw, self.ph, self.pw) == (1, 1, 1, 1, 0, 0)
+            && (self.oh, self.ow) == (self.h, self.w);
+        if pointwise {
+            Geo {
+                h: 1,
+                w: self.h * self.w,
+                oh: 1,
+                ow: self.h * self.w,
+                ..self
+            }
+        } else {
+            self
+        }
+    }
+
+    /// A strided pointwise convolution (1×1, no padding) as the unstrided one of the pixels it
+    /// reads, which [`conv`] gathers first: a copy of `1/(sh·sw)` of the image, which the tiles
+    /// then read from cache for every group of output blocks, where they read the whole image
+    /// from L3 at a stride for each (ResNet-50's downsampling 1×1 layers ran at two thirds of
+    /// the rate of the unstrided ones).
+    fn subsampled(&self) -> Option<Geo> {
+        let reads_all = self.oh == (self.h - 1) / self.sh + 1 && self.ow == (self.w - 1) / self.sw + 1;
+        ((self.kh, self.kw, self.ph, self.pw) == (1, 1, 0, 0)
+            && (self.sh, self.sw) != (1, 1)
+            && self.h > 0
+            && self.w > 0
+            && reads_all)
+            .then_some(Geo {
+                h: self.oh,
+                w: self.ow,
+                sh: 1,
+                sw: 1,
+                ..*self
+            })
+    }
+}
+
+/// The pixels `(oy·sh, ox·sw)` of `x` (as `g.x_blocked` says), into `xs`, laid out as `x`.
+fn gather(g: &Geo, x: &[f32], xs: &mut [f32]) {
+    let lanes = if g.x_blocked { BLOCK } else { 1 };
+    let (plane, sub) = (g.h * g.w * lanes, g.oh * g.ow * lanes);
+    xs.par_chunks_mut(sub)
+        .zip(x.par_chunks(plane))
+        .for_each(|(dst, src)| {
+            for oy in 0..g.oh {
+                for ox in 0..g.ow {
+                    let (d, s) = ((oy * g.ow + ox) * lanes, (oy * g.sh * g.w + ox * g.sw) * lanes);
+                    dst[d..d + lanes].copy_from_slice(&src[s..s + lanes]);
+                }
+            }
+        });
 }
 
 /// What one tile reads, as distances in floats: the input's between channel blocks, between
@@ -337,7 +384,7 @@ unsafe fn tile_scalar(x: *const f32, w: *const f32, t: &Taps, s: &Store, fb: usi
     }
 }
 
-fn finish(v: f32, act: Act) -> f32 {
+pub(super) fn finish(v: f32, act: Act) -> f32 {
     match act {
         Act::None => v,
         // `_mm256_max_ps(0, v)`: NaN and -0 stay.
@@ -515,6 +562,14 @@ pub(crate) fn conv(
     tile: Tile,
     y: &mut [f32],
 ) {
+    if let Some(sub) = g.subsampled() {
+        let len = g.n * g.c * g.oh * g.ow;
+        return super::winograd::with_scratch(len, |xs| {
+            gather(g, x, xs);
+            conv(&sub, xs, w, bias, z, act, tile, y)
+        });
+    }
+    let g = &g.as_one_row();
     let mb = g.m / BLOCK;
     let cb = w.cb;
     let icb = g.c / cb;
@@ -632,15 +687,18 @@ pub(crate) fn conv(
             prefetch_l2((wp as *const f32).wrapping_add(a), (per).min(end - a));
         }
         (0..ow_a).for_each(edge);
-        let mut o = ow_a;
-        while o < ow_b {
-            let np = P.min(ow_b - o);
-            col(o, np, 0, g.kw);
-            o += np;
+        // As few tiles as there must be, of sizes as even as they can be: 7 pixels as 4 + 3,
+        // not 6 + 1, whose one pixel has only 2 chains of FMAs to hide their latency (5
+        // cycles on Zen 1, where 5 chains keep the FMA unit busy).
+        let len = ow_b - ow_a;
+        let k = len.div_ceil(P);
+        for i in 0..k {
+            let (a, b) = (len * i / k, len * (i + 1) / k);
+            col(ow_a + a, b - a, 0, g.kw);
         }
         (ow_b..g.ow).for_each(edge);
     };
-    let flops = items * g.ow * F * BLOCK * g.c * g.kh * g.kw;
+    let flops = g.n * groups * g.oh * g.ow * F * BLOCK * g.c * g.kh * g.kw;
     let threads = rayon::current_num_threads();
     // Rows `range` of the items: the first group's weights are asked for all at once (many
     // misses in flight instead of a stream), each next one's while the rows before it run.
@@ -688,15 +746,26 @@ struct BlockedConv {
     act: Act,
     fused: bool,
     x_blocked: bool,
-    weights: Weights,
+    /// `[M, C, KH, KW]`.
+    shape: [usize; 4],
+    algo: Algo,
+}
+
+/// How a blocked convolution computes.
+enum Algo {
+    /// The direct tiles.
+    Direct(Weights),
+    /// Winograd's F(4×4, 3×3), for 3×3 stride-1 layers that gain from it (the planner's
+    /// rule for NCHW images, [`super::winograd::pays`]).
+    Winograd(super::nchwc_winograd::Weights),
 }
 
 impl Kernel for BlockedConv {
     fn algorithm(&self) -> Option<&'static str> {
-        Some(if self.x_blocked {
-            "nchwc"
-        } else {
-            "nchw→nchwc"
+        Some(match (&self.algo, self.x_blocked) {
+            (Algo::Winograd(_), _) => "nchwc-winograd",
+            (Algo::Direct(_), true) => "nchwc",
+            (Algo::Direct(_), false) => "nchw→nchwc",
         })
     }
 
@@ -708,7 +777,7 @@ impl Kernel for BlockedConv {
         } else {
             None
         };
-        let [m, c, kh, kw] = self.weights.shape;
+        let [m, c, kh, kw] = self.shape;
         let xs = x.shape();
         let (n, h, wd) = match (self.x_blocked, xs) {
             (true, &[n, cb, h, w, l]) if cb * BLOCK == c && l == BLOCK => (n, h, w),
@@ -716,7 +785,7 @@ impl Kernel for BlockedConv {
             _ => {
                 return Err(KernelError::Invalid(format!(
                     "Conv: X has shape {xs:?}, the weights {:?} need {} channels{}",
-                    self.weights.shape,
+                    self.shape,
                     c,
                     if self.x_blocked { " (blocked)" } else { "" }
                 )))
@@ -778,17 +847,11 @@ impl Kernel for BlockedConv {
         };
         let xv = view::<f32>(x)?;
         let (act, tile) = (self.act, Tile::best());
-        let y = cx.tensor_dirty::<f32>(shape, |y| {
-            conv(
-                &geo,
-                &xv,
-                &self.weights,
-                bv.as_deref(),
-                zv.as_deref(),
-                act,
-                tile,
-                y,
-            )
+        let y = cx.tensor_dirty::<f32>(shape, |y| match &self.algo {
+            Algo::Direct(w) => conv(&geo, &xv, w, bv.as_deref(), zv.as_deref(), act, tile, y),
+            Algo::Winograd(w) => {
+                super::nchwc_winograd::conv(&geo, &xv, w, bv.as_deref(), zv.as_deref(), act, y)
+            }
         })?;
         Ok(vec![Value::Tensor(y)])
     }
@@ -1059,6 +1122,41 @@ mod tests {
                                   z in any::<bool>(), relu in any::<bool>()) {
             run(&g, seed, bias, z, relu, Tile::best());
             run(&g, seed, bias, z, relu, Tile::Scalar);
+        }
+    }
+
+    /// Pointwise convolutions, which run as one row of pixels, and strided ones, which run on
+    /// the pixels they read, gathered first.
+    #[test]
+    fn pointwise_and_strided_pointwise_match_reference() {
+        for (h, w, sh, sw, blocked) in [
+            (14, 14, 2, 2, true),
+            (7, 9, 2, 3, true),
+            (5, 4, 3, 1, false),
+            (13, 1, 1, 2, true),
+            (9, 11, 1, 1, true),
+            (1, 7, 1, 1, false),
+        ] {
+            let g = Geo {
+                n: 2,
+                c: 16,
+                m: 24,
+                h,
+                w,
+                kh: 1,
+                kw: 1,
+                sh,
+                sw,
+                ph: 0,
+                pw: 0,
+                oh: (h - 1) / sh + 1,
+                ow: (w - 1) / sw + 1,
+                x_blocked: blocked,
+            };
+            assert_eq!(g.subsampled().is_some(), (sh, sw) != (1, 1));
+            for tile in [Tile::best(), Tile::Scalar] {
+                run(&g, 11, true, true, true, tile);
+            }
         }
     }
 

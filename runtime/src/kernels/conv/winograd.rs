@@ -22,15 +22,18 @@
 //! they vectorize; the 6×6 patches of a tile row are read from one padded copy of each input
 //! row.
 
+use kiln_ir::op::Conv;
+use kiln_ir::Type;
 use rayon::prelude::*;
 
 use super::{Geom, Post};
+use crate::kernel::BuildCx;
 use crate::gemm::{default_gemm, scalar_activate, AOperand, BOperand, Epilogue, Isa, PackedA};
 
 /// Tiles transformed at once (array lanes).
 const L: usize = 16;
 /// Transformed-domain elements per tile (6 × 6).
-const XI: usize = 36;
+pub(super) const XI: usize = 36;
 
 /// Below this many output tiles per image, the GEMMs are too thin to pay for `U`.
 pub(crate) const MIN_TILES: usize = 16;
@@ -42,8 +45,6 @@ pub(crate) const MIN_TILES_AVX512: usize = 25;
 /// Below this many input or output channels, the transforms cost more than they save.
 pub(crate) const MIN_CHANNELS: usize = 16;
 
-type Lanes = [f32; L];
-
 /// The filters in the Winograd domain, `U_ξ = (G g Gᵀ)_ξ` as 36 `[m, c]` matrices, each
 /// packed as the GEMM's `A`.
 pub(crate) struct Weights {
@@ -52,7 +53,7 @@ pub(crate) struct Weights {
     u: Vec<PackedA>,
 }
 
-fn tiles(n: usize) -> usize {
+pub(super) fn tiles(n: usize) -> usize {
     n.div_ceil(4)
 }
 
@@ -73,6 +74,30 @@ pub(crate) fn worthwhile(m: usize, c: usize, oh: usize, ow: usize) -> bool {
     m >= MIN_CHANNELS && c >= MIN_CHANNELS && tiles(oh) * tiles(ow) >= min_tiles
 }
 
+/// Whether a 2-D convolution `c` with weights of shape `ws` runs Winograd's algorithm: 3×3,
+/// stride and dilation 1, one group, and (from the inferred output shape, so only where it
+/// is static) enough tiles and channels ([`worthwhile`]).
+pub(crate) fn pays(c: &Conv, ws: &[usize], cx: &BuildCx) -> bool {
+    let ones = |v: &Option<Vec<i64>>| v.as_ref().is_none_or(|v| v.iter().all(|&x| x == 1));
+    let out = match cx.output_types.first().copied().flatten() {
+        Some(Type::Tensor(t)) => t.shape.as_ref(),
+        _ => None,
+    };
+    let spatial = |i: usize| {
+        out.and_then(|s| s.get(i))
+            .and_then(|d| d.known())
+            .and_then(|d| usize::try_from(d).ok())
+    };
+    enabled()
+        && ws.len() == 4
+        && ws[2..] == [3, 3]
+        && c.group == 1
+        && ones(&c.strides)
+        && ones(&c.dilations)
+        && matches!((spatial(2), spatial(3)), (Some(oh), Some(ow))
+            if worthwhile(ws[0], ws[1], oh, ow))
+}
+
 /// Whether the geometry is one this path computes (any spatial size and padding).
 pub(crate) fn applies(g: &Geom, w: &Weights) -> bool {
     let win = &g.win;
@@ -84,39 +109,41 @@ pub(crate) fn applies(g: &Geom, w: &Weights) -> bool {
         && win.w > 0
 }
 
+/// `U_ξ = (G g Gᵀ)_ξ` for each of the `count` 3×3 filters of `w`, in their order. The
+/// transform runs in f64, so `U` is `G g Gᵀ` rounded once.
+pub(super) fn filter_transform(w: &[f32], count: usize, xi: usize) -> Vec<f32> {
+    const G: [[f64; 3]; 6] = [
+        [1.0 / 4.0, 0.0, 0.0],
+        [-1.0 / 6.0, -1.0 / 6.0, -1.0 / 6.0],
+        [-1.0 / 6.0, 1.0 / 6.0, -1.0 / 6.0],
+        [1.0 / 24.0, 1.0 / 12.0, 1.0 / 6.0],
+        [1.0 / 24.0, -1.0 / 12.0, 1.0 / 6.0],
+        [0.0, 0.0, 1.0],
+    ];
+    let (gi, gj) = (&G[xi / 6], &G[xi % 6]);
+    w.chunks_exact(9)
+        .take(count)
+        .map(|g| {
+            let mut v = 0f64;
+            for p in 0..3 {
+                for q in 0..3 {
+                    v += gi[p] * g[p * 3 + q] as f64 * gj[q];
+                }
+            }
+            v as f32
+        })
+        .collect()
+}
+
 impl Weights {
-    /// From `w` (`[m, c, 3, 3]`). The transform runs in f64, so `U` is `G g Gᵀ` rounded once.
+    /// From `w` (`[m, c, 3, 3]`).
     pub(crate) fn new(m: usize, c: usize, w: &[f32]) -> Weights {
-        const G: [[f64; 3]; 6] = [
-            [1.0 / 4.0, 0.0, 0.0],
-            [-1.0 / 6.0, -1.0 / 6.0, -1.0 / 6.0],
-            [-1.0 / 6.0, 1.0 / 6.0, -1.0 / 6.0],
-            [1.0 / 24.0, 1.0 / 12.0, 1.0 / 6.0],
-            [1.0 / 24.0, -1.0 / 12.0, 1.0 / 6.0],
-            [0.0, 0.0, 1.0],
-        ];
         // One ξ at a time (in parallel), so the unpacked matrices never all exist at once:
         // for ResNet-50 they would be 56 MB beside their packed copies.
         let gemm = default_gemm();
         let u = (0..XI)
             .into_par_iter()
-            .map(|xi| {
-                let (gi, gj) = (&G[xi / 6], &G[xi % 6]);
-                let ux: Vec<f32> = w
-                    .chunks_exact(9)
-                    .take(m * c)
-                    .map(|g| {
-                        let mut v = 0f64;
-                        for p in 0..3 {
-                            for q in 0..3 {
-                                v += gi[p] * g[p * 3 + q] as f64 * gj[q];
-                            }
-                        }
-                        v as f32
-                    })
-                    .collect();
-                gemm.pack_a(m, c, &ux, c, false)
-            })
+            .map(|xi| gemm.pack_a(m, c, &filter_transform(w, m * c, xi), c, false))
             .collect();
         Weights { m, c, u }
     }
@@ -139,20 +166,24 @@ thread_local! {
     static SCRATCH: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
+/// `f` on `len` floats of this thread's scratch (contents unspecified).
+pub(super) fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
+    SCRATCH.with(|s| match s.try_borrow_mut() {
+        Ok(mut s) => {
+            if s.len() < len {
+                s.resize(len, 0.0);
+            }
+            f(&mut s[..len])
+        }
+        // Re-entered (a convolution inside a rayon task of another): a buffer of its own.
+        Err(_) => f(&mut vec![0.0; len]),
+    })
+}
+
 /// `y = act(conv(x, w) + bias + z)` (see [`super::conv2d`]) for a geometry that
 /// [`applies`].
 pub(crate) fn conv2d(g: &Geom, x: &[f32], w: &Weights, post: Post, y: &mut [f32]) {
-    let need = w.scratch_len(g);
-    SCRATCH.with(|s| match s.try_borrow_mut() {
-        Ok(mut s) => {
-            if s.len() < need {
-                s.resize(need, 0.0);
-            }
-            run(g, x, w, post, y, &mut s[..need])
-        }
-        // Re-entered (a convolution inside a rayon task of another): a buffer of its own.
-        Err(_) => run(g, x, w, post, y, &mut vec![0.0; need]),
-    })
+    with_scratch(w.scratch_len(g), |s| run(g, x, w, post, y, s))
 }
 
 fn run(g: &Geom, x: &[f32], w: &Weights, post: Post, y: &mut [f32], scratch: &mut [f32]) {
@@ -275,11 +306,12 @@ unsafe fn output_plane_avx2(
     output_plane(g, mt, mi, ni, t_all, bias, yp)
 }
 
-/// `Bᵀ` applied to six lane vectors (the rows or the columns of `L` patches).
+/// `Bᵀ` applied to six lane vectors (the rows or the columns of `N` patches, or of one
+/// patch's `N` channels).
 #[inline(always)]
-fn bt(d: [&Lanes; 6]) -> [Lanes; 6] {
-    let mut r = [[0f32; L]; 6];
-    for l in 0..L {
+pub(super) fn bt<const N: usize>(d: [&[f32; N]; 6]) -> [[f32; N]; 6] {
+    let mut r = [[0f32; N]; 6];
+    for l in 0..N {
         let (d0, d1, d2, d3, d4, d5) = (d[0][l], d[1][l], d[2][l], d[3][l], d[4][l], d[5][l]);
         r[0][l] = 4.0 * d0 - 5.0 * d2 + d4;
         r[1][l] = -4.0 * (d1 + d2) + (d3 + d4);
@@ -293,9 +325,9 @@ fn bt(d: [&Lanes; 6]) -> [Lanes; 6] {
 
 /// `Aᵀ` applied to six lane vectors.
 #[inline(always)]
-fn at(m: [&Lanes; 6]) -> [Lanes; 4] {
-    let mut r = [[0f32; L]; 4];
-    for l in 0..L {
+pub(super) fn at<const N: usize>(m: [&[f32; N]; 6]) -> [[f32; N]; 4] {
+    let mut r = [[0f32; N]; 4];
+    for l in 0..N {
         let (m0, m5) = (m[0][l], m[5][l]);
         let (p12, d12) = (m[1][l] + m[2][l], m[1][l] - m[2][l]);
         let (p34, d34) = (m[3][l] + m[4][l], m[3][l] - m[4][l]);
