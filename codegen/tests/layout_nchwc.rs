@@ -194,3 +194,45 @@ fn values_read_outside_the_chain_stay_nchw() {
     assert_eq!(step(&a, "c4"), "nchw→nchwc");
     assert_close(&run(&plan(&g, true)), &run(&plan(&g, false)));
 }
+
+#[test]
+fn three_by_three_stride_one_layers_of_a_chain_run_winograd_on_blocked_images() {
+    // 16 channels at 16² have 16 tiles of 4×4 outputs: enough for Winograd.
+    let mut g = Graph::default();
+    let x = input(&mut g, "x", &[2, 16, 16, 16]);
+    let w1 = weights(&mut g, "w1", [16, 16, 1, 1], 5);
+    let b1 = bias(&mut g, "b1", 16);
+    let c1 = node(&mut g, fused(1, 1, 0, true), &[x, w1, b1], "c1");
+    let w2 = weights(&mut g, "w2", [24, 16, 3, 3], 6);
+    let b2 = bias(&mut g, "b2", 24);
+    let c2 = node(&mut g, fused(3, 1, 1, true), &[c1, w2, b2], "c2");
+    let y = node(
+        &mut g,
+        Op::GlobalAveragePool(GlobalAveragePool {}),
+        &[c2],
+        "y",
+    );
+    g.outputs.push(y);
+    kiln_ir::infer::infer_graph(&mut g).unwrap();
+    let (blocked, plain) = (plan(&g, true), plan(&g, false));
+    let a = algorithms(&blocked);
+    assert_eq!(step(&a, "c1"), "nchw→nchwc");
+    assert_eq!(step(&a, "c2"), "nchwc-winograd");
+    let xv: Vec<f32> = (0..2 * 16 * 16 * 16)
+        .map(|i| ((i * 53) % 97) as f32 / 24.0 - 2.0)
+        .collect();
+    let run = |p: &Plan| {
+        let x = Tensor::from_vec(vec![2, 16, 16, 16], xv.clone()).unwrap();
+        p.run(vec![("x".into(), Value::Tensor(x))])
+            .unwrap()
+            .into_iter()
+            .map(|(_, v)| {
+                let t = v.into_tensor().unwrap();
+                (t.shape().to_vec(), t.as_slice::<f32>().unwrap().to_vec())
+            })
+            .collect::<Vec<_>>()
+    };
+    let (rb, rp) = (run(&blocked), run(&plain));
+    assert_eq!(rb[0].0, [2, 24, 1, 1]);
+    assert_close(&rb, &rp);
+}

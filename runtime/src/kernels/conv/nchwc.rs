@@ -34,14 +34,18 @@ const F: usize = 2;
 /// Output pixels per register tile (`F·P` = 12 accumulators of the 16 ymm registers).
 const P: usize = 6;
 
-/// Whether lowering chooses this layout: only when asked (`KILN_NCHWC=1`; the scalar tile
-/// where the CPU has no AVX2), for now. The
-/// kernels run at ~94 % of the FMA rate on one warm layer, but on the Zen 1 host they were
-/// measured on, whole-model ResNet-50 was slower than the im2col/Winograd GEMM path (kiln/ORT
-/// 0.79-0.88 against 0.88-0.96 in the same minutes): the 3×3 stride-1 layers lose
-/// Winograd's 2.25× fewer multiplies, and cold weights cost these tiles more.
+/// Whether lowering chooses this layout: where the GEMM runs its AVX2 kernels (the tiles
+/// here are AVX2; on an AVX-512 host the 512-bit GEMM path has not been measured against
+/// them, and without AVX2 only the scalar model would run), unless `KILN_NCHWC` says
+/// otherwise (`1`: always, the scalar tile where the CPU has no AVX2; `0`: never).
+/// On the Zen 1 host of 2026-12-02, ResNet-50 ran at 1.04-1.05× ONNX Runtime's speed this
+/// way against 0.92 on the im2col/Winograd GEMM path.
 pub fn preferred() -> bool {
-    matches!(std::env::var("KILN_NCHWC").as_deref(), Ok("1"))
+    match std::env::var("KILN_NCHWC").as_deref() {
+        Ok("1") => true,
+        Ok("0") => false,
+        _ => avx2() && crate::gemm::default_gemm().isa() == crate::gemm::Isa::Avx2,
+    }
 }
 
 fn avx2() -> bool {
@@ -257,7 +261,8 @@ impl Geo {
     /// whole image instead of each row (a 14-pixel row left 4 of 18 tile lanes idle, a 7-pixel
     /// row 5 of 12).
     fn as_one_row(self) -> Geo {
-        let pointwise = (self.kh, self.kw, self.sh, self.sw, self.ph, self.pw) == (1, 1, 1, 1, 0, 0)
+        let pointwise = (self.kh, self.kw, self.sh, self.sw, self.ph, self.pw)
+            == (1, 1, 1, 1, 0, 0)
             && (self.oh, self.ow) == (self.h, self.w);
         if pointwise {
             Geo {
@@ -278,7 +283,8 @@ impl Geo {
     /// from L3 at a stride for each (ResNet-50's downsampling 1×1 layers ran at two thirds of
     /// the rate of the unstrided ones).
     fn subsampled(&self) -> Option<Geo> {
-        let reads_all = self.oh == (self.h - 1) / self.sh + 1 && self.ow == (self.w - 1) / self.sw + 1;
+        let reads_all =
+            self.oh == (self.h - 1) / self.sh + 1 && self.ow == (self.w - 1) / self.sw + 1;
         ((self.kh, self.kw, self.ph, self.pw) == (1, 1, 0, 0)
             && (self.sh, self.sw) != (1, 1)
             && self.h > 0
@@ -303,7 +309,10 @@ fn gather(g: &Geo, x: &[f32], xs: &mut [f32]) {
         .for_each(|(dst, src)| {
             for oy in 0..g.oh {
                 for ox in 0..g.ow {
-                    let (d, s) = ((oy * g.ow + ox) * lanes, (oy * g.sh * g.w + ox * g.sw) * lanes);
+                    let (d, s) = (
+                        (oy * g.ow + ox) * lanes,
+                        (oy * g.sh * g.w + ox * g.sw) * lanes,
+                    );
                     dst[d..d + lanes].copy_from_slice(&src[s..s + lanes]);
                 }
             }
@@ -462,45 +471,57 @@ mod avx2 {
                 }
             }
         }
-        let store = |p: usize, f: usize, a: __m256| {
-            let o = f * s.ys_f + p * BLOCK;
-            let mut v = a;
-            if !s.bias.is_null() {
-                v = _mm256_add_ps(v, _mm256_loadu_ps(s.bias.add(f * BLOCK)));
-            }
-            if !s.z.is_null() {
-                v = _mm256_add_ps(v, _mm256_loadu_ps(s.z.add(o)));
-            }
-            match s.act {
-                Act::None => _mm256_storeu_ps(s.y.add(o), v),
-                // max_ps returns its second operand when either is NaN: NaN stays NaN.
-                Act::Relu => _mm256_storeu_ps(s.y.add(o), _mm256_max_ps(zero, v)),
-                Act::Other(_) => {
-                    let mut l = [0f32; BLOCK];
-                    _mm256_storeu_ps(l.as_mut_ptr(), v);
-                    for (i, l) in l.iter().enumerate() {
-                        *s.y.add(o + i) = finish(*l, s.act);
+        // The epilogue, inline (as a closure it was a call per vector, a fifth of a 1×1
+        // layer's time over 64 channels).
+        let has_bias = !s.bias.is_null();
+        let b0 = if has_bias {
+            _mm256_loadu_ps(s.bias)
+        } else {
+            zero
+        };
+        let b1 = if has_bias && FB > 1 {
+            _mm256_loadu_ps(s.bias.add(BLOCK))
+        } else {
+            zero
+        };
+        macro_rules! store {
+            ($p:literal, $f:literal, $a:ident, $b:ident) => {
+                if NP > $p && FB > $f {
+                    let o = $f * s.ys_f + $p * BLOCK;
+                    let mut v = $a;
+                    if has_bias {
+                        v = _mm256_add_ps(v, $b);
+                    }
+                    if !s.z.is_null() {
+                        v = _mm256_add_ps(v, _mm256_loadu_ps(s.z.add(o)));
+                    }
+                    match s.act {
+                        Act::None => _mm256_storeu_ps(s.y.add(o), v),
+                        // max_ps returns its second operand when either is NaN: NaN stays.
+                        Act::Relu => _mm256_storeu_ps(s.y.add(o), _mm256_max_ps(zero, v)),
+                        Act::Other(_) => {
+                            let mut l = [0f32; BLOCK];
+                            _mm256_storeu_ps(l.as_mut_ptr(), v);
+                            for (i, l) in l.iter().enumerate() {
+                                *s.y.add(o + i) = finish(*l, s.act);
+                            }
+                        }
                     }
                 }
-            }
-        };
-        for (p, (a0, a1)) in [
-            (a00, a01),
-            (a10, a11),
-            (a20, a21),
-            (a30, a31),
-            (a40, a41),
-            (a50, a51),
-        ]
-        .into_iter()
-        .enumerate()
-        .take(NP)
-        {
-            store(p, 0, a0);
-            if FB > 1 {
-                store(p, 1, a1);
-            }
+            };
         }
+        store!(0, 0, a00, b0);
+        store!(0, 1, a01, b1);
+        store!(1, 0, a10, b0);
+        store!(1, 1, a11, b1);
+        store!(2, 0, a20, b0);
+        store!(2, 1, a21, b1);
+        store!(3, 0, a30, b0);
+        store!(3, 1, a31, b1);
+        store!(4, 0, a40, b0);
+        store!(4, 1, a41, b1);
+        store!(5, 0, a50, b0);
+        store!(5, 1, a51, b1);
     }
 }
 

@@ -58,7 +58,10 @@ pub(crate) fn conv(
     act: Act,
     y: &mut [f32],
 ) {
-    assert!(g.x_blocked && (g.kh, g.kw, g.sh, g.sw) == (3, 3, 1, 1), "{g:?}");
+    assert!(
+        g.x_blocked && (g.kh, g.kw, g.sh, g.sw) == (3, 3, 1, 1),
+        "{g:?}"
+    );
     assert_eq!((g.m, g.c), (w.m, w.c), "channels");
     assert_eq!(x.len(), g.n * g.c * g.h * g.w, "x");
     assert_eq!(y.len(), g.n * g.m * g.oh * g.ow, "y");
@@ -317,8 +320,9 @@ mod tests {
                                     {
                                         continue;
                                     }
-                                    let xv = x[((ni * g.c + i) * g.h + iy as usize) * g.w
-                                        + ix as usize] as f64;
+                                    let xv = x
+                                        [((ni * g.c + i) * g.h + iy as usize) * g.w + ix as usize]
+                                        as f64;
                                     let wv = w[((o * g.c + i) * 3 + ky) * 3 + kx] as f64;
                                     s += xv * wv;
                                     a += (xv * wv).abs();

@@ -27,8 +27,8 @@ use kiln_ir::Type;
 use rayon::prelude::*;
 
 use super::{Geom, Post};
-use crate::kernel::BuildCx;
 use crate::gemm::{default_gemm, scalar_activate, AOperand, BOperand, Epilogue, Isa, PackedA};
+use crate::kernel::BuildCx;
 
 /// Tiles transformed at once (array lanes).
 const L: usize = 16;
