@@ -239,7 +239,7 @@ impl ConvK {
             return None;
         }
         let wf = w.as_slice::<f32>()?;
-        let packed = if conv::winograd::pays(c, ws, cx) {
+        let packed = if conv::winograd::pays(c, ws, cx, false) {
             Packed::Winograd(conv::winograd::Weights::new(ws[0], ws[1], wf))
         } else {
             Packed::Gemm(conv::pack_weights(ws[0], c.group as usize, wf, ws)?)

@@ -1,6 +1,6 @@
 //! Convolution, max pooling and global average pooling on channel-blocked images (NCHWc
 //! with c = [`BLOCK`]): an image `[N, C, H, W]` is stored as `[N, C/8, H, W, 8]`, so the 8
-//! channels of a pixel are one AVX2 vector.
+//! channels of a pixel are one AVX2 vector (and two blocks' one AVX-512 vector).
 //!
 //! A convolution then needs no im2col and no packing of its image: the register tile is
 //! `P` output pixels × `F` blocks of 8 output channels, and for every input channel the tile
@@ -9,11 +9,15 @@
 //! stay in registers over all input channels and taps, and the epilogue (bias, the residual
 //! `Z` of a `FusedConv`, the activation) runs on them before the one store. Lowering picks
 //! this layout for chains of convolutions and pools whose values nothing else reads
-//! (`kiln-codegen`'s `layout`); the first convolution of a chain reads its NCHW input in
-//! place (the same tile with other strides: a "block" of all `C` channels, `H·W` apart).
+//! (`kiln-codegen`'s `layout`); the first convolution of a chain reads its NCHW input
+//! directly (the same tile with other strides: a "block" of all `C` channels, `H·W` apart).
+//! A padded convolution first copies its input into a zero-padded image, so that no tile
+//! has taps outside it. The AVX2 tile is 6 pixels × 2 blocks, the AVX-512 one 12 pixels × 4
+//! blocks (each vector a pixel's two blocks).
 //!
 //! This is the algorithm of ONNX Runtime's NCHWc convolutions (MLAS), written for kiln's
-//! runtime; the scalar tile is the model of the AVX2 one (same FMAs in the same order).
+//! runtime; the scalar tile is the model of the AVX2 and AVX-512 ones (same FMAs in the same
+//! order).
 
 use kiln_ir::op::{Conv, MaxPool};
 use kiln_ir::{DType, Op, Tensor};
@@ -29,22 +33,20 @@ use crate::value::Value;
 
 /// Channels per block.
 pub const BLOCK: usize = 8;
-/// Output-channel blocks per register tile.
-const F: usize = 2;
-/// Output pixels per register tile (`F·P` = 12 accumulators of the 16 ymm registers).
-const P: usize = 6;
+/// The most output-channel blocks and output pixels of any tile (the AVX-512 one).
+const F_MAX: usize = 4;
+const P_MAX: usize = 12;
 
-/// Whether lowering chooses this layout: where the GEMM runs its AVX2 kernels (the tiles
-/// here are AVX2; on an AVX-512 host the 512-bit GEMM path has not been measured against
-/// them, and without AVX2 only the scalar model would run), unless `KILN_NCHWC` says
-/// otherwise (`1`: always, the scalar tile where the CPU has no AVX2; `0`: never).
-/// On the Zen 1 host of 2026-12-02, ResNet-50 ran at 1.04-1.05× ONNX Runtime's speed this
-/// way against 0.92 on the im2col/Winograd GEMM path.
+/// Whether lowering chooses this layout: where the tiles run SIMD code (AVX2 or AVX-512,
+/// [`Tile::best`]), unless `KILN_NCHWC` says otherwise (`1`: always, the scalar tile where
+/// the CPU has neither; `0`: never). ResNet-50 ran at 1.04-1.05× ONNX Runtime's speed this
+/// way against 0.92 on the im2col/Winograd GEMM path on a Zen 1 (AVX2), and at 0.91 against
+/// 0.70 on a Zen 4 with AVX-512.
 pub fn preferred() -> bool {
     match std::env::var("KILN_NCHWC").as_deref() {
         Ok("1") => true,
         Ok("0") => false,
-        _ => avx2() && crate::gemm::default_gemm().isa() == crate::gemm::Isa::Avx2,
+        _ => Tile::best() != Tile::Scalar,
     }
 }
 
@@ -52,6 +54,17 @@ fn avx2() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
         std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+fn avx512() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::is_x86_feature_detected!("avx512f") && std::is_x86_feature_detected!("avx512vl")
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
@@ -152,7 +165,7 @@ pub fn build(op: &Op, cx: &BuildCx, x_blocked: bool) -> Result<Box<dyn Kernel>, 
             let wv = w.as_slice::<f32>().ok_or_else(not)?;
             let ws = w.shape();
             let shape = [ws[0], ws[1], ws[2], ws[3]];
-            let algo = if x_blocked && super::winograd::pays(&attr, ws, cx) {
+            let algo = if x_blocked && super::winograd::pays(&attr, ws, cx, true) {
                 Algo::Winograd(super::nchwc_winograd::Weights::new(ws[0], ws[1], wv))
             } else {
                 Algo::Direct(Weights::pack(wv, ws, x_blocked))
@@ -300,6 +313,40 @@ impl Geo {
     }
 }
 
+impl Geo {
+    /// The convolution of `x` with its padding written out as zeros around the image, which
+    /// [`conv`] copies it into first: every tile then has all its taps, where the columns
+    /// whose taps fall outside ran as tiles of one pixel, which the FMAs' latency bounds
+    /// (2 or 4 accumulators) — 2 of the 7 columns of a 7×7 layer.
+    fn padded(&self) -> Option<Geo> {
+        if (self.ph, self.pw) == (0, 0) || self.oh == 0 || self.ow == 0 {
+            return None;
+        }
+        Some(Geo {
+            h: ((self.oh - 1) * self.sh + self.kh).max(self.ph + self.h),
+            w: ((self.ow - 1) * self.sw + self.kw).max(self.pw + self.w),
+            ph: 0,
+            pw: 0,
+            ..*self
+        })
+    }
+}
+
+/// `x` (geometry `g`) into `xp` with `g`'s padding as zeros (geometry `p`, from
+/// [`Geo::padded`]), laid out as `x`.
+fn pad(g: &Geo, p: &Geo, x: &[f32], xp: &mut [f32]) {
+    let lanes = if g.x_blocked { BLOCK } else { 1 };
+    let (row, prow) = (g.w * lanes, p.w * lanes);
+    let (plane, pplane) = (g.h * row, p.h * prow);
+    xp.par_chunks_mut(pplane).enumerate().for_each(|(i, dst)| {
+        dst.fill(0.0);
+        for y in 0..g.h {
+            let d = (g.ph + y) * prow + g.pw * lanes;
+            dst[d..d + row].copy_from_slice(&x[i * plane + y * row..][..row]);
+        }
+    });
+}
+
 /// The pixels `(oy·sh, ox·sw)` of `x` (as `g.x_blocked` says), into `xs`, laid out as `x`.
 fn gather(g: &Geo, x: &[f32], xs: &mut [f32]) {
     let lanes = if g.x_blocked { BLOCK } else { 1 };
@@ -356,7 +403,7 @@ struct Store {
 /// `x` and `w` must be valid for every offset `t` describes; `s` for `fb` blocks of `np`
 /// pixels.
 unsafe fn tile_scalar(x: *const f32, w: *const f32, t: &Taps, s: &Store, fb: usize, np: usize) {
-    let mut acc = [[[0f32; BLOCK]; F]; P];
+    let mut acc = [[[0f32; BLOCK]; F_MAX]; P_MAX];
     for ib in 0..t.icb {
         for ky in 0..t.nkh {
             for kx in 0..t.nkw {
@@ -393,6 +440,25 @@ unsafe fn tile_scalar(x: *const f32, w: *const f32, t: &Taps, s: &Store, fb: usi
     }
 }
 
+/// Applies an activation other than Relu to a tile's stored outputs. The SIMD tiles store
+/// `acc + bias + z` first and call this after their last store: an activation called while
+/// accumulators were live made LLVM keep them on the stack for the whole tile (every vector
+/// register is caller-saved), inner loop included.
+///
+/// # Safety
+/// `s` must be valid for `fb` blocks of `np` pixels.
+#[inline(never)]
+unsafe fn finish_stored(s: &Store, fb: usize, np: usize) {
+    if let Act::Other(_) = s.act {
+        for f in 0..fb {
+            for i in 0..np * BLOCK {
+                let y = s.y.add(f * s.ys_f + i);
+                *y = finish(*y, s.act);
+            }
+        }
+    }
+}
+
 pub(super) fn finish(v: f32, act: Act) -> f32 {
     match act {
         Act::None => v,
@@ -410,7 +476,7 @@ pub(super) fn finish(v: f32, act: Act) -> f32 {
 
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
-    use super::{finish, Act, Store, Taps, BLOCK};
+    use super::{Act, Store, Taps, BLOCK};
     use std::arch::x86_64::*;
 
     /// The AVX2 tile for `FB` (1 or 2) output blocks of `NP` (1 to 6) pixels; `BLK`: the
@@ -495,18 +561,11 @@ mod avx2 {
                     if !s.z.is_null() {
                         v = _mm256_add_ps(v, _mm256_loadu_ps(s.z.add(o)));
                     }
-                    match s.act {
-                        Act::None => _mm256_storeu_ps(s.y.add(o), v),
+                    if let Act::Relu = s.act {
                         // max_ps returns its second operand when either is NaN: NaN stays.
-                        Act::Relu => _mm256_storeu_ps(s.y.add(o), _mm256_max_ps(zero, v)),
-                        Act::Other(_) => {
-                            let mut l = [0f32; BLOCK];
-                            _mm256_storeu_ps(l.as_mut_ptr(), v);
-                            for (i, l) in l.iter().enumerate() {
-                                *s.y.add(o + i) = finish(*l, s.act);
-                            }
-                        }
+                        v = _mm256_max_ps(zero, v);
                     }
+                    _mm256_storeu_ps(s.y.add(o), v);
                 }
             };
         }
@@ -522,28 +581,203 @@ mod avx2 {
         store!(4, 1, a41, b1);
         store!(5, 0, a50, b0);
         store!(5, 1, a51, b1);
+        super::finish_stored(s, FB, NP);
     }
 }
 
-/// Which tile runs: AVX2 or the scalar model.
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use super::{Act, Store, Taps, BLOCK};
+    use std::arch::x86_64::*;
+
+    /// Two 8-float vectors as one 16-float one (`lo` in the low half).
+    #[inline(always)]
+    unsafe fn pair(lo: *const f32, hi: *const f32) -> __m512 {
+        let lo = _mm512_castps256_ps512(_mm256_loadu_ps(lo));
+        let hi = _mm256_castps_pd(_mm256_loadu_ps(hi));
+        _mm512_castpd_ps(_mm512_insertf64x4::<1>(_mm512_castps_pd(lo), hi))
+    }
+
+    /// The AVX-512 tile for `fb` output blocks (`Z` = `fb.div_ceil(2)` vectors of two blocks
+    /// each) of `NP` (1 to 12) pixels. A vector holds one
+    /// pixel's outputs in two consecutive blocks, so the blocked layout (and everything that
+    /// reads it) stays that of the AVX2 tiles: the two blocks' weights are two loads
+    /// `ws_f` apart joined into one vector, and its halves are stored to the two blocks. With
+    /// an odd `fb` the last vector's high half computes the low half's block again and is
+    /// not stored (no read past the weights, no branch in the loop).
+    ///
+    /// # Safety
+    /// As [`super::tile_scalar`], on a CPU with AVX-512F and VL. (Without VL the halves
+    /// stored as 256-bit vectors must live in the low 16 registers, and LLVM kept the 24
+    /// accumulators there, spilling half of them in the inner loop.)
+    #[target_feature(enable = "avx512f,avx512vl")]
+    pub(super) unsafe fn tile<const Z: usize, const NP: usize>(
+        x: *const f32,
+        w: *const f32,
+        t: &Taps,
+        s: &Store,
+        fb: usize,
+    ) {
+        let zero = _mm512_setzero_ps();
+        let (mut a00, mut a01, mut a10, mut a11, mut a20, mut a21) =
+            (zero, zero, zero, zero, zero, zero);
+        let (mut a30, mut a31, mut a40, mut a41, mut a50, mut a51) =
+            (zero, zero, zero, zero, zero, zero);
+        let (mut a60, mut a61, mut a70, mut a71, mut a80, mut a81) =
+            (zero, zero, zero, zero, zero, zero);
+        let (mut a90, mut a91, mut aa0, mut aa1, mut ab0, mut ab1) =
+            (zero, zero, zero, zero, zero, zero);
+        // The channel loop's bound stays a variable: unrolled (8 channels of a blocked input),
+        // LLVM loaded all 16 weight vectors ahead and spilled the accumulators.
+        let (cb, xs_c) = (t.cb, t.xs_c);
+        let (px, ws_f) = (t.xs_px, t.ws_f);
+        // Where each vector's high half reads its weights (and bias, `Z`): the next block,
+        // or the low half's own where there is none.
+        let (hb0, hb1) = (if fb > 1 { 1 } else { 0 }, if fb > 3 { 3 } else { 2 });
+        let (hi0, hi1) = (hb0 * ws_f, hb1 * ws_f);
+        for ib in 0..t.icb {
+            for ky in 0..t.nkh {
+                let xr = x.add(ib * t.xs_blk + ky * t.xs_row);
+                let wr = w.add(ib * t.ws_blk + ky * t.ws_row);
+                for kx in 0..t.nkw {
+                    let xp = xr.add(kx * t.xs_col);
+                    let wp = wr.add(kx * cb * BLOCK);
+                    for ci in 0..cb {
+                        let wc = wp.add(ci * BLOCK);
+                        let w0 = pair(wc, wc.add(hi0));
+                        let w1 = if Z > 1 {
+                            pair(wc.add(2 * ws_f), wc.add(hi1))
+                        } else {
+                            zero
+                        };
+                        let xc = xp.add(ci * xs_c);
+                        macro_rules! pixel {
+                            ($p:literal, $a0:ident, $a1:ident) => {
+                                if NP > $p {
+                                    let b = _mm512_set1_ps(*xc.add($p * px));
+                                    $a0 = _mm512_fmadd_ps(b, w0, $a0);
+                                    if Z > 1 {
+                                        $a1 = _mm512_fmadd_ps(b, w1, $a1);
+                                    }
+                                }
+                            };
+                        }
+                        pixel!(0, a00, a01);
+                        pixel!(1, a10, a11);
+                        pixel!(2, a20, a21);
+                        pixel!(3, a30, a31);
+                        pixel!(4, a40, a41);
+                        pixel!(5, a50, a51);
+                        pixel!(6, a60, a61);
+                        pixel!(7, a70, a71);
+                        pixel!(8, a80, a81);
+                        pixel!(9, a90, a91);
+                        pixel!(10, aa0, aa1);
+                        pixel!(11, ab0, ab1);
+                    }
+                }
+            }
+        }
+        let has_bias = !s.bias.is_null();
+        let b0 = if has_bias {
+            pair(s.bias, s.bias.add(hb0 * BLOCK))
+        } else {
+            zero
+        };
+        let b1 = if has_bias && Z > 1 {
+            pair(s.bias.add(2 * BLOCK), s.bias.add(hb1 * BLOCK))
+        } else {
+            zero
+        };
+        // Output (and `Z`) offsets of each vector's halves, from a pixel's.
+        let (hy0, hy1) = (hb0 * s.ys_f, hb1 * s.ys_f);
+        let store_hi = [fb > 1, fb > 3];
+        macro_rules! store {
+            ($p:literal, $z:literal, $a:ident, $b:ident, $hy:ident) => {
+                if NP > $p && Z > $z {
+                    let lo = 2 * $z * s.ys_f + $p * BLOCK;
+                    let hi = $hy + $p * BLOCK;
+                    let mut v = $a;
+                    if has_bias {
+                        v = _mm512_add_ps(v, $b);
+                    }
+                    if !s.z.is_null() {
+                        v = _mm512_add_ps(v, pair(s.z.add(lo), s.z.add(hi)));
+                    }
+                    if let Act::Relu = s.act {
+                        // max_ps returns its second operand when either is NaN: NaN stays.
+                        v = _mm512_max_ps(zero, v);
+                    }
+                    _mm256_storeu_ps(s.y.add(lo), _mm512_castps512_ps256(v));
+                    if store_hi[$z] {
+                        let h = _mm512_extractf64x4_pd::<1>(_mm512_castps_pd(v));
+                        _mm256_storeu_ps(s.y.add(hi), _mm256_castpd_ps(h));
+                    }
+                }
+            };
+        }
+        store!(0, 0, a00, b0, hy0);
+        store!(0, 1, a01, b1, hy1);
+        store!(1, 0, a10, b0, hy0);
+        store!(1, 1, a11, b1, hy1);
+        store!(2, 0, a20, b0, hy0);
+        store!(2, 1, a21, b1, hy1);
+        store!(3, 0, a30, b0, hy0);
+        store!(3, 1, a31, b1, hy1);
+        store!(4, 0, a40, b0, hy0);
+        store!(4, 1, a41, b1, hy1);
+        store!(5, 0, a50, b0, hy0);
+        store!(5, 1, a51, b1, hy1);
+        store!(6, 0, a60, b0, hy0);
+        store!(6, 1, a61, b1, hy1);
+        store!(7, 0, a70, b0, hy0);
+        store!(7, 1, a71, b1, hy1);
+        store!(8, 0, a80, b0, hy0);
+        store!(8, 1, a81, b1, hy1);
+        store!(9, 0, a90, b0, hy0);
+        store!(9, 1, a91, b1, hy1);
+        store!(10, 0, aa0, b0, hy0);
+        store!(10, 1, aa1, b1, hy1);
+        store!(11, 0, ab0, b0, hy0);
+        store!(11, 1, ab1, b1, hy1);
+        super::finish_stored(s, fb, NP);
+    }
+}
+
+/// Which tile runs: AVX2, AVX-512 or the scalar model.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Tile {
     Scalar,
     Avx2,
+    Avx512,
 }
 
 impl Tile {
+    /// The tile of the ISA the GEMM runs (`KILN_ISA` forces both), the scalar model where
+    /// that is neither AVX2 nor AVX-512.
     pub(crate) fn best() -> Tile {
-        if avx2() {
-            Tile::Avx2
-        } else {
-            Tile::Scalar
+        match crate::gemm::default_gemm().isa() {
+            crate::gemm::Isa::Avx512 if avx512() => Tile::Avx512,
+            crate::gemm::Isa::Avx512 if avx2() => Tile::Avx2,
+            crate::gemm::Isa::Avx2 if avx2() => Tile::Avx2,
+            _ => Tile::Scalar,
+        }
+    }
+
+    /// Output-channel blocks and output pixels of a full tile: 2 × 6 for AVX2 (12 of the 16
+    /// ymm registers accumulate), 4 × 12 for AVX-512 (24 of the 32 zmm registers, each two
+    /// blocks of one pixel). The scalar model computes the same bits with any shape.
+    fn dims(self) -> (usize, usize) {
+        match self {
+            Tile::Avx512 => (4, 12),
+            Tile::Scalar | Tile::Avx2 => (2, 6),
         }
     }
 }
 
 /// # Safety
-/// As [`tile_scalar`]; `Tile::Avx2` only where the CPU has AVX2 and FMA.
+/// As [`tile_scalar`]; `Tile::Avx2` only where the CPU has AVX2 and FMA, `Tile::Avx512`
+/// only where it has AVX-512F and VL.
 unsafe fn run_tile(
     tile: Tile,
     x: *const f32,
@@ -565,6 +799,19 @@ unsafe fn run_tile(
             };
         }
         pick!(1, 1; 1, 2; 1, 3; 1, 4; 1, 5; 1, 6; 2, 1; 2, 2; 2, 3; 2, 4; 2, 5; 2, 6);
+        return;
+    }
+    #[cfg(target_arch = "x86_64")]
+    if tile == Tile::Avx512 {
+        macro_rules! pick {
+            ($($z:literal: $($p:literal),*);*) => {
+                match (fb.div_ceil(2), np) {
+                    $($(($z, $p) => avx512::tile::<$z, $p>(x, w, t, s, fb),)*)*
+                    _ => unreachable!("tile of {fb} blocks × {np} pixels"),
+                }
+            };
+        }
+        pick!(1: 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12; 2: 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12);
         return;
     }
     tile_scalar(x, w, t, s, fb, np)
@@ -590,6 +837,15 @@ pub(crate) fn conv(
             conv(&sub, xs, w, bias, z, act, tile, y)
         });
     }
+    if let Some(p) = g.padded() {
+        let len = g.n * g.c * p.h * p.w;
+        if len > 0 {
+            return super::winograd::with_scratch(len, |xp| {
+                pad(g, &p, x, xp);
+                conv(&p, xp, w, bias, z, act, tile, y)
+            });
+        }
+    }
     let g = &g.as_one_row();
     let mb = g.m / BLOCK;
     let cb = w.cb;
@@ -611,7 +867,8 @@ pub(crate) fn conv(
     let ws_row = g.kw * cb * BLOCK;
     let ws_blk = g.kh * ws_row;
     let ws_f = icb * ws_blk;
-    let groups = mb.div_ceil(F);
+    let (tf, tp) = tile.dims();
+    let groups = mb.div_ceil(tf);
     let items = g.n * groups * g.oh;
     let (ptr, xp, wp) = (
         OutPtr(y.as_mut_ptr()),
@@ -630,8 +887,8 @@ pub(crate) fn conv(
     let row = |item: usize, end: usize| {
         let (ni, rest) = (item / (groups * g.oh), item % (groups * g.oh));
         let (gi, ohi) = (rest / g.oh, rest % g.oh);
-        let ob = gi * F;
-        let fb = F.min(mb - ob);
+        let ob = gi * tf;
+        let fb = tf.min(mb - ob);
         let ih0 = (ohi * g.sh) as isize - g.ph as isize;
         let kh_lo = (-ih0).clamp(0, g.kh as isize) as usize;
         let kh_hi = (g.h as isize - ih0).clamp(kh_lo as isize, g.kh as isize) as usize;
@@ -700,9 +957,9 @@ pub(crate) fn conv(
         // The next group's weights come from memory (a model's weights are read once per
         // run): fetch a slice of them into L2 on each row of this group, so they are there
         // when this thread (or the other) gets to it.
-        let next = ob + F;
+        let next = ob + tf;
         if next < mb && (ni * groups + gi + 1) * g.oh < end {
-            let (start, end) = (next * ws_f, ((next + F).min(mb)) * ws_f);
+            let (start, end) = (next * ws_f, ((next + tf).min(mb)) * ws_f);
             let per = (end - start).div_ceil(g.oh);
             let a = (start + ohi * per).min(end);
             prefetch_l2((wp as *const f32).wrapping_add(a), (per).min(end - a));
@@ -712,22 +969,22 @@ pub(crate) fn conv(
         // not 6 + 1, whose one pixel has only 2 chains of FMAs to hide their latency (5
         // cycles on Zen 1, where 5 chains keep the FMA unit busy).
         let len = ow_b - ow_a;
-        let k = len.div_ceil(P);
+        let k = len.div_ceil(tp);
         for i in 0..k {
             let (a, b) = (len * i / k, len * (i + 1) / k);
             col(ow_a + a, b - a, 0, g.kw);
         }
         (ow_b..g.ow).for_each(edge);
     };
-    let flops = g.n * groups * g.oh * g.ow * F * BLOCK * g.c * g.kh * g.kw;
+    let flops = g.n * groups * g.oh * g.ow * tf * BLOCK * g.c * g.kh * g.kw;
     let threads = rayon::current_num_threads();
     // Rows `range` of the items: the first group's weights are asked for all at once (many
     // misses in flight instead of a stream), each next one's while the rows before it run.
     let chunk = |range: std::ops::Range<usize>| {
-        let ob = (range.start / g.oh % groups) * F;
+        let ob = (range.start / g.oh % groups) * tf;
         prefetch_l2(
             (wp as *const f32).wrapping_add(ob * ws_f),
-            F.min(mb - ob) * ws_f,
+            tf.min(mb - ob) * ws_f,
         );
         let end = range.end;
         range.for_each(|i| row(i, end));
@@ -1091,6 +1348,21 @@ mod tests {
             .collect()
     }
 
+    /// The scalar model and every SIMD tile this CPU can run.
+    fn tiles() -> Vec<Tile> {
+        let mut t = vec![Tile::Scalar];
+        #[cfg(target_arch = "x86_64")]
+        {
+            if avx2() {
+                t.push(Tile::Avx2);
+            }
+            if avx512() {
+                t.push(Tile::Avx512);
+            }
+        }
+        t
+    }
+
     fn run(g: &Geo, seed: u64, with_bias: bool, with_z: bool, relu: bool, tile: Tile) {
         let x = values(g.n * g.c * g.h * g.w, seed);
         let w = values(g.m * g.c * g.kh * g.kw, seed + 1);
@@ -1141,8 +1413,9 @@ mod tests {
         #[test]
         fn conv_matches_reference(g in geo(), seed in any::<u64>(), bias in any::<bool>(),
                                   z in any::<bool>(), relu in any::<bool>()) {
-            run(&g, seed, bias, z, relu, Tile::best());
-            run(&g, seed, bias, z, relu, Tile::Scalar);
+            for tile in tiles() {
+                run(&g, seed, bias, z, relu, tile);
+            }
         }
     }
 
@@ -1175,47 +1448,69 @@ mod tests {
                 x_blocked: blocked,
             };
             assert_eq!(g.subsampled().is_some(), (sh, sw) != (1, 1));
-            for tile in [Tile::best(), Tile::Scalar] {
+            for tile in tiles() {
                 run(&g, 11, true, true, true, tile);
             }
         }
     }
 
-    /// The AVX2 tile gives the bits of its scalar model.
+    /// The SIMD tiles give the bits of their scalar model, for every count of output
+    /// blocks a tile can end with (24, 40, 56 channels: 3, 4 + 1, 4 + 3 blocks), with bias,
+    /// `Z`, Relu and an activation the epilogue applies lane by lane.
     #[test]
-    fn avx2_tile_matches_its_model_bitwise() {
-        if Tile::best() != Tile::Avx2 {
+    fn simd_tiles_match_their_model_bitwise() {
+        let simd: Vec<Tile> = tiles().into_iter().filter(|&t| t != Tile::Scalar).collect();
+        if simd.is_empty() {
             eprintln!("skipped: no AVX2/FMA on this CPU");
             return;
         }
-        let g = Geo {
-            n: 1,
-            c: 16,
-            m: 24,
-            h: 9,
-            w: 13,
-            kh: 3,
-            kw: 3,
-            sh: 1,
-            sw: 2,
-            ph: 1,
-            pw: 1,
-            oh: 9,
-            ow: 7,
-            x_blocked: true,
-        };
-        let x = to_blocked(&values(16 * 9 * 13, 7), 1, 16, 9 * 13);
-        let w = Weights::pack(&values(24 * 16 * 9, 8), &[24, 16, 3, 3], true);
-        let b = values(24, 9);
-        let z = values(24 * 63, 10);
-        let mut out = [vec![0f32; 24 * 63], vec![0f32; 24 * 63]];
-        for (tile, y) in [Tile::Avx2, Tile::Scalar].into_iter().zip(&mut out) {
-            conv(&g, &x, &w, Some(&b), Some(&z), Act::Relu, tile, y);
+        for (m, act, blocked) in [
+            (24, Act::Relu, true),
+            (40, Act::None, true),
+            (56, Act::Other(Activation::Sigmoid), true),
+            (40, Act::Relu, false),
+        ] {
+            let g = Geo {
+                n: 1,
+                c: 16,
+                m,
+                h: 9,
+                w: 29,
+                kh: 3,
+                kw: 3,
+                sh: 1,
+                sw: 2,
+                ph: 1,
+                pw: 1,
+                oh: 9,
+                ow: 15,
+                x_blocked: blocked,
+            };
+            let xs = values(16 * 9 * 29, 7);
+            let x = if blocked {
+                to_blocked(&xs, 1, 16, 9 * 29)
+            } else {
+                xs
+            };
+            let w = Weights::pack(&values(m * 16 * 9, 8), &[m, 16, 3, 3], blocked);
+            let b = values(m, 9);
+            let z = values(m * 9 * 15, 10);
+            let run = |tile| {
+                let mut y = vec![0f32; m * 9 * 15];
+                conv(&g, &x, &w, Some(&b), Some(&z), act, tile, &mut y);
+                y
+            };
+            let want = run(Tile::Scalar);
+            for &tile in &simd {
+                let got = run(tile);
+                assert!(
+                    got.iter()
+                        .zip(&want)
+                        .all(|(a, b)| a.to_bits() == b.to_bits()),
+                    "{tile:?}, {m} channels, {act:?}"
+                );
+            }
         }
-        assert!(out[0]
-            .iter()
-            .zip(&out[1])
-            .all(|(a, b)| a.to_bits() == b.to_bits()));
     }
 
     #[test]

@@ -40,7 +40,10 @@ pub(crate) const MIN_TILES: usize = 16;
 /// The same with AVX-512, whose GEMM is twice as fast per FLOP (Zen 5, Intel server parts)
 /// while the transforms and the streaming of `U` are not: ResNet-50's 256-channel 3×3 layers
 /// at 14² (16 tiles) took 4.3–4.6 ms here against 3.8–3.9 ms as im2col + GEMM on a Zen 5,
-/// its 128-channel ones at 28² (49 tiles) 1.5–1.9 ms against 2.2–2.4.
+/// its 128-channel ones at 28² (49 tiles) 1.5–1.9 ms against 2.2–2.4. On blocked images
+/// ([`super::nchwc_winograd`], whose transforms are cheaper) the rule stays `MIN_TILES`: on a
+/// Zen 4 with AVX-512 the 14² layer took 1.7–2.8 ms that way against 2.6–3.1 ms on the
+/// direct AVX-512 tiles, one thread (not measured on a Zen 5).
 pub(crate) const MIN_TILES_AVX512: usize = 25;
 /// Below this many input or output channels, the transforms cost more than they save.
 pub(crate) const MIN_CHANNELS: usize = 16;
@@ -65,19 +68,19 @@ pub(crate) fn enabled() -> bool {
 }
 
 /// Whether a convolution of `m` output and `c` input channels with an `oh × ow` output
-/// gains from this path (see the module notes).
-pub(crate) fn worthwhile(m: usize, c: usize, oh: usize, ow: usize) -> bool {
+/// gains from this path (see the module notes), on blocked images or not.
+pub(crate) fn worthwhile(m: usize, c: usize, oh: usize, ow: usize, blocked: bool) -> bool {
     let min_tiles = match default_gemm().isa() {
-        Isa::Avx512 => MIN_TILES_AVX512,
+        Isa::Avx512 if !blocked => MIN_TILES_AVX512,
         _ => MIN_TILES,
     };
     m >= MIN_CHANNELS && c >= MIN_CHANNELS && tiles(oh) * tiles(ow) >= min_tiles
 }
 
-/// Whether a 2-D convolution `c` with weights of shape `ws` runs Winograd's algorithm: 3×3,
-/// stride and dilation 1, one group, and (from the inferred output shape, so only where it
-/// is static) enough tiles and channels ([`worthwhile`]).
-pub(crate) fn pays(c: &Conv, ws: &[usize], cx: &BuildCx) -> bool {
+/// Whether a 2-D convolution `c` with weights of shape `ws` (on blocked images or not) runs
+/// Winograd's algorithm: 3×3, stride and dilation 1, one group, and (from the inferred output
+/// shape, so only where it is static) enough tiles and channels ([`worthwhile`]).
+pub(crate) fn pays(c: &Conv, ws: &[usize], cx: &BuildCx, blocked: bool) -> bool {
     let ones = |v: &Option<Vec<i64>>| v.as_ref().is_none_or(|v| v.iter().all(|&x| x == 1));
     let out = match cx.output_types.first().copied().flatten() {
         Some(Type::Tensor(t)) => t.shape.as_ref(),
@@ -95,7 +98,7 @@ pub(crate) fn pays(c: &Conv, ws: &[usize], cx: &BuildCx) -> bool {
         && ones(&c.strides)
         && ones(&c.dilations)
         && matches!((spatial(2), spatial(3)), (Some(oh), Some(ow))
-            if worthwhile(ws[0], ws[1], oh, ow))
+            if worthwhile(ws[0], ws[1], oh, ow, blocked))
 }
 
 /// Whether the geometry is one this path computes (any spatial size and padding).
