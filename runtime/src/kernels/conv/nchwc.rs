@@ -168,7 +168,7 @@ pub fn build(op: &Op, cx: &BuildCx, x_blocked: bool) -> Result<Box<dyn Kernel>, 
             let algo = if x_blocked && super::winograd::pays(&attr, ws, cx, true) {
                 Algo::Winograd(super::nchwc_winograd::Weights::new(ws[0], ws[1], wv))
             } else {
-                Algo::Direct(Weights::pack(wv, ws, x_blocked))
+                Algo::Direct(Weights::pack(wv, ws, x_blocked, Tile::best()))
             };
             w.release_pages();
             Ok(Box::new(BlockedConv {
@@ -226,26 +226,34 @@ fn reorder(src: &[f32], n: usize, c: usize, hw: usize, to_blocked: bool) -> Vec<
 pub(crate) struct Weights {
     data: Vec<f32>,
     cb: usize,
+    /// Output channels per packed row (`wl` above): the tile's vector width.
+    wl: usize,
+    /// The tile they are packed for.
+    tile: Tile,
 }
 
 impl Weights {
-    pub(crate) fn pack(w: &[f32], ws: &[usize], x_blocked: bool) -> Weights {
+    /// Packs `w` for `tile`, as `[M/wl][C/cb][KH][KW][cb][wl]` with `wl` its vector width
+    /// (8 for AVX2 and the scalar model, 16 for AVX-512, so that a vector of two blocks'
+    /// weights is one load; `M` padded with zero filters to a multiple of `wl`).
+    pub(crate) fn pack(w: &[f32], ws: &[usize], x_blocked: bool, tile: Tile) -> Weights {
         let (m, c, kh, kw) = (ws[0], ws[1], ws[2], ws[3]);
+        let wl = tile.lanes();
         let cb = if x_blocked { BLOCK } else { c };
-        let icb = c / cb;
-        let mut data = vec![0f32; m * c * kh * kw];
+        let icb = c / cb.max(1);
+        let mut data = vec![0f32; m.next_multiple_of(wl) * c * kh * kw];
         for o in 0..m {
             for i in 0..c {
                 for y in 0..kh {
                     for x in 0..kw {
-                        let (ob, ol, ib, ci) = (o / BLOCK, o % BLOCK, i / cb, i % cb);
-                        let d = ((((ob * icb + ib) * kh + y) * kw + x) * cb + ci) * BLOCK + ol;
+                        let (og, ol, ib, ci) = (o / wl, o % wl, i / cb, i % cb);
+                        let d = ((((og * icb + ib) * kh + y) * kw + x) * cb + ci) * wl + ol;
                         data[d] = w[((o * c + i) * kh + y) * kw + x];
                     }
                 }
             }
         }
-        Weights { data, cb }
+        Weights { data, cb, wl, tile }
     }
 }
 
@@ -368,7 +376,8 @@ fn gather(g: &Geo, x: &[f32], xs: &mut [f32]) {
 
 /// What one tile reads, as distances in floats: the input's between channel blocks, between
 /// a block's channels, rows, columns and the tile's pixels; the packed weights' between
-/// input blocks, kernel rows and output-channel blocks; and the taps inside the image.
+/// input blocks, kernel rows and groups of `wl` output channels, and `wl`; and the taps
+/// inside the image.
 #[derive(Clone, Copy)]
 struct Taps {
     icb: usize,
@@ -381,6 +390,7 @@ struct Taps {
     ws_blk: usize,
     ws_row: usize,
     ws_f: usize,
+    wl: usize,
     nkh: usize,
     nkw: usize,
 }
@@ -408,12 +418,13 @@ unsafe fn tile_scalar(x: *const f32, w: *const f32, t: &Taps, s: &Store, fb: usi
         for ky in 0..t.nkh {
             for kx in 0..t.nkw {
                 let xp = x.add(ib * t.xs_blk + ky * t.xs_row + kx * t.xs_col);
-                let wp = w.add(ib * t.ws_blk + ky * t.ws_row + kx * t.cb * BLOCK);
+                let wp = w.add(ib * t.ws_blk + ky * t.ws_row + kx * t.cb * t.wl);
                 for ci in 0..t.cb {
                     for (p, acc) in acc.iter_mut().enumerate().take(np) {
                         let b = *xp.add(p * t.xs_px + ci * t.xs_c);
                         for (f, acc) in acc.iter_mut().enumerate().take(fb) {
-                            let wv = wp.add(f * t.ws_f + ci * BLOCK);
+                            let o = f * BLOCK;
+                            let wv = wp.add(o / t.wl * t.ws_f + ci * t.wl + o % t.wl);
                             for (l, a) in acc.iter_mut().enumerate() {
                                 *a = b.mul_add(*wv.add(l), *a);
                             }
@@ -599,12 +610,12 @@ mod avx512 {
     }
 
     /// The AVX-512 tile for `fb` output blocks (`Z` = `fb.div_ceil(2)` vectors of two blocks
-    /// each) of `NP` (1 to 12) pixels. A vector holds one
-    /// pixel's outputs in two consecutive blocks, so the blocked layout (and everything that
-    /// reads it) stays that of the AVX2 tiles: the two blocks' weights are two loads
-    /// `ws_f` apart joined into one vector, and its halves are stored to the two blocks. With
-    /// an odd `fb` the last vector's high half computes the low half's block again and is
-    /// not stored (no read past the weights, no branch in the loop).
+    /// each) of `NP` (1 to 12) pixels, weights packed 16 output channels to a row. A vector
+    /// holds one pixel's outputs in two consecutive blocks, so the blocked layout (and
+    /// everything that reads it) stays that of the AVX2 tiles: its halves are stored to the
+    /// two blocks. With an odd `fb` the last vector's high half multiplies the zero filters
+    /// that pad the weights and is not stored; its bias and `Z` are read from the low half's
+    /// block (nothing past the end is read).
     ///
     /// # Safety
     /// As [`super::tile_scalar`], on a CPU with AVX-512F and VL. (Without VL the halves
@@ -634,19 +645,18 @@ mod avx512 {
         // Where each vector's high half reads its weights (and bias, `Z`): the next block,
         // or the low half's own where there is none.
         let (hb0, hb1) = (if fb > 1 { 1 } else { 0 }, if fb > 3 { 3 } else { 2 });
-        let (hi0, hi1) = (hb0 * ws_f, hb1 * ws_f);
         for ib in 0..t.icb {
             for ky in 0..t.nkh {
                 let xr = x.add(ib * t.xs_blk + ky * t.xs_row);
                 let wr = w.add(ib * t.ws_blk + ky * t.ws_row);
                 for kx in 0..t.nkw {
                     let xp = xr.add(kx * t.xs_col);
-                    let wp = wr.add(kx * cb * BLOCK);
+                    let wp = wr.add(kx * cb * 2 * BLOCK);
                     for ci in 0..cb {
-                        let wc = wp.add(ci * BLOCK);
-                        let w0 = pair(wc, wc.add(hi0));
+                        let wc = wp.add(ci * 2 * BLOCK);
+                        let w0 = _mm512_loadu_ps(wc);
                         let w1 = if Z > 1 {
-                            pair(wc.add(2 * ws_f), wc.add(hi1))
+                            _mm512_loadu_ps(wc.add(ws_f))
                         } else {
                             zero
                         };
@@ -764,6 +774,14 @@ impl Tile {
         }
     }
 
+    /// Output channels of the tile's vectors, which its weights are packed by.
+    fn lanes(self) -> usize {
+        match self {
+            Tile::Avx512 => 2 * BLOCK,
+            Tile::Scalar | Tile::Avx2 => BLOCK,
+        }
+    }
+
     /// Output-channel blocks and output pixels of a full tile: 2 × 6 for AVX2 (12 of the 16
     /// ymm registers accumulate), 4 × 12 for AVX-512 (24 of the 32 zmm registers, each two
     /// blocks of one pixel). The scalar model computes the same bits with any shape.
@@ -848,12 +866,21 @@ pub(crate) fn conv(
     }
     let g = &g.as_one_row();
     let mb = g.m / BLOCK;
-    let cb = w.cb;
-    let icb = g.c / cb;
+    let (cb, wl) = (w.cb, w.wl);
+    let icb = g.c / cb.max(1);
     let (hw, ohw) = (g.h * g.w, g.oh * g.ow);
+    assert!(
+        tile == w.tile || tile == Tile::Scalar,
+        "weights for {:?}",
+        w.tile
+    );
     assert_eq!(x.len(), g.n * g.c * hw, "x");
     assert_eq!(y.len(), g.n * g.m * ohw, "y");
-    assert_eq!(w.data.len(), g.m * g.c * g.kh * g.kw, "w");
+    assert_eq!(
+        w.data.len(),
+        g.m.next_multiple_of(wl) * g.c * g.kh * g.kw,
+        "w"
+    );
     assert!(z.is_none_or(|z| z.len() == y.len()), "z");
     assert!(bias.is_none_or(|b| b.len() == g.m), "bias");
     if y.is_empty() {
@@ -864,10 +891,19 @@ pub(crate) fn conv(
     } else {
         (0, hw, g.w, 1)
     };
-    let ws_row = g.kw * cb * BLOCK;
+    let ws_row = g.kw * cb * wl;
     let ws_blk = g.kh * ws_row;
     let ws_f = icb * ws_blk;
+    // Offset of the weights of output block `b` (a tile's first, so the first of a row).
     let (tf, tp) = tile.dims();
+    let per_row = wl / BLOCK;
+    assert_eq!(
+        tf % per_row,
+        0,
+        "{tile:?} tiles of weights for {:?}",
+        w.tile
+    );
+    let w_at = |b: usize| b / per_row * ws_f;
     let groups = mb.div_ceil(tf);
     let items = g.n * groups * g.oh;
     let (ptr, xp, wp) = (
@@ -907,6 +943,7 @@ pub(crate) fn conv(
                 ws_blk,
                 ws_row,
                 ws_f,
+                wl,
                 nkh: kh_hi - kh_lo,
                 nkw: kw_hi - kw_lo,
             };
@@ -932,7 +969,7 @@ pub(crate) fn conv(
             } else {
                 x_n + (ih0 + kh_lo as isize) as usize * xs_row + iw as usize * xs_col
             };
-            let w_off = ob * ws_f + kh_lo * ws_row + kw_lo * cb * BLOCK;
+            let w_off = w_at(ob) + kh_lo * ws_row + kw_lo * cb * wl;
             // SAFETY: every offset the tile reads lies in `x`, `w`, `z` and `bias` (taps
             // clipped to the image; blocks `ob..ob + fb` exist), and its stores are this
             // item's own pixels of `y`, which no other item writes.
@@ -959,7 +996,7 @@ pub(crate) fn conv(
         // when this thread (or the other) gets to it.
         let next = ob + tf;
         if next < mb && (ni * groups + gi + 1) * g.oh < end {
-            let (start, end) = (next * ws_f, ((next + tf).min(mb)) * ws_f);
+            let (start, end) = (w_at(next), w_at((next + tf).min(mb) + per_row - 1));
             let per = (end - start).div_ceil(g.oh);
             let a = (start + ohi * per).min(end);
             prefetch_l2((wp as *const f32).wrapping_add(a), (per).min(end - a));
@@ -983,8 +1020,8 @@ pub(crate) fn conv(
     let chunk = |range: std::ops::Range<usize>| {
         let ob = (range.start / g.oh % groups) * tf;
         prefetch_l2(
-            (wp as *const f32).wrapping_add(ob * ws_f),
-            tf.min(mb - ob) * ws_f,
+            (wp as *const f32).wrapping_add(w_at(ob)),
+            w_at(ob + tf.min(mb - ob) + per_row - 1) - w_at(ob),
         );
         let end = range.end;
         range.for_each(|i| row(i, end));
@@ -1124,9 +1161,9 @@ impl Kernel for BlockedConv {
             None => None,
         };
         let xv = view::<f32>(x)?;
-        let (act, tile) = (self.act, Tile::best());
+        let act = self.act;
         let y = cx.tensor_dirty::<f32>(shape, |y| match &self.algo {
-            Algo::Direct(w) => conv(&geo, &xv, w, bv.as_deref(), zv.as_deref(), act, tile, y),
+            Algo::Direct(w) => conv(&geo, &xv, w, bv.as_deref(), zv.as_deref(), act, w.tile, y),
             Algo::Winograd(w) => {
                 super::nchwc_winograd::conv(&geo, &xv, w, bv.as_deref(), zv.as_deref(), act, y)
             }
@@ -1348,22 +1385,24 @@ mod tests {
             .collect()
     }
 
-    /// The scalar model and every SIMD tile this CPU can run.
-    fn tiles() -> Vec<Tile> {
-        let mut t = vec![Tile::Scalar];
+    /// The scalar model (on weights packed for it and for the AVX-512 tile) and every SIMD
+    /// tile this CPU can run: pairs of the tile that runs and the one the weights are for.
+    fn tiles() -> Vec<(Tile, Tile)> {
+        let mut t = vec![(Tile::Scalar, Tile::Scalar), (Tile::Scalar, Tile::Avx512)];
         #[cfg(target_arch = "x86_64")]
         {
             if avx2() {
-                t.push(Tile::Avx2);
+                t.push((Tile::Avx2, Tile::Avx2));
             }
             if avx512() {
-                t.push(Tile::Avx512);
+                t.push((Tile::Avx512, Tile::Avx512));
             }
         }
         t
     }
 
-    fn run(g: &Geo, seed: u64, with_bias: bool, with_z: bool, relu: bool, tile: Tile) {
+    fn run(g: &Geo, seed: u64, with_bias: bool, with_z: bool, relu: bool, tiles: (Tile, Tile)) {
+        let (tile, packed_for) = tiles;
         let x = values(g.n * g.c * g.h * g.w, seed);
         let w = values(g.m * g.c * g.kh * g.kw, seed + 1);
         let b = values(g.m, seed + 2);
@@ -1384,7 +1423,7 @@ mod tests {
         };
         let ohw = g.oh * g.ow;
         let zb = to_blocked(&z, g.n, g.m, ohw);
-        let packed = Weights::pack(&w, &[g.m, g.c, g.kh, g.kw], g.x_blocked);
+        let packed = Weights::pack(&w, &[g.m, g.c, g.kh, g.kw], g.x_blocked, packed_for);
         let mut y = vec![f32::NAN; g.n * g.m * ohw];
         let act = if relu { Act::Relu } else { Act::None };
         conv(
@@ -1459,7 +1498,11 @@ mod tests {
     /// `Z`, Relu and an activation the epilogue applies lane by lane.
     #[test]
     fn simd_tiles_match_their_model_bitwise() {
-        let simd: Vec<Tile> = tiles().into_iter().filter(|&t| t != Tile::Scalar).collect();
+        let simd: Vec<Tile> = tiles()
+            .into_iter()
+            .map(|(t, _)| t)
+            .filter(|&t| t != Tile::Scalar)
+            .collect();
         if simd.is_empty() {
             eprintln!("skipped: no AVX2/FMA on this CPU");
             return;
@@ -1492,17 +1535,16 @@ mod tests {
             } else {
                 xs
             };
-            let w = Weights::pack(&values(m * 16 * 9, 8), &[m, 16, 3, 3], blocked);
             let b = values(m, 9);
             let z = values(m * 9 * 15, 10);
-            let run = |tile| {
-                let mut y = vec![0f32; m * 9 * 15];
-                conv(&g, &x, &w, Some(&b), Some(&z), act, tile, &mut y);
-                y
-            };
-            let want = run(Tile::Scalar);
             for &tile in &simd {
-                let got = run(tile);
+                let w = Weights::pack(&values(m * 16 * 9, 8), &[m, 16, 3, 3], blocked, tile);
+                let run = |tile| {
+                    let mut y = vec![0f32; m * 9 * 15];
+                    conv(&g, &x, &w, Some(&b), Some(&z), act, tile, &mut y);
+                    y
+                };
+                let (want, got) = (run(Tile::Scalar), run(tile));
                 assert!(
                     got.iter()
                         .zip(&want)
