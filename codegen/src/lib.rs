@@ -88,8 +88,8 @@ impl Fusions {
 
     /// [`Fusions::ALL`], less what the environment turns off (`KILN_FUSE_ELEMENTWISE=0`,
     /// `KILN_FUSE_ATTENTION=0`, `KILN_FUSE_ROWS=0`, `KILN_FUSE_GEMM_EPILOGUE=0`), to measure or
-    /// bisect a fusion. NCHWc is off unless `KILN_NCHWC=1`
-    /// ([`kiln_runtime::kernels::nchwc::preferred`]).
+    /// bisect a fusion. NCHWc is on where its tiles run SIMD code, unless `KILN_NCHWC` says
+    /// otherwise ([`kiln_runtime::kernels::nchwc::preferred`]).
     /// The GEMM epilogue fuses elementwise groups, so it needs `elementwise`.
     pub fn from_env() -> Fusions {
         let on = |k: &str| !std::env::var_os(k).is_some_and(|v| v == "0");
