@@ -298,6 +298,23 @@ impl Geo {
         }
     }
 
+    /// The convolution of `x` with its padding written out as zeros around the image, which
+    /// [`conv`] copies it into first: every tile then has all its taps, where the columns
+    /// whose taps fall outside ran as tiles of one pixel, which the FMAs' latency bounds
+    /// (2 or 4 accumulators) — 2 of the 7 columns of a 7×7 layer.
+    fn padded(&self) -> Option<Geo> {
+        if (self.ph, self.pw) == (0, 0) || self.oh == 0 || self.ow == 0 {
+            return None;
+        }
+        Some(Geo {
+            h: ((self.oh - 1) * self.sh + self.kh).max(self.ph + self.h),
+            w: ((self.ow - 1) * self.sw + self.kw).max(self.pw + self.w),
+            ph: 0,
+            pw: 0,
+            ..*self
+        })
+    }
+
     /// A strided pointwise convolution (1×1, no padding) as the unstrided one of the pixels it
     /// reads, which [`conv`] gathers first: a copy of `1/(sh·sw)` of the image, which the tiles
     /// then read from cache for every group of output blocks, where they read the whole image
@@ -318,25 +335,6 @@ impl Geo {
                 sw: 1,
                 ..*self
             })
-    }
-}
-
-impl Geo {
-    /// The convolution of `x` with its padding written out as zeros around the image, which
-    /// [`conv`] copies it into first: every tile then has all its taps, where the columns
-    /// whose taps fall outside ran as tiles of one pixel, which the FMAs' latency bounds
-    /// (2 or 4 accumulators) — 2 of the 7 columns of a 7×7 layer.
-    fn padded(&self) -> Option<Geo> {
-        if (self.ph, self.pw) == (0, 0) || self.oh == 0 || self.ow == 0 {
-            return None;
-        }
-        Some(Geo {
-            h: ((self.oh - 1) * self.sh + self.kh).max(self.ph + self.h),
-            w: ((self.ow - 1) * self.sw + self.kw).max(self.pw + self.w),
-            ph: 0,
-            pw: 0,
-            ..*self
-        })
     }
 }
 
@@ -458,15 +456,19 @@ unsafe fn tile_scalar(x: *const f32, w: *const f32, t: &Taps, s: &Store, fb: usi
 ///
 /// # Safety
 /// `s` must be valid for `fb` blocks of `np` pixels.
-#[inline(never)]
+#[inline(always)]
 unsafe fn finish_stored(s: &Store, fb: usize, np: usize) {
-    if let Act::Other(_) = s.act {
+    #[inline(never)]
+    unsafe fn apply(s: &Store, fb: usize, np: usize) {
         for f in 0..fb {
             for i in 0..np * BLOCK {
                 let y = s.y.add(f * s.ys_f + i);
                 *y = finish(*y, s.act);
             }
         }
+    }
+    if let Act::Other(_) = s.act {
+        apply(s, fb, np)
     }
 }
 
@@ -768,8 +770,7 @@ impl Tile {
     pub(crate) fn best() -> Tile {
         match crate::gemm::default_gemm().isa() {
             crate::gemm::Isa::Avx512 if avx512() => Tile::Avx512,
-            crate::gemm::Isa::Avx512 if avx2() => Tile::Avx2,
-            crate::gemm::Isa::Avx2 if avx2() => Tile::Avx2,
+            crate::gemm::Isa::Avx512 | crate::gemm::Isa::Avx2 if avx2() => Tile::Avx2,
             _ => Tile::Scalar,
         }
     }
