@@ -109,10 +109,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     if threads == 0 {
         bail!("--threads must be at least 1");
     }
-    rayon::ThreadPoolBuilder::new()
-        .num_threads(threads)
-        .build_global()
-        .context("cannot set up kiln's thread pool")?;
+    let pinned = super::pool::global(threads)?;
 
     let src = Source::new(args.model.clone());
     let mut model = load(&src)?.model;
@@ -127,9 +124,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         .map(|(n, t)| format!("{n} {}{:?}", t.dtype(), t.shape()))
         .collect();
     eprintln!(
-        "bench: {} at -O{} ({compile_s:.2} s to optimize and compile), {threads} thread(s), inputs: {}",
+        "bench: {} at -O{} ({compile_s:.2} s to optimize and compile), {threads} thread(s){}, inputs: {}",
         src.display(),
         args.level,
+        if pinned { ", kiln's pinned one to a CPU" } else { "" },
         shapes.join(", ")
     );
 

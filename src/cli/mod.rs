@@ -16,6 +16,7 @@ pub mod bench;
 pub mod conformance;
 pub mod inspect;
 pub mod optimize;
+pub mod pool;
 pub mod run;
 
 /// File name of the model embedded in the binary (used when a command gets no MODEL).

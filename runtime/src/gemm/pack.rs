@@ -46,6 +46,15 @@ thread_local! {
     static SHARED_B: RefCell<AlignedBuf> = RefCell::new(Default::default());
 }
 
+thread_local! {
+    static SHARED_A: RefCell<AlignedBuf> = RefCell::new(Default::default());
+}
+
+/// [`with_shared_b`] for an `A` that all threads pack together and then read.
+pub(crate) fn with_shared_a<R>(f: impl FnOnce(&mut AlignedBuf) -> R) -> Option<R> {
+    SHARED_A.with(|cell| cell.try_borrow_mut().ok().map(|mut buf| f(&mut buf)))
+}
+
 /// Runs `f` with the calling thread's buffer for a `B` that all threads pack together and then
 /// read (kept between calls, like [`with_buffers`]); `None` when re-entered on this thread.
 pub(crate) fn with_shared_b<R>(f: impl FnOnce(&mut AlignedBuf) -> R) -> Option<R> {
