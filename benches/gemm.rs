@@ -174,9 +174,10 @@ fn run_once(g: &Gemm, s: &mut Shape, pre: &Pre, v: Variant) {
     black_box(&s.c);
 }
 
+/// Workers pinned one to a CPU, as `kiln bench` runs them (`KILN_PIN=0`: unpinned).
 fn pool(threads: usize) -> rayon::ThreadPool {
-    rayon::ThreadPoolBuilder::new()
-        .num_threads(threads)
+    kiln_runtime::threads::pool_builder(threads)
+        .0
         .build()
         .unwrap()
 }

@@ -11,6 +11,7 @@ pub mod gemm;
 pub mod kernel;
 pub mod kernels;
 pub mod plan;
+pub mod threads;
 pub mod value;
 
 pub use error::{KernelError, RuntimeError};
