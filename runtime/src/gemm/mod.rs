@@ -13,9 +13,12 @@
 //! * Loops: columns in `NC` blocks → `k` in `KC` blocks → rows in `MC` blocks → `NR` panels →
 //!   `MR` tiles. Threads (rayon) split the columns (or the rows, when there are few columns)
 //!   into regions, one per thread, or up to four per thread where the split packs nothing
-//!   twice; every region is an independent sequential GEMM. With A packed ahead of time and
-//!   rows that balance clearly better than columns (a convolution over a 7×7 image), the
-//!   threads first pack all of B together, then split the rows.
+//!   twice; every region is an independent sequential GEMM. A stored A times a pre-packed B
+//!   (an activation times weights) split by columns is first packed whole by all threads
+//!   together, and the columns then go in pieces of two panels to whichever thread is free.
+//!   With A packed ahead of time and rows that balance clearly better than columns (a
+//!   convolution over a 7×7 image), the threads first pack all of B together, then split
+//!   the rows.
 //! * A last panel of at most four columns runs with `MR` rows in the lanes instead of
 //!   columns, several tiles at a time (same bits as the column-vectorized tile).
 //!
