@@ -1637,14 +1637,22 @@ const SHARED_B_MAX_BYTES: usize = 2 << 20;
 /// (BERT-base at 8×128 needs 12 MiB: the 1024×3072 input of the FFN's second GEMM).
 const SHARED_A_MAX_BYTES: usize = 16 << 20;
 
-/// Packs the whole `m × k` `a` in the layout of a [`PackedA`] (`KC` blocks of `ceil(m/MR)`
-/// panels each) into `dst`, each block's panels split among `t` threads.
+/// Packs a whole operand in the layout of a [`PackedA`] or [`PackedB`] into `dst`: `KC`
+/// blocks over `k`, each of `count` panels `width` wide, every block's panels split among `t`
+/// threads. `fill(d, pc, kcb, q0, q1)` packs panels `q0..q1` of the block at `pc`, `kcb` deep,
+/// into `d`.
 ///
 /// # Safety
-/// `a` must be valid for `m × k` and `dst` for `k · ceil(m/MR) · MR` elements.
-unsafe fn pack_a_shared(kern: &Kernel, a: AView, m: usize, k: usize, dst: SendPtr, t: usize) {
-    let (kc, mr) = (kern.kc, kern.mr);
-    let mp = m.div_ceil(mr);
+/// `dst` must be valid for `k · count · width` elements, and `fill` must write only `d`.
+unsafe fn pack_shared(
+    kc: usize,
+    k: usize,
+    count: usize,
+    width: usize,
+    dst: SendPtr,
+    t: usize,
+    fill: impl Fn(&mut [f32], usize, usize, usize, usize) + Sync,
+) {
     let blocks = k.div_ceil(kc);
     (0..blocks * t)
         .into_par_iter()
@@ -1652,16 +1660,36 @@ unsafe fn pack_a_shared(kern: &Kernel, a: AView, m: usize, k: usize, dst: SendPt
         .for_each(|u| {
             let pc = u / t * kc;
             let kcb = kc.min(k - pc);
-            let Some((q0, q1)) = chunks(mp, t).nth(u % t) else {
+            let Some((q0, q1)) = chunks(count, t).nth(u % t) else {
                 return;
             };
-            let rows = (q1 * mr).min(m) - q0 * mr;
             let d = std::slice::from_raw_parts_mut(
-                dst.get().add(pc * mp * mr + q0 * mr * kcb),
-                (q1 - q0) * mr * kcb,
+                dst.get().add(pc * count * width + q0 * kcb * width),
+                (q1 - q0) * kcb * width,
             );
-            pack::pack_a(d, a.offset(q0 * mr, pc), rows, kcb, mr);
+            fill(d, pc, kcb, q0, q1)
         });
+}
+
+/// Packs the whole `m × k` `a` in the layout of a [`PackedA`] (`KC` blocks of `ceil(m/MR)`
+/// panels each) into `dst`, each block's panels split among `t` threads.
+///
+/// # Safety
+/// `a` must be valid for `m × k` and `dst` for `k · ceil(m/MR) · MR` elements.
+unsafe fn pack_a_shared(kern: &Kernel, a: AView, m: usize, k: usize, dst: SendPtr, t: usize) {
+    let mr = kern.mr;
+    pack_shared(
+        kern.kc,
+        k,
+        m.div_ceil(mr),
+        mr,
+        dst,
+        t,
+        |d, pc, kcb, q0, q1| {
+            let rows = (q1 * mr).min(m) - q0 * mr;
+            pack::pack_a(d, a.offset(q0 * mr, pc), rows, kcb, mr)
+        },
+    )
 }
 
 /// Packs the whole `k × n` `b` in the layout of a [`PackedB`] (`KC` blocks of `ceil(n/NR)`
@@ -1670,23 +1698,16 @@ unsafe fn pack_a_shared(kern: &Kernel, a: AView, m: usize, k: usize, dst: SendPt
 /// # Safety
 /// `b` must be valid for `k × n` and `dst` for `k · ceil(n/NR) · NR` elements.
 unsafe fn pack_b_shared(kern: &Kernel, b: BView, k: usize, n: usize, dst: SendPtr, t: usize) {
-    let (kc, nr) = (kern.kc, kern.nr);
-    let np = n.div_ceil(nr);
-    let blocks = k.div_ceil(kc);
-    (0..blocks * t)
-        .into_par_iter()
-        .with_max_len(1)
-        .for_each(|u| {
-            let pc = u / t * kc;
-            let kcb = kc.min(k - pc);
-            let Some((q0, q1)) = chunks(np, t).nth(u % t) else {
-                return;
-            };
+    let nr = kern.nr;
+    pack_shared(
+        kern.kc,
+        k,
+        n.div_ceil(nr),
+        nr,
+        dst,
+        t,
+        |d, pc, kcb, q0, q1| {
             let cols = (q1 * nr).min(n) - q0 * nr;
-            let d = std::slice::from_raw_parts_mut(
-                dst.get().add(pc * np * nr + q0 * kcb * nr),
-                (q1 - q0) * kcb * nr,
-            );
             match b {
                 BView::Raw(bv) => pack::pack_b(d, bv.offset(pc, q0 * nr), kcb, cols, nr),
                 BView::Im2col { x, geom, col0 } => {
@@ -1694,7 +1715,8 @@ unsafe fn pack_b_shared(kern: &Kernel, b: BView, k: usize, n: usize, dst: SendPt
                 }
                 BView::Packed { .. } => unreachable!("pack_b_shared: B is already packed"),
             }
-        });
+        },
+    )
 }
 
 /// `n` units into `t` contiguous nearly equal chunks.
