@@ -23,6 +23,7 @@
 use std::collections::{HashMap, HashSet};
 
 use kiln_ir::{DType, Dim, Graph, NodeId, Op, Type, ValueDef, ValueId};
+use kiln_runtime::gemm::Activation;
 use kiln_runtime::kernels::{AttentionCore, MapOp, MapProgram, Operand};
 
 /// A fused group: its nodes in schedule order (the last is the root, whose output the
@@ -48,6 +49,13 @@ pub(crate) enum Fused {
         reshape: Option<NodeId>,
         prog: MapProgram,
         scalars: Vec<f32>,
+    },
+    /// A `MatMul` by a constant matrix whose result only a `BiasGelu`, `FastGelu` or `Gelu`
+    /// reads: one GEMM with the bias and the activation in its store.
+    MatMulAct {
+        matmul: NodeId,
+        bias: Option<Vec<f32>>,
+        act: Activation,
     },
 }
 
@@ -479,6 +487,15 @@ pub(crate) fn groups(g: &Graph, order: &[NodeId], fusions: crate::Fusions) -> Ve
         });
     }
     if fusions.gemm_epilogue {
+        for &root in order {
+            if cx.taken.contains(&root) {
+                continue;
+            }
+            if let Some(grp) = cx.matmul_act(root) {
+                cx.taken.extend(grp.nodes.iter().copied());
+                out.push(grp);
+            }
+        }
         for grp in &mut out {
             if let Some(fused) = cx.into_gemm(grp) {
                 *grp = fused;
@@ -595,6 +612,78 @@ impl Cx<'_> {
     /// An element-wise group whose one non-constant input is a `Gemm`'s result (directly or
     /// through a `Reshape`, which an element-wise chain commutes with) that nothing else reads,
     /// and whose other inputs are f32 scalar constants: the group as that GEMM's epilogue.
+    /// `act(MatMul(x, W) + bias)` ending at `root`: a `BiasGelu(y, bias)`, `FastGelu(y[,
+    /// bias])`, com.microsoft `Gelu(y)` or ONNX `Gelu(y)` whose `y` only it reads, `y` the f32
+    /// product of `x` (rank ≥ 2) and a constant f32 matrix `W` (what the packed GEMM takes),
+    /// `bias` a constant f32 vector of one value per column of `y` (so the result has `y`'s
+    /// shape: a bias that broadcasts further stays apart).
+    fn matmul_act(&self, root: NodeId) -> Option<Group> {
+        let g = self.g;
+        let node = g.node(root);
+        let (act, bias_slot) = match &node.op {
+            Op::BiasGelu(_) => (Activation::Gelu, Some(true)),
+            Op::FastGelu(_) => (Activation::FastGelu, Some(false)),
+            Op::MsGelu(_) => (Activation::Gelu, None),
+            Op::Gelu(o) => match o.approximate.as_str() {
+                "none" => (Activation::Gelu, None),
+                "tanh" => (Activation::FastGelu, None),
+                _ => return None,
+            },
+            _ => return None,
+        };
+        let y = node.inputs.first().copied().flatten()?;
+        let out = *node.outputs.first()?;
+        let bias_v = node.inputs.get(1).copied().flatten();
+        match bias_slot {
+            // BiasGelu needs its bias; Gelu takes none.
+            Some(true) if bias_v.is_none() => return None,
+            None if node.inputs.len() > 1 => return None,
+            _ => {}
+        }
+        if node.outputs.len() != 1
+            || dtype(g, out) != Some(DType::F32)
+            || !same_shape(g, y, out)
+        {
+            return None;
+        }
+        let mm = self.producer(y)?;
+        if self.taken.contains(&mm) || !self.private(y, &HashSet::from([root]), None) {
+            return None;
+        }
+        let mnode = g.node(mm);
+        let (Op::MatMul(_), [Some(x), Some(w)]) = (&mnode.op, &mnode.inputs[..]) else {
+            return None;
+        };
+        let wt = g.const_value(*w)?;
+        let ws = wt.shape();
+        if wt.dtype() != DType::F32
+            || ws.len() != 2
+            || dtype(g, *x) != Some(DType::F32)
+            || rank(g, *x).is_none_or(|r| r < 2)
+        {
+            return None;
+        }
+        let bias = match bias_v {
+            Some(b) => {
+                let t = g.const_value(b)?;
+                if t.dtype() != DType::F32 || t.shape() != [ws[1]] {
+                    return None;
+                }
+                Some(t.as_slice::<f32>()?.to_vec())
+            }
+            None => None,
+        };
+        Some(Group {
+            nodes: vec![mm, root],
+            inputs: vec![*x, *w],
+            kernel: Fused::MatMulAct {
+                matmul: mm,
+                bias,
+                act,
+            },
+        })
+    }
+
     fn into_gemm(&self, grp: &Group) -> Option<Group> {
         let g = self.g;
         if !matches!(grp.kernel, Fused::Map(_)) {

@@ -28,7 +28,7 @@ mod seq;
 pub(crate) use gemm::{gemm_f32, gemm_f64};
 
 pub use attention_core::{AttentionCore, Operand};
-pub use matmul::gemm_with_map;
+pub use matmul::{gemm_with_map, matmul_with_epilogue};
 
 type KResult<T> = Result<T, KernelError>;
 

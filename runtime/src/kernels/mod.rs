@@ -23,7 +23,7 @@ mod shape_ops;
 pub mod util;
 
 pub use elementwise::fused::{FusedMap, MapEpilogue, MapOp, MapProgram, RowMap};
-pub use linalg::{gemm_with_map, AttentionCore, Operand};
+pub use linalg::{gemm_with_map, matmul_with_epilogue, AttentionCore, Operand};
 
 /// Channel-blocked (NCHWc) convolution and pooling kernels, which lowering chooses for
 /// chains of convolutions (`kiln-codegen`'s layout choice).

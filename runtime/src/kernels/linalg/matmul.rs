@@ -23,6 +23,7 @@ pub(super) fn build(op: &Op, cx: &BuildCx) -> Option<Result<Box<dyn Kernel>, Ker
             t: Trans::default(),
             alpha: 1.0,
             packed: const_b.and_then(|b| pack_const_b(b, false)),
+            epi: None,
         }),
         Op::FusedMatMul(o) => Box::new(MatMulK {
             t: Trans {
@@ -37,6 +38,7 @@ pub(super) fn build(op: &Op, cx: &BuildCx) -> Option<Result<Box<dyn Kernel>, Ker
             } else {
                 const_b.and_then(|b| pack_const_b(b, o.trans_b))
             },
+            epi: None,
         }),
         Op::Gemm(_) | Op::FusedGemm(_) => match gemm_kernel(op, cx, None)? {
             Ok(k) => Box::new(k),
@@ -57,6 +59,68 @@ pub fn gemm_with_map(
     map: MapEpilogue,
 ) -> Option<Result<Box<dyn Kernel>, KernelError>> {
     Some(gemm_kernel(op, cx, Some(map))?.map(|k| Box::new(k) as Box<dyn Kernel>))
+}
+
+/// The kernel of an f32 `MatMul` node whose store also adds `bias` (one per column of the
+/// result) and then applies `act`: lowering's fusion of `MatMul(x, W)` with the
+/// `BiasGelu` / `FastGelu` / `Gelu` that alone reads it, so the activation runs on each block
+/// of the product while it is in cache rather than in another pass over the result. `None`
+/// for any other op. A bias whose length is not the product's column count is an error when
+/// the kernel runs.
+pub fn matmul_with_epilogue(
+    op: &Op,
+    cx: &BuildCx,
+    bias: Option<Vec<f32>>,
+    act: Activation,
+) -> Option<Box<dyn Kernel>> {
+    let Op::MatMul(_) = op else { return None };
+    let const_b = cx.const_inputs.get(1).copied().flatten();
+    Some(Box::new(MatMulK {
+        t: Trans::default(),
+        alpha: 1.0,
+        packed: const_b.and_then(|b| pack_const_b(b, false)),
+        epi: Some(MatMulEpi { bias, act }),
+    }))
+}
+
+/// What a fused `MatMul`'s store adds: `act(A·B + bias)`.
+struct MatMulEpi {
+    bias: Option<Vec<f32>>,
+    act: Activation,
+}
+
+impl MatMulEpi {
+    fn check(&self, n: usize) -> KResult<()> {
+        match &self.bias {
+            Some(b) if b.len() != n => Err(KernelError::Invalid(format!(
+                "MatMul with a fused bias of {} values for a product of {n} columns",
+                b.len()
+            ))),
+            _ => Ok(()),
+        }
+    }
+
+    fn epilogue(&self) -> Epilogue<'_> {
+        match &self.bias {
+            Some(b) => Epilogue::bias(b),
+            None => Epilogue::NONE,
+        }
+        .with_activation(self.act)
+    }
+
+    /// The same on a finished product `out` of rows `n` long (the paths that do not run
+    /// through the packed GEMM).
+    fn apply(&self, out: &mut [f32], n: usize) {
+        if n == 0 {
+            return;
+        }
+        for row in out.chunks_mut(n) {
+            if let Some(b) = &self.bias {
+                row.iter_mut().zip(b).for_each(|(x, b)| *x += b);
+            }
+            crate::gemm::activate(self.act, row);
+        }
+    }
 }
 
 fn gemm_kernel(
@@ -341,6 +405,8 @@ struct MatMulK {
     alpha: f32,
     /// B when it is a constant f32 matrix, packed at build time.
     packed: Option<ConstB>,
+    /// Bias and activation fused into the store (f32 only).
+    epi: Option<MatMulEpi>,
 }
 
 impl MatMulK {
@@ -361,6 +427,7 @@ impl MatMulK {
         let x = a.as_slice::<f32>()?;
         let rows: usize = av.rows * av.batch.iter().product::<usize>();
         let (alpha, k) = (self.alpha, av.cols);
+        let epi = self.epi.as_ref().map_or(Epilogue::NONE, MatMulEpi::epilogue);
         // beta = 0: the GEMM writes every element without reading it.
         Some(cx.tensor_dirty::<f32>(out_shape, |o| {
             default_gemm().sgemm_packed(
@@ -373,7 +440,7 @@ impl MatMulK {
                 0.0,
                 o,
                 pb.b.n().max(1),
-                Epilogue::NONE,
+                epi,
             )
         }))
     }
@@ -390,10 +457,18 @@ impl Kernel for MatMulK {
                 b.dtype()
             )));
         }
+        let (av, bv, out_shape) = matmul_views(a.shape(), b.shape(), self.t)?;
+        if let Some(epi) = &self.epi {
+            if dt != DType::F32 {
+                return Err(KernelError::Unsupported(format!(
+                    "MatMul with a fused bias or activation of {dt} tensors (f32 only)"
+                )));
+            }
+            epi.check(bv.cols)?;
+        }
         if let Some(r) = self.run_packed(a, b, cx) {
             return Ok(vec![r?.into()]);
         }
-        let (av, bv, out_shape) = matmul_views(a.shape(), b.shape(), self.t)?;
         let alpha = self.alpha;
         if dt == DType::F32 {
             let (x, y) = (view::<f32>(a)?, view::<f32>(b)?);
@@ -401,6 +476,9 @@ impl Kernel for MatMulK {
             // matmul_f32 writes every element.
             let t = cx.tensor_dirty::<f32>(out_shape, |o| {
                 res = matmul_f32(&x, &av, &y, &bv, alpha, o);
+                if let (Ok(()), Some(epi)) = (&res, &self.epi) {
+                    epi.apply(o, bv.cols);
+                }
             })?;
             res?;
             return Ok(vec![t.into()]);
