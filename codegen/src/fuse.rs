@@ -640,10 +640,7 @@ impl Cx<'_> {
             None if node.inputs.len() > 1 => return None,
             _ => {}
         }
-        if node.outputs.len() != 1
-            || dtype(g, out) != Some(DType::F32)
-            || !same_shape(g, y, out)
-        {
+        if node.outputs.len() != 1 || dtype(g, out) != Some(DType::F32) || !same_shape(g, y, out) {
             return None;
         }
         let mm = self.producer(y)?;

@@ -178,8 +178,14 @@ fn assert_close(got: &[f32], want: &[f64], what: &str) {
 
 const ALL_ACTS: [(Act, &str); 6] = [
     (Act::BiasGelu, "MatMul+com.microsoft.BiasGelu"),
-    (Act::FastGelu { bias: true }, "MatMul+com.microsoft.FastGelu"),
-    (Act::FastGelu { bias: false }, "MatMul+com.microsoft.FastGelu"),
+    (
+        Act::FastGelu { bias: true },
+        "MatMul+com.microsoft.FastGelu",
+    ),
+    (
+        Act::FastGelu { bias: false },
+        "MatMul+com.microsoft.FastGelu",
+    ),
     (Act::MsGelu, "MatMul+com.microsoft.Gelu"),
     (Act::Gelu { tanh: false }, "MatMul+Gelu"),
     (Act::Gelu { tanh: true }, "MatMul+Gelu"),

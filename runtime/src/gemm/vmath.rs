@@ -155,6 +155,19 @@ macro_rules! slice_fn {
     };
 }
 
+/// Whether the row kernels may run their AVX-512 builds: the CPU has AVX-512F and `KILN_ISA`
+/// does not ask for a narrower ISA.
+#[cfg(target_arch = "x86_64")]
+pub(crate) fn has_avx512() -> bool {
+    use std::sync::OnceLock;
+    static H: OnceLock<bool> = OnceLock::new();
+    *H.get_or_init(|| {
+        has_avx2()
+            && is_x86_feature_detected!("avx512f")
+            && super::Isa::selected().is_ok_and(|i| i == super::Isa::Avx512)
+    })
+}
+
 #[cfg(target_arch = "x86_64")]
 pub(crate) fn has_avx2() -> bool {
     use std::sync::OnceLock;
@@ -345,6 +358,23 @@ pub fn softmax_rows_fused(
     #[target_feature(enable = "avx2,fma")]
     unsafe fn rows_avx2(x: &mut [f32], n: usize, pre: &[(RowOp, RowArg)], nan_to: Option<RowArg>) {
         rows_base(x, n, pre, nan_to)
+    }
+    // The same code in 16 lanes: every operation is element-wise or one of the explicit
+    // `LANES` partial sums, so the bits are those of the AVX2 build.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    unsafe fn rows_avx512(
+        x: &mut [f32],
+        n: usize,
+        pre: &[(RowOp, RowArg)],
+        nan_to: Option<RowArg>,
+    ) {
+        rows_base(x, n, pre, nan_to)
+    }
+    #[cfg(target_arch = "x86_64")]
+    if has_avx512() {
+        // SAFETY: the CPU has AVX-512F, AVX2 and FMA.
+        return unsafe { rows_avx512(x, n, pre, nan_to) };
     }
     #[cfg(target_arch = "x86_64")]
     if has_avx2() {

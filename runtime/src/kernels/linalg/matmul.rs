@@ -427,7 +427,10 @@ impl MatMulK {
         let x = a.as_slice::<f32>()?;
         let rows: usize = av.rows * av.batch.iter().product::<usize>();
         let (alpha, k) = (self.alpha, av.cols);
-        let epi = self.epi.as_ref().map_or(Epilogue::NONE, MatMulEpi::epilogue);
+        let epi = self
+            .epi
+            .as_ref()
+            .map_or(Epilogue::NONE, MatMulEpi::epilogue);
         // beta = 0: the GEMM writes every element without reading it.
         Some(cx.tensor_dirty::<f32>(out_shape, |o| {
             default_gemm().sgemm_packed(
