@@ -192,8 +192,6 @@ pub fn compile_graph_with(
             }
             if let fuse::Fused::GemmMap { .. } = grp.kernel {
                 steps.extend(gemm_map_steps(g, grp, i, &last_use, &is_output)?);
-            } else if let fuse::Fused::MatMulAct { .. } = grp.kernel {
-                steps.push(matmul_act_step(g, grp, i, &last_use, &is_output)?);
             } else {
                 steps.push(fused_step(g, grp, i, &last_use, &is_output)?);
             }
@@ -581,43 +579,8 @@ fn gemm_map_steps(
     ])
 }
 
-/// The step of a `MatMul` with a bias and an activation in its store
-/// ([`fuse::Fused::MatMulAct`]), at the position `i` of the activation node.
-fn matmul_act_step(
-    g: &Graph,
-    grp: &fuse::Group,
-    i: usize,
-    last_use: &HashMap<ValueId, usize>,
-    is_output: &dyn Fn(ValueId) -> bool,
-) -> Result<Step, CompileError> {
-    let fuse::Fused::MatMulAct { matmul, bias, act } = &grp.kernel else {
-        unreachable!("only MatMul epilogue groups come here")
-    };
-    let slot = |v: ValueId| v.index() as Slot;
-    let root = g.node(*grp.nodes.last().expect("a group has nodes"));
-    let out = root.outputs[0];
-    let mnode = g.node(*matmul);
-    let kernel = kiln_runtime::kernels::matmul_with_epilogue(
-        &mnode.op,
-        &build_cx(g, *matmul),
-        bias.clone(),
-        *act,
-    )
-    .ok_or_else(|| CompileError::Invalid(format!("node `{}` is no MatMul", mnode.name)))?;
-    let mut frees = group_frees(g, grp, i, last_use, is_output);
-    frees.sort();
-    frees.dedup();
-    Ok(Step {
-        kernel,
-        inputs: grp.inputs.iter().map(|&v| Some(slot(v))).collect(),
-        outputs: vec![(last_use.contains_key(&out) || is_output(out)).then(|| slot(out))],
-        frees,
-        node: root.name.clone(),
-        op: format!("MatMul+{}", op_name(&root.op)),
-    })
-}
-
-/// The step of a fused elementwise group, at the position `i` of its last node.
+/// The step of a fused group (elementwise, attention, rows, or a `MatMul` with its activation
+/// in the store), at the position `i` of its last node.
 fn fused_step(
     g: &Graph,
     grp: &fuse::Group,
@@ -636,9 +599,17 @@ fn fused_step(
             kiln_runtime::kernels::RowMap::new(p.clone(), per_row)
                 .map_err(|e| CompileError::Invalid(format!("node `{}`: {e}", root.name)))?,
         ),
-        fuse::Fused::GemmMap { .. } | fuse::Fused::MatMulAct { .. } => {
-            unreachable!("GEMM epilogues have their own steps")
+        fuse::Fused::MatMulAct { matmul, bias, act } => {
+            let mnode = g.node(*matmul);
+            kiln_runtime::kernels::matmul_with_epilogue(
+                &mnode.op,
+                &build_cx(g, *matmul),
+                bias.clone(),
+                *act,
+            )
+            .ok_or_else(|| CompileError::Invalid(format!("node `{}` is no MatMul", mnode.name)))?
         }
+        fuse::Fused::GemmMap { .. } => unreachable!("GEMM epilogues have their own steps"),
     };
     let slot = |v: ValueId| v.index() as Slot;
     let out = root.outputs[0];
@@ -646,12 +617,17 @@ fn fused_step(
     frees.sort();
     frees.dedup();
     let ops: Vec<String> = grp.nodes.iter().map(|&n| op_name(&g.node(n).op)).collect();
+    let op = match grp.kernel {
+        // The MatMul, then its activation: `MatMul+com.microsoft.BiasGelu`.
+        fuse::Fused::MatMulAct { .. } => ops.join("+"),
+        _ => format!("Fused({})", ops.join("+")),
+    };
     Ok(Step {
         kernel,
         inputs: grp.inputs.iter().map(|&v| Some(slot(v))).collect(),
         outputs: vec![(last_use.contains_key(&out) || is_output(out)).then(|| slot(out))],
         frees,
         node: root.name.clone(),
-        op: format!("Fused({})", ops.join("+")),
+        op,
     })
 }
