@@ -609,9 +609,6 @@ impl Cx<'_> {
         })
     }
 
-    /// An element-wise group whose one non-constant input is a `Gemm`'s result (directly or
-    /// through a `Reshape`, which an element-wise chain commutes with) that nothing else reads,
-    /// and whose other inputs are f32 scalar constants: the group as that GEMM's epilogue.
     /// `act(MatMul(x, W) + bias)` ending at `root`: a `BiasGelu(y, bias)`, `FastGelu(y[,
     /// bias])`, com.microsoft `Gelu(y)` or ONNX `Gelu(y)` whose `y` only it reads, `y` the f32
     /// product of `x` (rank ≥ 2) and a constant f32 matrix `W` (what the packed GEMM takes),
@@ -681,6 +678,9 @@ impl Cx<'_> {
         })
     }
 
+    /// An element-wise group whose one non-constant input is a `Gemm`'s result (directly or
+    /// through a `Reshape`, which an element-wise chain commutes with) that nothing else reads,
+    /// and whose other inputs are f32 scalar constants: the group as that GEMM's epilogue.
     fn into_gemm(&self, grp: &Group) -> Option<Group> {
         let g = self.g;
         if !matches!(grp.kernel, Fused::Map(_)) {

@@ -51,7 +51,6 @@ pub mod vmath;
 
 pub(crate) use pack::cols_inside;
 pub use pack::{PackedA, PackedB};
-pub(crate) use scalar::activate;
 pub(crate) use scalar::activate as scalar_activate;
 
 // ---------------------------------------------------------------------------------------------

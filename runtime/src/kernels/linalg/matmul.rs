@@ -118,7 +118,7 @@ impl MatMulEpi {
             if let Some(b) = &self.bias {
                 row.iter_mut().zip(b).for_each(|(x, b)| *x += b);
             }
-            crate::gemm::activate(self.act, row);
+            crate::gemm::scalar_activate(self.act, row);
         }
     }
 }
@@ -412,15 +412,17 @@ struct MatMulK {
 impl MatMulK {
     /// `A @ packed B` when A is f32, not transposed within its batch, and stacks into one
     /// row-major matrix; `None` when the packed B does not apply.
-    fn run_packed(&self, a: &Tensor, b: &Tensor, cx: &mut RunCx) -> Option<KResult<Tensor>> {
+    fn run_packed(
+        &self,
+        a: &Tensor,
+        b: &Tensor,
+        (av, bv, out_shape): (&MatView, &MatView, &[usize]),
+        cx: &mut RunCx,
+    ) -> Option<KResult<Tensor>> {
         let pb = self.packed.as_ref()?;
         if a.dtype() != DType::F32 || b.dtype() != DType::F32 || b.shape() != pb.shape {
             return None;
         }
-        let (av, bv, out_shape) = match matmul_views(a.shape(), b.shape(), self.t) {
-            Ok(v) => v,
-            Err(e) => return Some(Err(e)),
-        };
         if self.t.a || !av.is_dense() || bv.rows != pb.b.k() || bv.cols != pb.b.n() {
             return None;
         }
@@ -432,7 +434,7 @@ impl MatMulK {
             .as_ref()
             .map_or(Epilogue::NONE, MatMulEpi::epilogue);
         // beta = 0: the GEMM writes every element without reading it.
-        Some(cx.tensor_dirty::<f32>(out_shape, |o| {
+        Some(cx.tensor_dirty::<f32>(out_shape.to_vec(), |o| {
             default_gemm().sgemm_packed(
                 rows,
                 alpha,
@@ -469,7 +471,7 @@ impl Kernel for MatMulK {
             }
             epi.check(bv.cols)?;
         }
-        if let Some(r) = self.run_packed(a, b, cx) {
+        if let Some(r) = self.run_packed(a, b, (&av, &bv, &out_shape), cx) {
             return Ok(vec![r?.into()]);
         }
         let alpha = self.alpha;
