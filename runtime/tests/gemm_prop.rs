@@ -482,8 +482,9 @@ proptest! {
         }
     }
 
-    /// Thread count, MC/NC blocking and row/column splitting do not change a single bit, and a
-    /// pre-packed B gives the same bits as B packed per call.
+    /// Thread count, MC/NC blocking and row/column splitting do not change a single bit, a
+    /// pre-packed B gives the same bits as B packed per call, and an A packed ahead of time the
+    /// same bits as A read where it is stored.
     #[test]
     fn threads_blocking_and_packing_do_not_change_bits(c in case(60, 90, 40), mc in 1usize..40, nc in 1usize..80) {
         let p = Problem::new(&c);
@@ -497,6 +498,8 @@ proptest! {
             same_bits(&one, &p.run(&blocked)).map_err(|e| TestCaseError::fail(format!("{blocked:?}: {e}")))?;
             same_bits(&one, &p.run_packed(&g.with_threads(2))).map_err(|e| TestCaseError::fail(format!("{g:?} packed: {e}")))?;
             same_bits(&one, &p.run_packed(&blocked)).map_err(|e| TestCaseError::fail(format!("{blocked:?} packed: {e}")))?;
+            // A read where it is stored (row-major, rows apart enough) vs packed ahead of time.
+            same_bits(&one, &p.run_packed_a(&g.with_threads(2))).map_err(|e| TestCaseError::fail(format!("{g:?} packed A: {e}")))?;
         }
     }
 

@@ -506,9 +506,11 @@ pub(crate) struct BlockArgs<'a> {
     pub kc: usize,
     pub mc: usize,
     pub nc: usize,
-    /// Panels of `MR × kc`, one after the other: element `(i, p)` of a panel at `p·MR + i`; the
-    /// last panel zero-padded past `mc`.
+    /// With `lda = 0`, panels of `MR × kc`, one after the other: element `(i, p)` of a panel
+    /// at `p·MR + i`; the last panel zero-padded past `mc`. Otherwise A as it is stored,
+    /// row-major: element `(i, p)` at `i·lda + p` (see [`direct_a`]).
     pub a: *const f32,
+    pub lda: usize,
     /// Panels of `kc × NR`, one after the other: element `(p, j)` at `p·NR + j`; the last panel
     /// zero-padded past `nc`.
     pub b: *const f32,
@@ -567,8 +569,8 @@ pub(crate) unsafe fn block<V: Simd, const MR: usize, const NV: usize>(x: &BlockA
         // tiles run them with rows in the vector lanes instead of columns, several tiles at a
         // time, and its whole vectors (if any) as a narrower tile, where a full-width tile would
         // spend 2 vectors' FMAs on 17 columns.
-        let tail = if nr <= NARROW_COLS { nr } else { nr % V::LANES };
-        let (narrow_done, vcols) = if tail > 0 && tail <= NARROW_COLS && MR <= V::LANES {
+        let tail = narrow_tail(nr, V::LANES);
+        let (narrow_done, vcols) = if tail > 0 && MR <= V::LANES && x.lda == 0 {
             let vcols = nr - tail;
             (
                 narrow_panel::<V, MR>(x, bp.add(vcols), nr_full, j0 + vcols, tail),
@@ -601,6 +603,15 @@ pub(crate) unsafe fn block<V: Simd, const MR: usize, const NV: usize>(x: &BlockA
             if x.last && !x.res.is_null() {
                 prefetch_tile(x.res.add(i0 * x.ldr + j0), x.ldr);
             }
+            if x.lda != 0 {
+                let ap = x.a.add(i0 * x.lda);
+                match nr.div_ceil(V::LANES) {
+                    1 if NV > 1 => rows::<V, MR, 1>(x, mr, ap, (1, x.lda), bp, nr_full, i0, j0, nr),
+                    2 if NV > 2 => rows::<V, MR, 2>(x, mr, ap, (1, x.lda), bp, nr_full, i0, j0, nr),
+                    _ => rows::<V, MR, NV>(x, mr, ap, (1, x.lda), bp, nr_full, i0, j0, nr),
+                }
+                continue;
+            }
             let ap = x.a.add(ip * MR * x.kc);
             // On the first panel the block's A comes from memory (weights packed ahead of time
             // are read once per run, and nothing of them is left in cache): the next tile's A
@@ -623,12 +634,12 @@ pub(crate) unsafe fn block<V: Simd, const MR: usize, const NV: usize>(x: &BlockA
                 (nr, nr.div_ceil(V::LANES))
             };
             if nv >= NV {
-                rows::<V, MR, NV>(x, mr, ap, bp, nr_full, i0, j0, nr);
+                rows::<V, MR, NV>(x, mr, ap, (MR, 1), bp, nr_full, i0, j0, nr);
             } else {
                 match nv {
-                    1 => rows::<V, MR, 1>(x, mr, ap, bp, nr_full, i0, j0, nr),
-                    2 => rows::<V, MR, 2>(x, mr, ap, bp, nr_full, i0, j0, nr),
-                    _ => rows::<V, MR, 3>(x, mr, ap, bp, nr_full, i0, j0, nr),
+                    1 => rows::<V, MR, 1>(x, mr, ap, (MR, 1), bp, nr_full, i0, j0, nr),
+                    2 => rows::<V, MR, 2>(x, mr, ap, (MR, 1), bp, nr_full, i0, j0, nr),
+                    _ => rows::<V, MR, 3>(x, mr, ap, (MR, 1), bp, nr_full, i0, j0, nr),
                 }
             }
         }
@@ -641,6 +652,20 @@ pub(crate) unsafe fn block<V: Simd, const MR: usize, const NV: usize>(x: &BlockA
 
 /// Columns of a last panel at most this narrow run through [`narrow_panel`].
 const NARROW_COLS: usize = 4;
+
+/// The columns of a last panel `cols` wide that [`narrow_panel`] runs (0: none).
+fn narrow_tail(cols: usize, lanes: usize) -> usize {
+    let tail = if cols <= NARROW_COLS {
+        cols
+    } else {
+        cols % lanes
+    };
+    if tail <= NARROW_COLS {
+        tail
+    } else {
+        0
+    }
+}
 
 /// The `c ≤ NARROW_COLS` columns at `j0` of the full `MR`-row tiles of a block, `T` tiles at a
 /// time (`T·c ≤ 12` accumulators; leftover tiles are the caller's). Returns the number of tiles
@@ -768,6 +793,7 @@ unsafe fn rows<V: Simd, const MR: usize, const NV: usize>(
     x: &BlockArgs,
     mr: usize,
     ap: *const f32,
+    (a_step, a_row): (usize, usize),
     bp: *const f32,
     b_step: usize,
     i0: usize,
@@ -775,16 +801,16 @@ unsafe fn rows<V: Simd, const MR: usize, const NV: usize>(
     nr: usize,
 ) {
     if mr == MR {
-        tile::<V, MR, NV>(x, ap, MR, bp, b_step, i0, j0, nr);
+        tile::<V, MR, NV>(x, ap, a_step, a_row, bp, b_step, i0, j0, nr);
     } else {
         match mr {
-            1 => tile::<V, 1, NV>(x, ap, MR, bp, b_step, i0, j0, nr),
-            2 => tile::<V, 2, NV>(x, ap, MR, bp, b_step, i0, j0, nr),
-            3 => tile::<V, 3, NV>(x, ap, MR, bp, b_step, i0, j0, nr),
-            4 => tile::<V, 4, NV>(x, ap, MR, bp, b_step, i0, j0, nr),
-            5 => tile::<V, 5, NV>(x, ap, MR, bp, b_step, i0, j0, nr),
-            6 => tile::<V, 6, NV>(x, ap, MR, bp, b_step, i0, j0, nr),
-            _ => tile::<V, 7, NV>(x, ap, MR, bp, b_step, i0, j0, nr),
+            1 => tile::<V, 1, NV>(x, ap, a_step, a_row, bp, b_step, i0, j0, nr),
+            2 => tile::<V, 2, NV>(x, ap, a_step, a_row, bp, b_step, i0, j0, nr),
+            3 => tile::<V, 3, NV>(x, ap, a_step, a_row, bp, b_step, i0, j0, nr),
+            4 => tile::<V, 4, NV>(x, ap, a_step, a_row, bp, b_step, i0, j0, nr),
+            5 => tile::<V, 5, NV>(x, ap, a_step, a_row, bp, b_step, i0, j0, nr),
+            6 => tile::<V, 6, NV>(x, ap, a_step, a_row, bp, b_step, i0, j0, nr),
+            _ => tile::<V, 7, NV>(x, ap, a_step, a_row, bp, b_step, i0, j0, nr),
         }
     }
 }
@@ -796,18 +822,19 @@ unsafe fn tile<V: Simd, const R: usize, const NV: usize>(
     x: &BlockArgs,
     a: *const f32,
     a_step: usize,
+    a_row: usize,
     b: *const f32,
     b_step: usize,
     i0: usize,
     j0: usize,
     nr: usize,
 ) {
-    let acc = micro::<V, R, NV>(x.kc, a, a_step, b, b_step);
+    let acc = micro::<V, R, NV>(x.kc, a, a_step, a_row, b, b_step);
     store_tile::<V, R, NV>(x, &acc, i0, j0, nr);
 }
 
 /// `R × (NV·LANES)` tile of `A·B` over `kc` steps: per step, `NV` loads of `B` (at
-/// `b + p·b_step`), `R` broadcasts of `A` (at `a + p·a_step + i`), `R·NV` FMAs into the
+/// `b + p·b_step`), `R` broadcasts of `A` (at `a + p·a_step + i·a_row`: a packed panel or A as stored), `R·NV` FMAs into the
 /// accumulators, `i` outer, `j` inner. Every accumulator sees its FMAs in the order of `p`,
 /// whatever `R` and `NV`.
 #[inline(always)]
@@ -815,6 +842,7 @@ unsafe fn micro<V: Simd, const R: usize, const NV: usize>(
     kc: usize,
     a: *const f32,
     a_step: usize,
+    a_row: usize,
     b: *const f32,
     b_step: usize,
 ) -> [[V; NV]; R] {
@@ -822,6 +850,7 @@ unsafe fn micro<V: Simd, const R: usize, const NV: usize>(
     unsafe fn step<V: Simd, const R: usize, const NV: usize>(
         acc: &mut [[V; NV]; R],
         a: *const f32,
+        a_row: usize,
         b: *const f32,
     ) {
         let mut bv = [V::zero(); NV];
@@ -829,7 +858,7 @@ unsafe fn micro<V: Simd, const R: usize, const NV: usize>(
             *v = V::load(b.add(j * V::LANES));
         }
         for (i, row) in acc.iter_mut().enumerate() {
-            let av = V::broadcast(a.add(i));
+            let av = V::broadcast(a.add(i * a_row));
             for j in 0..NV {
                 row[j] = V::fma(av, bv[j], row[j]);
             }
@@ -841,15 +870,15 @@ unsafe fn micro<V: Simd, const R: usize, const NV: usize>(
     let nr = b_step;
     // Four steps per iteration (less loop overhead in the front end).
     for _ in 0..kc / 4 {
-        step::<V, R, NV>(&mut acc, a, b);
-        step::<V, R, NV>(&mut acc, a.add(a_step), b.add(nr));
-        step::<V, R, NV>(&mut acc, a.add(2 * a_step), b.add(2 * nr));
-        step::<V, R, NV>(&mut acc, a.add(3 * a_step), b.add(3 * nr));
+        step::<V, R, NV>(&mut acc, a, a_row, b);
+        step::<V, R, NV>(&mut acc, a.add(a_step), a_row, b.add(nr));
+        step::<V, R, NV>(&mut acc, a.add(2 * a_step), a_row, b.add(2 * nr));
+        step::<V, R, NV>(&mut acc, a.add(3 * a_step), a_row, b.add(3 * nr));
         a = a.add(4 * a_step);
         b = b.add(4 * nr);
     }
     for _ in 0..kc % 4 {
-        step::<V, R, NV>(&mut acc, a, b);
+        step::<V, R, NV>(&mut acc, a, a_row, b);
         a = a.add(a_step);
         b = b.add(nr);
     }
@@ -1557,7 +1586,7 @@ impl Gemm {
         // slowed down held the other up at the end of every GEMM (2 threads, BERT-base's FFN
         // GEMMs: ONNX Runtime 1.7× faster than on one thread, kiln 1.4×).
         if let (AOp::Raw(av), BView::Packed { .. }) = (a, b) {
-            if split_n && k * mp * kern.mr * 4 <= SHARED_A_MAX_BYTES {
+            if split_n && k * mp * kern.mr * 4 <= SHARED_A_MAX_BYTES && !direct_a(kern, av, n) {
                 let done = pack::with_shared_a(|buf| {
                     let dst = buf.get(k * mp * kern.mr);
                     pack_a_shared(kern, av, m, k, SendPtr(dst.as_mut_ptr()), t);
@@ -1595,7 +1624,11 @@ impl Gemm {
                 BView::Packed { .. } => 2,
                 _ => l2_block_cols(kern, k) / kern.nr,
             };
-            let p = pieces(np, per_block, matches!(a, AOp::Packed { .. }));
+            let a_shared = match a {
+                AOp::Packed { .. } => true,
+                AOp::Raw(av) => direct_a(kern, av, n),
+            };
+            let p = pieces(np, per_block, a_shared);
             chunks(np, p)
                 .map(|(q0, q1)| (0, m, q0 * kern.nr, (q1 * kern.nr).min(n)))
                 .collect()
@@ -1925,6 +1958,38 @@ fn l2_block_cols(kern: &Kernel, k: usize) -> usize {
     (cols / kern.nr * kern.nr).clamp(kern.nr, kern.nc)
 }
 
+/// Whether the micro-kernel reads `A` where it is stored (row-major, `lda = av.rs`) instead of
+/// a packed copy, as MLAS does: per step of `k` it broadcasts one element of each of `MR` rows,
+/// and each row's cache line serves 16 steps. No packing pass over `A` (a copy of all of it
+/// per GEMM, and with the columns split over threads a barrier after it); the arithmetic is
+/// the same, so are the bits. Not when more than 4 of a tile's rows share an L1 set (an `lda`
+/// of 1024 or 3072 floats puts all 8 in one, where they would evict each other and B), nor
+/// when the last panel has columns for [`narrow_panel`], which loads the packed panel's rows
+/// as a vector.
+fn direct_a(kern: &Kernel, av: AView, n: usize) -> bool {
+    if av.cs != 1 || av.rs == 0 || !direct_a_enabled() {
+        return false;
+    }
+    let last = n - (n.max(1) - 1) / kern.nr * kern.nr;
+    if narrow_tail(last, kern.lanes) > 0 {
+        return false;
+    }
+    // L1: 64 sets of 64-byte lines (32 KiB, 8 ways) on the x86 cores of this project; with
+    // 48 KiB or 12 ways there are more sets, and fewer rows share one.
+    let mut per_set = [0u8; 64];
+    (0..kern.mr).all(|i| {
+        let set = (i * av.rs * 4 / 64) % 64;
+        per_set[set] += 1;
+        per_set[set] <= 4
+    })
+}
+
+/// `KILN_GEMM_DIRECT_A=0` packs every `A` (for measuring what [`direct_a`] gains).
+fn direct_a_enabled() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var("KILN_GEMM_DIRECT_A").map_or(true, |v| v != "0"))
+}
+
 /// One region as a sequential GEMM. `panel0` is the region's first column panel in a packed B.
 #[allow(clippy::too_many_arguments)]
 unsafe fn gemm_seq(
@@ -1951,6 +2016,10 @@ unsafe fn gemm_seq(
     let nc_max = match (a, b) {
         (AOp::Packed { .. }, BView::Raw(_) | BView::Im2col { .. }) => l2_block_cols(kern, k),
         _ => kern.nc,
+    };
+    let lda = match a {
+        AOp::Raw(av) if direct_a(kern, av, n) => av.rs,
+        _ => 0,
     };
     pack::with_buffers(|abuf, bbuf| {
         let mut jc = 0;
@@ -1979,6 +2048,7 @@ unsafe fn gemm_seq(
                 while ic < m {
                     let mc = mc_step.min(m - ic);
                     let ap: *const f32 = match a {
+                        AOp::Raw(av) if lda != 0 => av.ptr.0.add(ic * lda + pc),
                         AOp::Raw(av) => {
                             let ablock = abuf.get(mc.div_ceil(mr) * mr * kc);
                             pack::pack_a(ablock, av.offset(ic, pc), mc, kc, mr);
@@ -1994,6 +2064,7 @@ unsafe fn gemm_seq(
                         mc,
                         nc,
                         a: ap,
+                        lda,
                         b: bp,
                         c: c.get().add(ic * ldc + jc),
                         ldc,
