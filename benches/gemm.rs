@@ -718,7 +718,7 @@ fn criterion_benches() {
     c.final_summary();
 }
 
-/// `--ab "isa:kc:mc:nc:threads;..."`: the configurations run interleaved (one run of each
+/// `--ab "isa:kc:mc:nc:threads[:packed_a];..."`: the configurations run interleaved (one run of each
 /// per round), medians and minima per shape. For tuning.
 fn ab(spec: &str, reps: usize) {
     let configs: Vec<(String, Gemm, usize)> = spec
@@ -731,6 +731,8 @@ fn ab(spec: &str, reps: usize) {
                 f[3].parse().unwrap(),
             );
             let t: usize = f[4].parse().unwrap();
+            // An optional sixth field `packed_a`: A packed even where it could be read in place.
+            let g = g.with_direct_a(f.get(5) != Some(&"packed_a"));
             (c.to_string(), g.with_threads(t), t)
         })
         .collect();

@@ -498,7 +498,10 @@ proptest! {
             same_bits(&one, &p.run(&blocked)).map_err(|e| TestCaseError::fail(format!("{blocked:?}: {e}")))?;
             same_bits(&one, &p.run_packed(&g.with_threads(2))).map_err(|e| TestCaseError::fail(format!("{g:?} packed: {e}")))?;
             same_bits(&one, &p.run_packed(&blocked)).map_err(|e| TestCaseError::fail(format!("{blocked:?} packed: {e}")))?;
-            // A read where it is stored (row-major, rows apart enough) vs packed ahead of time.
+            // A read where it is stored (row-major, rows apart enough) vs packed per call or
+            // ahead of time.
+            same_bits(&one, &p.run(&g.with_direct_a(false))).map_err(|e| TestCaseError::fail(format!("{g:?} A packed per call: {e}")))?;
+            same_bits(&one, &p.run(&blocked.with_direct_a(false))).map_err(|e| TestCaseError::fail(format!("{blocked:?} A packed per call: {e}")))?;
             same_bits(&one, &p.run_packed_a(&g.with_threads(2))).map_err(|e| TestCaseError::fail(format!("{g:?} packed A: {e}")))?;
         }
     }

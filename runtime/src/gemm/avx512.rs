@@ -92,5 +92,6 @@ pub(crate) fn kernel(model: bool) -> Kernel {
         mc: MC,
         nc: NC,
         block: if model { block_model } else { native },
+        direct_a: true,
     }
 }

@@ -1022,15 +1022,21 @@ pub(crate) struct Kernel {
     pub mc: usize,
     pub nc: usize,
     pub block: BlockFn,
+    /// Whether a row-major `A` may be read where it is stored (see [`direct_a`]).
+    pub direct_a: bool,
 }
 
 impl Kernel {
     fn of(isa: Isa, model: bool) -> Kernel {
-        match isa {
+        let k = match isa {
             Isa::Scalar => scalar::kernel(),
             Isa::Avx2 => avx2::kernel(model),
             Isa::Avx512 => avx512::kernel(model),
             Isa::Neon => neon::kernel(model),
+        };
+        Kernel {
+            direct_a: k.direct_a && direct_a_enabled(),
+            ..k
         }
     }
 }
@@ -1098,6 +1104,14 @@ impl Gemm {
         k.kc = kc.max(1);
         k.mc = mc.max(1).div_ceil(k.mr) * k.mr;
         k.nc = nc.max(1).div_ceil(k.nr) * k.nr;
+        self
+    }
+
+    /// Whether a row-major `A` may be read where it is stored instead of packed (default: yes,
+    /// unless `KILN_GEMM_DIRECT_A=0`); the bits are the same either way. For tests and benches.
+    #[doc(hidden)]
+    pub fn with_direct_a(mut self, on: bool) -> Gemm {
+        self.kernel.direct_a = on;
         self
     }
 
@@ -1967,7 +1981,7 @@ fn l2_block_cols(kern: &Kernel, k: usize) -> usize {
 /// when the last panel has columns for [`narrow_panel`], which loads the packed panel's rows
 /// as a vector.
 fn direct_a(kern: &Kernel, av: AView, n: usize) -> bool {
-    if av.cs != 1 || av.rs == 0 || !direct_a_enabled() {
+    if !kern.direct_a || av.cs != 1 || av.rs == 0 {
         return false;
     }
     let last = n - (n.max(1) - 1) / kern.nr * kern.nr;
@@ -1984,7 +1998,7 @@ fn direct_a(kern: &Kernel, av: AView, n: usize) -> bool {
     })
 }
 
-/// `KILN_GEMM_DIRECT_A=0` packs every `A` (for measuring what [`direct_a`] gains).
+/// `KILN_GEMM_DIRECT_A=0` packs every `A` (to measure what [`direct_a`] gains in a model).
 fn direct_a_enabled() -> bool {
     static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *ON.get_or_init(|| std::env::var("KILN_GEMM_DIRECT_A").map_or(true, |v| v != "0"))

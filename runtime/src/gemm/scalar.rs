@@ -126,6 +126,7 @@ pub(crate) fn kernel() -> Kernel {
         mc: 64,
         nc: 2048,
         block: block_portable,
+        direct_a: true,
     }
 }
 
