@@ -1988,8 +1988,8 @@ fn direct_a(kern: &Kernel, av: AView, n: usize) -> bool {
     if narrow_tail(last, kern.lanes) > 0 {
         return false;
     }
-    // L1: 64 sets of 64-byte lines (32 KiB, 8 ways) on the x86 cores of this project; with
-    // 48 KiB or 12 ways there are more sets, and fewer rows share one.
+    // L1d: 64 sets of 64-byte lines, as 32 KiB × 8 ways (AMD Zen) or 48 KiB × 12 ways (Intel
+    // since Ice Lake) both make; the ways left to B are what differs.
     let mut per_set = [0u8; 64];
     (0..kern.mr).all(|i| {
         let set = (i * av.rs * 4 / 64) % 64;
