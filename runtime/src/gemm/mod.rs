@@ -1542,6 +1542,10 @@ impl Gemm {
             return;
         }
         let kern = &self.kernel;
+        let a = match a {
+            AOp::Raw(av) if direct_a(kern, av, n) => AOp::Direct(av),
+            a => a,
+        };
         let np = n.div_ceil(kern.nr);
         let mp = m.div_ceil(kern.mr);
         let t = threads.min(np.max(mp)).max(1);
@@ -1600,7 +1604,7 @@ impl Gemm {
         // slowed down held the other up at the end of every GEMM (2 threads, BERT-base's FFN
         // GEMMs: ONNX Runtime 1.7× faster than on one thread, kiln 1.4×).
         if let (AOp::Raw(av), BView::Packed { .. }) = (a, b) {
-            if split_n && k * mp * kern.mr * 4 <= SHARED_A_MAX_BYTES && !direct_a(kern, av, n) {
+            if split_n && k * mp * kern.mr * 4 <= SHARED_A_MAX_BYTES {
                 let done = pack::with_shared_a(|buf| {
                     let dst = buf.get(k * mp * kern.mr);
                     pack_a_shared(kern, av, m, k, SendPtr(dst.as_mut_ptr()), t);
@@ -1638,11 +1642,7 @@ impl Gemm {
                 BView::Packed { .. } => 2,
                 _ => l2_block_cols(kern, k) / kern.nr,
             };
-            let a_shared = match a {
-                AOp::Packed { .. } => true,
-                AOp::Raw(av) => direct_a(kern, av, n),
-            };
-            let p = pieces(np, per_block, a_shared);
+            let p = pieces(np, per_block, !matches!(a, AOp::Raw(_)));
             chunks(np, p)
                 .map(|(q0, q1)| (0, m, q0 * kern.nr, (q1 * kern.nr).min(n)))
                 .collect()
@@ -1820,7 +1820,10 @@ impl AView {
 /// `op(A)` as the driver reads it.
 #[derive(Clone, Copy)]
 enum AOp {
+    /// Packed per block.
     Raw(AView),
+    /// Read where it is stored ([`direct_a`]): row-major, `rs` its leading dimension.
+    Direct(AView),
     /// A [`PackedA`] with `panels` panels over its full height; `row0` (a multiple of MR) is
     /// the region's first row.
     Packed {
@@ -1840,6 +1843,7 @@ impl AOp {
     unsafe fn offset_rows(self, r0: usize) -> AOp {
         match self {
             AOp::Raw(v) => AOp::Raw(v.offset(r0, 0)),
+            AOp::Direct(v) => AOp::Direct(v.offset(r0, 0)),
             AOp::Packed { ptr, panels, row0 } => AOp::Packed {
                 ptr,
                 panels,
@@ -2032,7 +2036,7 @@ unsafe fn gemm_seq(
         _ => kern.nc,
     };
     let lda = match a {
-        AOp::Raw(av) if direct_a(kern, av, n) => av.rs,
+        AOp::Direct(av) => av.rs,
         _ => 0,
     };
     pack::with_buffers(|abuf, bbuf| {
@@ -2062,7 +2066,7 @@ unsafe fn gemm_seq(
                 while ic < m {
                     let mc = mc_step.min(m - ic);
                     let ap: *const f32 = match a {
-                        AOp::Raw(av) if lda != 0 => av.ptr.0.add(ic * lda + pc),
+                        AOp::Direct(av) => av.ptr.0.add(ic * lda + pc),
                         AOp::Raw(av) => {
                             let ablock = abuf.get(mc.div_ceil(mr) * mr * kc);
                             pack::pack_a(ablock, av.offset(ic, pc), mc, kc, mr);
